@@ -1,0 +1,39 @@
+# clipdex — `make index DIR=photos` and `make test` are all a new user needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first and pinned: a range that a newer torch satisfies would make pip fetch multi-GB CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+STORE ?=
+STORE_FLAG := $(if $(STORE),--store $(STORE),)
+
+.PHONY: help install index search test lint bench
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/clipdex: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/clipdex ## Create .venv and install clipdex into it
+
+index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir]
+	@test -n "$(DIR)" || (echo "usage: make index DIR=path/to/photos" >&2; exit 2)
+	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",)
+
+search: $(BIN)/clipdex ## Search by text: make search Q="a dog on a beach"
+	$(BIN)/clipdex search "$(Q)" $(STORE_FLAG)
+
+test: $(BIN)/clipdex ## Run the test suite
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/clipdex ## ruff check and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(BIN)/clipdex ## Run the benchmarks and print their figures
+	$(BIN)/python -m bench.indexing

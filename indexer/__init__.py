@@ -1,0 +1,1 @@
+"""clipdex indexer: turns folders of images into a searchable store (FAISS + SQLite)."""

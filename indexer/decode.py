@@ -1,0 +1,235 @@
+"""Bytes to model-ready pixels, in worker processes: guard, draft-decode, orient, convert, resize, crop.
+
+Everything here is plain Pillow + NumPy so worker processes start fast and never import torch.
+Each failure becomes a `DecodeError` whose reason is recorded in the store as "code: detail".
+"""
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The first bytes of the formats we read, for finding images whose name does not say so.
+MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+)
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+
+
+def looks_like_image(head: bytes) -> bool:
+    """True when the first 16 bytes of a file carry a known image signature."""
+    if head.startswith(MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """How an image becomes the model's input, read from its transformers image processor.
+
+    resize_to is (height, width) for an exact resize (SigLIP) or (edge, 0) for "shortest edge"
+    (CLIP); crop is (height, width) or None. Normalisation happens later on whole batches.
+    """
+
+    resize_to: tuple[int, int]
+    crop: tuple[int, int] | None
+    resample: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    rescale: float
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(height, width) of the pixels handed to the model."""
+        return self.crop or self.resize_to
+
+
+@dataclass
+class Decoded:
+    """One decoded image: model-ready uint8 pixels (H, W, 3) plus what the store records."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None
+
+
+class DecodeError(Exception):
+    """A file that cannot become an image; `reason` is "code: detail"."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.reason = f"{code}: {detail}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every decode task needs, sent once to each worker process."""
+
+    prep: ImagePrep
+    max_pixels: int
+    # Content hashes already embedded in the store: such files are hashed but not decoded.
+    known_hashes: frozenset[str]
+
+
+_config: WorkerConfig | None = None  # set once per worker process by setup_worker
+
+
+def setup_heif() -> None:
+    """Teach Pillow HEIF/HEIC/AVIF and hand the pixel guard to decode_image (a clear reason, not a warning)."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    Image.MAX_IMAGE_PIXELS = None
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def setup_worker(config: WorkerConfig) -> None:
+    """Run once in each decode process."""
+    global _config
+    setup_heif()
+    _config = config
+
+
+def read_and_hash(path: Path) -> tuple[bytes, str]:
+    """Read a whole file and return its bytes with their content hash."""
+    try:
+        data = path.read_bytes()
+    except PermissionError as e:
+        raise DecodeError("permission denied", str(e.strerror or e)) from None
+    except OSError as e:
+        raise DecodeError("unreadable", str(e.strerror or e)) from None
+    return data, hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
+    """Decode bytes into model-ready pixels, downscaling in the DCT domain where the format allows."""
+
+    if not data:
+        raise DecodeError("empty file", "0 bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("not an image", "no known image format in the file's content") from None
+    except Exception as e:  # Pillow raises many types on hostile headers
+        raise DecodeError("corrupt", f"{type(e).__name__}: {e}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise DecodeError("too large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+    fmt = img.format or "unknown"
+    try:
+        taken_at = read_capture_time(img)
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):  # rotated 90 degrees: stored dims are swapped
+            width, height = height, width
+        if fmt == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale directly from DCT coefficients, never below the model's input.
+            img.draft("RGB", draft_request(img.size, prep))
+        img = to_rgb(ImageOps.exif_transpose(img))
+        pixels = resize_and_crop(img, prep)
+    except DecodeError:
+        raise
+    except OSError as e:
+        message = str(e)
+        code = "truncated" if "truncated" in message or "broken data stream" in message else "corrupt"
+        raise DecodeError(code, message) from None
+    except Exception as e:
+        raise DecodeError("corrupt", f"{type(e).__name__}: {e}") from None
+    return Decoded(pixels=pixels, width=width, height=height, format=fmt, taken_at=taken_at)
+
+
+def draft_request(size: tuple[int, int], prep: ImagePrep) -> tuple[int, int]:
+    """The smallest (width, height) a draft decode may return so the model input is still fully resampled."""
+    edge_h, edge_w = prep.resize_to
+    if edge_w == 0:  # shortest edge: the short side must stay >= edge whatever the orientation
+        return (edge_h, edge_h)
+    need = max(edge_h, edge_w)
+    return (need, need)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode to 8-bit RGB: alpha over white, 16-bit scaled (not clipped), palettes expanded."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        span = max(float(arr.max() - arr.min()), 1e-12)
+        img = Image.fromarray(((arr - arr.min()) / span * 255.0 + 0.5).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("LA", "PA"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_and_crop(img: Image.Image, prep: ImagePrep) -> np.ndarray:
+    """Resize and centre-crop exactly as the transformers PIL image processors do; uint8 (H, W, 3)."""
+    edge_h, edge_w = prep.resize_to
+    if edge_w == 0:
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = edge_h, int(edge_h * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+    else:
+        size = (edge_w, edge_h)
+    if img.size != size:
+        img = img.resize(size, resample=prep.resample)
+    if prep.crop is not None:
+        ch, cw = prep.crop
+        w, h = img.size
+        top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
+        img = img.crop((left, top, left + cw, top + ch))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_capture_time(img: Image.Image) -> datetime | None:
+    """EXIF DateTimeOriginal, else DateTime; None when absent or malformed."""
+    exif = img.getexif()
+    raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+    if not raw:
+        return None
+    try:
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+@dataclass
+class LoadResult:
+    """What a worker returns for one file: its hash, then pixels, a reason to skip, or neither (reuse)."""
+
+    hash: str | None
+    decoded: Decoded | None = None
+    skip_reason: str | None = None
+
+
+def load_file(path: Path) -> LoadResult:
+    """Worker task: read, hash, and decode unless the content is already embedded in the store."""
+    assert _config is not None, "setup_worker must run first"
+    try:
+        data, digest = read_and_hash(path)
+    except DecodeError as e:
+        return LoadResult(hash=None, skip_reason=e.reason)
+    if digest in _config.known_hashes:
+        return LoadResult(hash=digest)
+    try:
+        return LoadResult(hash=digest, decoded=decode_image(data, _config.prep, _config.max_pixels))
+    except DecodeError as e:
+        return LoadResult(hash=digest, skip_reason=e.reason)

@@ -1,0 +1,137 @@
+"""Load an embedding model by hub id or local directory: CLIP, SigLIP, or sentence-transformers CLIP.
+
+Everything goes through transformers' own `from_pretrained`, so a hub id and a directory made by
+`save_pretrained` take exactly the same path (tests rely on this: they save tiny random models).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from indexer.decode import ImagePrep
+from indexer.errors import ModelLoadError
+
+if TYPE_CHECKING:  # torch and transformers take seconds to import: only loading a model pays for them
+    import torch
+    from transformers import PreTrainedModel
+
+SUPPORTED_FAMILIES = ("clip", "siglip", "siglip2")
+SENTENCE_TRANSFORMERS_CLIP = "sentence_transformers.models.CLIPModel"
+
+
+@dataclass
+class LoadedModel:
+    """A dual encoder with what it takes to feed it."""
+
+    name: str  # as the store records it: a hub id, or an absolute directory path
+    family: str  # "clip" or "siglip": decides text padding and how tag scores are calibrated
+    model: "PreTrainedModel"
+    tokenizer: object
+    prep: ImagePrep
+    dim: int
+    device: "torch.device"
+    dtype: "torch.dtype"
+    text_max_length: int
+
+
+def canonical_name(name: str) -> str:
+    """Directories are recorded by absolute path; sentence-transformers short names get their org."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if "/" not in name and name.startswith("clip-"):
+        return f"sentence-transformers/{name}"
+    return name
+
+
+def pick_device(device: str) -> "torch.device":
+    """'auto' means CUDA when present; asking for CUDA without it is a clear error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def find_subfolder(name: str) -> str | None:
+    """For a sentence-transformers CLIP model, the folder that holds the transformers CLIP model."""
+    modules_file = Path(name) / "modules.json"
+    if not modules_file.exists() and not Path(name).is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            modules_file = Path(hf_hub_download(name, "modules.json"))
+        except Exception:  # no such file in the repo, or the hub is out of reach: a plain model
+            return None
+    if not modules_file.exists():
+        return None
+    for module in json.loads(modules_file.read_text()):
+        if module.get("type") == SENTENCE_TRANSFORMERS_CLIP:
+            return module.get("path") or None
+    raise ModelLoadError(f"{name} is a sentence-transformers model but not a CLIP one; use a CLIP or SigLIP model")
+
+
+def read_image_prep(processor) -> ImagePrep:
+    """Turn a transformers image processor's settings into the decode workers' recipe."""
+    size = dict(processor.size)
+    if size.get("shortest_edge"):
+        resize_to = (int(size["shortest_edge"]), 0)
+    else:
+        resize_to = (int(size["height"]), int(size["width"]))
+    crop = None
+    if getattr(processor, "do_center_crop", False):
+        crop = (int(processor.crop_size["height"]), int(processor.crop_size["width"]))
+    return ImagePrep(
+        resize_to=resize_to,
+        crop=crop,
+        resample=int(processor.resample),
+        mean=tuple(float(m) for m in processor.image_mean),
+        std=tuple(float(s) for s in processor.image_std),
+        rescale=float(processor.rescale_factor) if processor.do_rescale else 1.0,
+    )
+
+
+def embedding_dim(config) -> int:
+    """Width of the shared image-text space."""
+    if config.model_type == "clip":
+        return int(config.projection_dim)
+    text = config.text_config
+    return int(getattr(text, "projection_size", None) or text.hidden_size)
+
+
+def load_model(name: str, device: str = "auto") -> LoadedModel:
+    """Load a CLIP-family dual encoder from the hub or a directory; fp16 on CUDA, fp32 on CPU."""
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+    name = canonical_name(name)
+    torch_device = pick_device(device)
+    subfolder = find_subfolder(name) or ""
+    try:
+        config = AutoConfig.from_pretrained(name, subfolder=subfolder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load model {name!r}: {e}") from None
+    if config.model_type not in SUPPORTED_FAMILIES:
+        raise ModelLoadError(f"{name} is a {config.model_type!r} model; clipdex embeds with CLIP or SigLIP models")
+    dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+    try:
+        model = AutoModel.from_pretrained(name, subfolder=subfolder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name, subfolder=subfolder)
+        processor = AutoImageProcessor.from_pretrained(name, subfolder=subfolder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load model {name!r}: {e}") from None
+    model.eval().to(torch_device)
+    return LoadedModel(
+        name=name,
+        family="siglip" if config.model_type.startswith("siglip") else "clip",
+        model=model,
+        tokenizer=tokenizer,
+        prep=read_image_prep(processor),
+        dim=embedding_dim(config),
+        device=torch_device,
+        dtype=dtype,
+        text_max_length=int(config.text_config.max_position_embeddings),
+    )

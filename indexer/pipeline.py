@@ -1,0 +1,239 @@
+"""Index a folder: scan, decode in worker processes overlapped with batched embedding, commit in chunks."""
+
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import select
+
+from indexer.decode import LoadResult, WorkerConfig, load_file, setup_worker
+from indexer.errors import BadInputError, StoreNotFoundError
+from indexer.models import canonical_name
+from indexer.scan import FileStat, diff_against_store
+from indexer.settings import DEFAULT_MODEL, Settings
+from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+
+if TYPE_CHECKING:
+    from indexer.embed import Embedder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexSummary:
+    """What one run did; `line()` is the closing summary users see."""
+
+    indexed: int = 0  # embedded now
+    reused: int = 0  # same content already in the store: vector copied, nothing embedded
+    unchanged: int = 0
+    removed: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason code -> count
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.indexed + self.reused) / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        skipped = sum(self.skipped.values())
+        reasons = ", ".join(f"{code} {n}" for code, n in self.skipped.most_common())
+        return (
+            f"indexed {self.indexed}, reused {self.reused}, unchanged {self.unchanged}, removed {self.removed}, "
+            f"skipped {skipped}{f' ({reasons})' if reasons else ''} in {self.seconds:.1f} s "
+            f"({self.images_per_second:.1f} images/s)"
+        )
+
+
+def load_embedder(name: str, settings: Settings) -> "Embedder":
+    """Imported here, not at the top: torch takes seconds to import and unchanged re-runs never need it."""
+    from indexer.embed import make_embedder
+
+    return make_embedder(name, settings)
+
+
+@dataclass
+class Pending:
+    """One file on its way to the store."""
+
+    stat: FileStat
+    image_id: int | None  # set for a changed file: its row is updated in place
+    result: LoadResult
+    vector: bytes | None = None
+    source: Image | None = None  # the stored image whose vector and metadata a reused file copies
+
+
+def index_folder(folder: Path, settings: Settings, show_progress: bool = True) -> IndexSummary:
+    """Bring the store up to date with `folder`; safe to interrupt and re-run at any point."""
+    started = time.perf_counter()
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise BadInputError(f"{folder} is not a folder")
+    requested = canonical_name(settings.model) if settings.model else None
+    embedder: Embedder | None = None
+    try:
+        store = open_store(settings.store, model=requested)
+    except StoreNotFoundError:
+        # The model is loaded only when there is work, so unchanged re-runs stay fast; a new store needs its dim.
+        embedder = load_embedder(requested or DEFAULT_MODEL, settings)
+        store = open_store(settings.store, model=embedder.name, dim=embedder.dim, create=True)
+
+    summary = IndexSummary()
+    with store.session() as s:
+        root_id = get_root(s, root).id
+        s.commit()
+        known = {
+            relpath: (image_id, size, mtime)
+            for image_id, relpath, size, mtime in s.execute(
+                select(Image.id, Image.relpath, Image.size, Image.mtime_ns).where(Image.root_id == root_id)
+            )
+        }
+    scan = diff_against_store(root, known)
+    summary.unchanged = scan.unchanged
+    index = store.load_index()
+    if scan.deleted:
+        with store.session() as s:
+            store.delete_images(s, scan.deleted)
+            store.bump_version(s)
+            s.commit()
+        index.remove_ids(np.asarray(scan.deleted, dtype=np.int64))
+        store.index_version = store.data_version()
+        summary.removed = len(scan.deleted)
+
+    todo = [(stat, None) for stat in scan.new] + [(stat, image_id) for image_id, stat in scan.changed]
+    if todo:
+        embedder = embedder or load_embedder(store.model, settings)
+        writer = ChunkWriter(store, root_id, summary)
+        for pending in run_workers(root, todo, embedder, store, settings, show_progress):
+            writer.add(pending)
+            if len(writer.rows) >= settings.commit_every:
+                writer.commit()
+        writer.commit()
+    store.save_index()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):
+    """Decode in a process pool while this process embeds; yields Pending files in order."""
+    with store.session() as s:
+        known_hashes = dict(s.execute(select(Image.hash, Image.id).where(Image.status == INDEXED)).all())
+    config = WorkerConfig(prep=embedder.prep, max_pixels=settings.max_pixels, known_hashes=frozenset(known_hashes))
+    workers = settings.workers or os.cpu_count() or 1
+    batch_size = embedder.batch_size
+    # Enough decoded work queued to keep every worker busy while a batch is in inference, and no more.
+    window = batch_size * 2 + workers * 4
+    batch: list[Pending] = []
+    progress = Progress(
+        TextColumn("indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} images/s"),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=False,
+    )
+    context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe
+    started = time.perf_counter()
+    with (
+        progress,
+        ProcessPoolExecutor(workers, context, initializer=setup_worker, initargs=(config,)) as pool,
+    ):
+        task = progress.add_task("index", total=len(todo), rate=0.0)
+        queue: deque[tuple[FileStat, int | None, Future]] = deque()
+        items = iter(todo)
+        done = 0
+
+        def fill() -> None:
+            for stat, image_id in items:
+                queue.append((stat, image_id, pool.submit(load_file, root / stat.relpath)))
+                if len(queue) >= window:
+                    return
+
+        def flush():
+            nonlocal done
+            if batch:
+                vectors = embedder.embed_pixels(np.stack([p.result.decoded.pixels for p in batch]))
+                for p, vector in zip(batch, vectors, strict=True):
+                    p.vector = vector.tobytes()
+            done += len(batch)
+            progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
+            yield from batch
+            batch.clear()
+
+        fill()
+        while queue:
+            stat, image_id, future = queue.popleft()
+            fill()
+            pending = Pending(stat=stat, image_id=image_id, result=future.result())
+            if pending.result.decoded is None:
+                if pending.result.skip_reason is None:  # known content: reuse the stored vector
+                    pending.source = store.image(known_hashes[pending.result.hash])
+                    pending.vector = pending.source.vector
+                done += 1
+                yield pending
+                continue
+            batch.append(pending)
+            if len(batch) >= batch_size:
+                yield from flush()
+        yield from flush()
+
+
+class ChunkWriter:
+    """Collects finished files and writes them, with their vectors, in one transaction per chunk."""
+
+    def __init__(self, store: Store, root_id: int, summary: IndexSummary):
+        self.store, self.root_id, self.summary = store, root_id, summary
+        self.rows: list[Pending] = []
+
+    def add(self, pending: Pending) -> None:
+        self.rows.append(pending)
+
+    def commit(self) -> None:
+        """Write the collected rows and their vectors in one transaction, then mirror them in the index."""
+        if not self.rows:
+            return
+        index = self.store.load_index()
+        with self.store.session() as s:
+            rows = []
+            for p in self.rows:
+                row = s.get(Image, p.image_id) if p.image_id is not None else None
+                if row is None:
+                    row = Image(root_id=self.root_id, relpath=p.stat.relpath)
+                    s.add(row)
+                self.fill_row(row, p)
+                rows.append(row)
+            s.flush()  # assigns ids to new rows
+            self.store.bump_version(s)
+            s.commit()
+        # A changed file keeps its id: drop its old vector before adding the new one.
+        index.remove_ids(np.asarray([p.image_id for p in self.rows if p.image_id is not None], dtype=np.int64))
+        added = [row for row in rows if row.status == INDEXED]
+        if added:
+            vectors = np.frombuffer(b"".join(row.vector for row in added), dtype=np.float32)
+            index.add_with_ids(vectors.reshape(len(added), -1), np.asarray([r.id for r in added], dtype=np.int64))
+        self.store.index_version = self.store.data_version()
+        self.rows.clear()
+
+    def fill_row(self, row: Image, p: Pending) -> None:
+        decoded, result = p.result.decoded, p.result
+        row.size, row.mtime_ns, row.hash, row.indexed_at = p.stat.size, p.stat.mtime_ns, result.hash, utcnow()
+        if result.skip_reason is not None:
+            row.status, row.skip_reason, row.vector = SKIPPED, result.skip_reason, None
+            self.summary.skipped[result.skip_reason.split(":")[0]] += 1
+            log.warning("skipping %s: %s", p.stat.relpath, result.skip_reason)
+            return
+        row.status, row.skip_reason, row.vector = INDEXED, None, p.vector
+        meta = decoded if decoded is not None else p.source
+        row.width, row.height, row.format, row.taken_at = meta.width, meta.height, meta.format, meta.taken_at
+        if decoded is not None:
+            self.summary.indexed += 1
+        else:
+            self.summary.reused += 1

@@ -1,0 +1,113 @@
+"""Find image files under a folder and sort them against the store: new, changed, unchanged, deleted.
+
+The decision uses file stats alone (size + mtime), so an unchanged re-run reads no file content.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.decode import looks_like_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
+    ".tif", ".tiff", ".heic", ".heif", ".avif",
+}  # fmt: skip
+# Never images: skip without opening them, so big non-image folders scan fast.
+NOT_IMAGE_SUFFIXES = {
+    ".txt", ".md", ".json", ".xml", ".xmp", ".csv", ".html", ".pdf", ".db", ".sqlite", ".py",
+    ".mp4", ".mov", ".avi", ".mkv", ".mp3", ".wav", ".zip", ".gz", ".tar", ".faiss", ".log",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FileStat:
+    relpath: str  # POSIX-style, relative to the root
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    """Files under a root against what the store knows about that root."""
+
+    new: list[FileStat] = field(default_factory=list)
+    changed: list[tuple[int, FileStat]] = field(default_factory=list)  # (image id, new stats)
+    unchanged: int = 0
+    deleted: list[int] = field(default_factory=list)  # image ids whose file is gone
+    unreadable_dirs: list[str] = field(default_factory=list)
+
+
+def walk_images(root: Path, unreadable: list[str] | None = None):
+    """Yield FileStat for every image file under root, following symlinks without looping."""
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen_dirs:  # a symlink loop or a second link to a folder already walked
+                continue
+            seen_dirs.add(key)
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            log.warning("skipping folder %s: %s", folder, e.strerror or e)
+            if unreadable is not None:
+                unreadable.append(str(folder))
+            continue
+        for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+            try:
+                if entry.is_dir():
+                    if not entry.name.startswith("."):
+                        stack.append(Path(entry.path))
+                    continue
+                if not entry.is_file() or not is_candidate(entry):
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue  # vanished or dangling symlink
+            relpath = Path(entry.path).relative_to(root).as_posix()
+            yield FileStat(relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def is_candidate(entry: os.DirEntry) -> bool:
+    """Image by name, or, for names that do not say, by the file's first bytes."""
+    suffix = os.path.splitext(entry.name)[1].lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    if suffix in NOT_IMAGE_SUFFIXES or entry.name.startswith("."):
+        return False
+    try:
+        with open(entry.path, "rb") as f:
+            return looks_like_image(f.read(16))
+    except OSError:
+        return False
+
+
+def diff_against_store(root: Path, known: dict[str, tuple[int, int, int]]) -> ScanResult:
+    """Compare files under root with known {relpath: (id, size, mtime_ns)} from the store."""
+    result = ScanResult()
+    seen: set[str] = set()
+    for stat in walk_images(root, result.unreadable_dirs):
+        seen.add(stat.relpath)
+        old = known.get(stat.relpath)
+        if old is None:
+            result.new.append(stat)
+        elif (old[1], old[2]) == (stat.size, stat.mtime_ns):
+            result.unchanged += 1
+        else:
+            result.changed.append((old[0], stat))
+    # Files under a folder we could not read are not known to be gone: keep them.
+    hidden = tuple(Path(d).relative_to(root).as_posix() + "/" for d in result.unreadable_dirs if Path(d) != root)
+    if root.as_posix() in result.unreadable_dirs:
+        return result
+    result.deleted = [
+        image_id
+        for relpath, (image_id, _, _) in known.items()
+        if relpath not in seen and not relpath.startswith(hidden)
+    ]
+    return result

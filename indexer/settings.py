@@ -1,0 +1,41 @@
+"""One settings object: CLI flags override its fields, CLIPDEX_* environment variables set them."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
+
+def default_store() -> Path:
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "clipdex" / "store"
+
+
+def default_cache() -> Path:
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "clipdex"
+
+
+class Settings(BaseSettings):
+    """clipdex configuration; every field can be set as CLIPDEX_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPDEX_")
+
+    store: Path = default_store()
+    # None: the model a store was built with, or DEFAULT_MODEL for a new store.
+    model: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # None: 256 on CUDA, 16 on CPU (enough to keep matrix kernels efficient, small enough for RAM).
+    batch_size: int | None = None
+    # CPU inference runtime: "onnx" (fastest measured here), "torch", or "onnx-int8" (opt-in, approximate).
+    cpu_runtime: Literal["onnx", "torch", "onnx-int8"] = "onnx"
+    # Decode worker processes; None: one per core.
+    workers: int | None = None
+    # Rows are committed (and made crash-safe) at least this often.
+    commit_every: int = 512
+    # Images with more pixels than this are skipped instead of decoded (decompression-bomb guard).
+    max_pixels: int = 200_000_000
+    cache_dir: Path = default_cache()

@@ -1,0 +1,281 @@
+"""The store: one directory with a SQLite database (through SQLAlchemy) and a FAISS index.
+
+SQLite is the source of truth, vectors included (float32 blobs next to the rows they describe), so
+each chunk of work commits atomically and a killed run loses at most that chunk. The FAISS index
+is derived: it is saved with the data version it reflects and rebuilt from SQLite when the two
+disagree (after a crash, or when another process committed).
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from indexer.errors import ModelMismatchError, StoreFormatError, StoreNotFoundError
+
+FORMAT_VERSION = 1
+DB_FILE = "clipdex.db"
+INDEX_FILE = "index.faiss"
+INDEX_META_FILE = "index.json"
+INDEXED, SKIPPED = "indexed", "skipped"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Manifest(Base):
+    """A single row: what built this store and how far its data has come."""
+
+    __tablename__ = "manifest"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    format_version: Mapped[int]
+    model: Mapped[str]
+    dim: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Bumped by every commit that changes vectors; the FAISS file records the version it reflects.
+    data_version: Mapped[int] = mapped_column(default=0)
+
+
+class Root(Base):
+    """A folder that was indexed; image paths are stored relative to it."""
+
+    __tablename__ = "roots"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)
+
+
+class Image(Base):
+    """One file seen under a root: indexed with a vector, or skipped with the reason."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("root_id", "relpath"),)
+    id: Mapped[int] = mapped_column(primary_key=True)  # also the FAISS id
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"), index=True)
+    relpath: Mapped[str]
+    size: Mapped[int]
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    format: Mapped[str | None]
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(8), index=True)
+    skip_reason: Mapped[str | None]
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass
+class Hit:
+    """One search result: a stored image and its cosine similarity to the query."""
+
+    id: int
+    path: str
+    score: float
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Store:
+    """An open store: the database session factory plus the FAISS index kept in step with it."""
+
+    def __init__(self, path: Path, engine, manifest: Manifest):
+        self.path = path
+        self.engine = engine
+        self.model = manifest.model
+        self.dim = manifest.dim
+        self.index: faiss.IndexIDMap2 | None = None
+        self.index_version = -1
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def data_version(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(Manifest.data_version))
+
+    def bump_version(self, session: Session) -> None:
+        """Call inside the transaction that changes vectors."""
+        session.execute(update(Manifest).values(data_version=Manifest.data_version + 1))
+
+    # --- the FAISS index ---------------------------------------------------------------------------
+
+    def load_index(self) -> faiss.IndexIDMap2:
+        """The index matching the database now: from memory, from disk, or rebuilt from SQLite."""
+        version = self.data_version()
+        if self.index is not None and self.index_version == version:
+            return self.index
+        index_file, meta_file = self.path / INDEX_FILE, self.path / INDEX_META_FILE
+        if index_file.exists() and meta_file.exists():
+            meta = json.loads(meta_file.read_text())
+            if meta.get("data_version") == version:
+                self.index, self.index_version = faiss.read_index(str(index_file)), version
+                return self.index
+        self.index, self.index_version = self.build_index(), version
+        self.save_index()
+        return self.index
+
+    def build_index(self) -> faiss.IndexIDMap2:
+        """Exact inner-product index over every stored vector (vectors are unit length: cosine)."""
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        with self.session() as s:
+            rows = s.execute(select(Image.id, Image.vector).where(Image.status == INDEXED)).yield_per(10_000)
+            for chunk in rows.partitions():
+                ids = np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk))
+                vecs = np.frombuffer(b"".join(r[1] for r in chunk), dtype=np.float32).reshape(-1, self.dim)
+                index.add_with_ids(vecs, ids)
+        return index
+
+    def save_index(self) -> None:
+        """Write the index and its version atomically: temp file, fsync, rename."""
+        if self.index is None:
+            return
+        tmp = self.path / (INDEX_FILE + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, self.path / INDEX_FILE)
+        meta_tmp = self.path / (INDEX_META_FILE + ".tmp")
+        meta_tmp.write_text(json.dumps({"data_version": self.index_version, "count": self.index.ntotal}))
+        os.replace(meta_tmp, self.path / INDEX_META_FILE)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def image(self, image_id: int) -> Image | None:
+        with self.session() as s:
+            return s.get(Image, image_id)
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        with self.session() as s:
+            blob = s.scalar(select(Image.vector).where(Image.id == image_id, Image.status == INDEXED))
+        return None if blob is None else np.frombuffer(blob, dtype=np.float32)
+
+    def paths(self, ids: list[int]) -> dict[int, str]:
+        """Absolute paths of the given image ids."""
+        with self.session() as s:
+            rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
+        return {i: str(Path(root) / rel) for i, root, rel in rows}
+
+    def find_path(self, path: Path) -> int | None:
+        """The id of an indexed image by its absolute path, if it lies under a known root."""
+        path = path.resolve()
+        with self.session() as s:
+            for root_id, root in s.execute(select(Root.id, Root.path)).all():
+                if path.is_relative_to(root):
+                    return s.scalar(
+                        select(Image.id).where(
+                            Image.root_id == root_id,
+                            Image.relpath == path.relative_to(root).as_posix(),
+                            Image.status == INDEXED,
+                        )
+                    )
+        return None
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Image.status, func.count()).group_by(Image.status)).all()
+        return {status: n for status, n in rows}
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(absolute path, reason) of every skipped file."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Root.path, Image.relpath, Image.skip_reason)
+                .join(Root)
+                .where(Image.status == SKIPPED)
+                .order_by(Root.path, Image.relpath)
+            ).all()
+        return [(str(Path(root) / rel), reason) for root, rel, reason in rows]
+
+    def roots(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Root.path).order_by(Root.path)))
+
+    def delete_images(self, session: Session, ids: list[int]) -> None:
+        """Delete rows inside the caller's transaction (the index follows on the next load)."""
+        for start in range(0, len(ids), 500):
+            session.execute(delete(Image).where(Image.id.in_(ids[start : start + 500])))
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets a search service read while the indexer writes; NORMAL sync is durable at checkpoints.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _engine(path: Path):
+    engine = create_engine(f"sqlite:///{path / DB_FILE}")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def open_store(path: Path, model: str | None = None, dim: int | None = None, create: bool = False) -> Store:
+    """Open a store; with create=True make it for `model` and `dim` if it does not exist yet.
+
+    A store built with another model than `model` is refused: its vectors would be garbage for it.
+    """
+    path = Path(path).expanduser()
+    db_file = path / DB_FILE
+    if not db_file.exists():
+        if not create:
+            raise StoreNotFoundError(f"no clipdex store at {path}; index a folder first (clipdex index DIR)")
+        if model is None or dim is None:
+            raise ValueError("creating a store needs the model name and its dimension")
+        path.mkdir(parents=True, exist_ok=True)
+        engine = _engine(path)
+        Base.metadata.create_all(engine)
+        with Session(engine) as s:
+            s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
+            s.commit()
+    engine = _engine(path)
+    with Session(engine, expire_on_commit=False) as s:
+        try:
+            manifest = s.scalar(select(Manifest))
+        except Exception as e:
+            raise StoreFormatError(f"{db_file} is not a clipdex store ({e})") from None
+    if manifest is None:
+        raise StoreFormatError(f"{db_file} has no manifest; it is damaged. Index into a new --store")
+    if manifest.format_version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{path} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade clipdex"
+        )
+    if model is not None and model != manifest.model:
+        raise ModelMismatchError(
+            f"the store at {path} was built with {manifest.model}, not {model}: their vectors are not "
+            f"comparable. Leave out --model to use {manifest.model}, or pass a new --store"
+        )
+    return Store(path, engine, manifest)
+
+
+def get_root(session: Session, path: Path) -> Root:
+    """The Root row for an absolute folder path, created when new."""
+    root = session.scalar(select(Root).where(Root.path == str(path)))
+    if root is None:
+        root = Root(path=str(path))
+        session.add(root)
+        session.flush()
+    return root

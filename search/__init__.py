@@ -1,0 +1,1 @@
+"""clipdex query side: search a store by text or image, serve it, tag it, ask about it."""

@@ -1,0 +1,144 @@
+"""The `clipdex` command: a thin layer over the indexer pipeline and the search engine."""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from indexer.errors import ClipdexError
+from indexer.settings import Settings
+from indexer.store import Hit
+
+app = typer.Typer(help="Self-hosted image search: index folders, search them by text or by image.")
+out = Console()
+err = Console(stderr=True)
+
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store directory [env CLIPDEX_STORE]")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Embedding model: hub id or local directory [env CLIPDEX_MODEL]")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [env CLIPDEX_DEVICE]")]
+KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+
+
+def make_settings(**overrides) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run(fn, *args):
+    """Call into the library, turning clipdex errors into one stderr line and exit code 2."""
+    try:
+        return fn(*args)
+    except ClipdexError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def main() -> None:
+    # Set, not imported: importing transformers here would slow down commands that never load a model.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
+    )
+
+
+@app.command()
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively")],
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per inference batch")] = None,
+    device: DeviceOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode processes")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Index a folder (incremental: only new and changed files are embedded)."""
+    from indexer.pipeline import index_folder
+
+    settings = make_settings(store=store, model=model, batch_size=batch_size, device=device, workers=workers)
+    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps({**asdict(summary), "images_per_second": summary.images_per_second}))
+    else:
+        out.print(summary.line(), highlight=False)
+
+
+def print_hits(hits: list[Hit], json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps([asdict(h) for h in hits]))
+        return
+    if not hits:
+        out.print("no hits")
+        return
+    table = Table("rank", "score", "id", "path", box=None)
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.path)
+    out.print(table)
+
+
+def open_engine(store: Path | None, model: str | None = None, device: str | None = None):
+    from search.engine import SearchEngine
+
+    return run(SearchEngine, make_settings(store=store, model=model, device=device))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words")],
+    k: KOpt = 10,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    store: StoreOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find images matching a text description."""
+    engine = open_engine(store, device=device)
+    print_hits(run(engine.search_text, query, k, offset), json_out)
+
+
+@app.command()
+def similar(
+    target: Annotated[str, typer.Argument(help="A stored image id, a stored path, or any image file")],
+    k: KOpt = 10,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    store: StoreOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find images that look like an image (a stored image is not its own hit)."""
+    engine = open_engine(store, device=device)
+    print_hits(run(engine.similar_to, target, k, offset), json_out)
+
+
+@app.command()
+def stats(
+    store: StoreOpt = None,
+    skipped: Annotated[bool, typer.Option("--skipped", help="List skipped files with their reasons")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what a store holds."""
+    engine = open_engine(store)
+    info = engine.stats()
+    if skipped:
+        info["skipped_files"] = [{"path": p, "reason": r} for p, r in engine.store.skipped()]
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    for key in ("store", "model", "dim", "indexed", "skipped"):
+        out.print(f"{key:8} {info[key]}", highlight=False)
+    for root in info["roots"]:
+        out.print(f"root     {root}", highlight=False)
+    for item in info.get("skipped_files", []):
+        out.print(f"skipped  {item['path']}: {item['reason']}", highlight=False)
