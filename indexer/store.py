@@ -253,6 +253,8 @@ def open_store(path: Path, model: str | None = None, dim: int | None = None, cre
     engine = _engine(path)
     with Session(engine, expire_on_commit=False) as s:
         try:
+            # Forward migration for additive changes: tables added since the store was made are created.
+            Base.metadata.create_all(engine)
             manifest = s.scalar(select(Manifest))
         except Exception as e:
             raise StoreFormatError(f"{db_file} is not a clipdex store ({e})") from None
