@@ -85,6 +85,32 @@ class Image(Base):
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class Caption(Base):
+    """A caption of an image by one captioning model and prompt; several models' captions can coexist."""
+
+    __tablename__ = "captions"
+    __table_args__ = (UniqueConstraint("image_id", "model", "prompt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str]
+    prompt: Mapped[str] = mapped_column(default="")
+    text: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Tag(Base):
+    """A zero-shot label given to an image from a named label set, with its score."""
+
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("image_id", "label_set", "label"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    label_set: Mapped[str]
+    label: Mapped[str] = mapped_column(index=True)
+    score: Mapped[float]
+    model: Mapped[str]
+
+
 @dataclass
 class Hit:
     """One search result: a stored image and its cosine similarity to the query."""
@@ -223,6 +249,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")  # deleting an image deletes its captions and tags
     cursor.close()
 
 
