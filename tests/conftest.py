@@ -10,6 +10,15 @@ from indexer.settings import Settings
 from tests.model_factory import save_clip, save_sentence_transformers_clip, save_siglip
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory):
+    """Every test's Settings (subprocesses too) export ONNX models into one temp cache, never ~/.cache."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPDEX_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     return save_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
