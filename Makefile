@@ -35,5 +35,5 @@ test: $(BIN)/clipdex ## Run the test suite
 lint: $(BIN)/clipdex ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: $(BIN)/clipdex ## Run the benchmarks and print their figures
-	$(BIN)/python -m bench.indexing
+bench: $(BIN)/clipdex ## Run every bench/*.py and print its figures (BENCH_QUICK=1: a short run)
+	@for f in bench/[a-z]*.py; do echo "== $$f"; $(BIN)/python -m bench.$$(basename $$f .py) || exit 1; done

@@ -19,6 +19,7 @@ import torch
 
 from indexer.embed import Embedder, features
 from indexer.models import LoadedModel
+from indexer.settings import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ class TextTower(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def model_key(loaded: LoadedModel) -> str:

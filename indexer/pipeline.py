@@ -2,7 +2,6 @@
 
 import logging
 import multiprocessing
-import os
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -18,7 +17,7 @@ from indexer.decode import LoadResult, WorkerConfig, load_file, setup_worker
 from indexer.errors import BadInputError, StoreNotFoundError
 from indexer.models import canonical_name
 from indexer.scan import FileStat, diff_against_store
-from indexer.settings import DEFAULT_MODEL, Settings
+from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
 from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
 
 if TYPE_CHECKING:
@@ -70,19 +69,24 @@ class Pending:
     source: Image | None = None  # the stored image whose vector and metadata a reused file copies
 
 
-def index_folder(folder: Path, settings: Settings, show_progress: bool = True) -> IndexSummary:
-    """Bring the store up to date with `folder`; safe to interrupt and re-run at any point."""
+def index_folder(
+    folder: Path, settings: Settings, show_progress: bool = True, embedder: "Embedder | None" = None
+) -> IndexSummary:
+    """Bring the store up to date with `folder`; safe to interrupt and re-run at any point.
+
+    `embedder`, when given, is an already loaded model for the store (benchmarks time the pipeline without
+    model loading); otherwise the model is loaded only if there is something to embed.
+    """
     started = time.perf_counter()
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise BadInputError(f"{folder} is not a folder")
     requested = canonical_name(settings.model) if settings.model else None
-    embedder: Embedder | None = None
     try:
         store = open_store(settings.store, model=requested)
     except StoreNotFoundError:
         # The model is loaded only when there is work, so unchanged re-runs stay fast; a new store needs its dim.
-        embedder = load_embedder(requested or DEFAULT_MODEL, settings)
+        embedder = embedder or load_embedder(requested or DEFAULT_MODEL, settings)
         store = open_store(settings.store, model=embedder.name, dim=embedder.dim, create=True)
 
     summary = IndexSummary()
@@ -126,7 +130,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
     with store.session() as s:
         known_hashes = dict(s.execute(select(Image.hash, Image.id).where(Image.status == INDEXED)).all())
     config = WorkerConfig(prep=embedder.prep, max_pixels=settings.max_pixels, known_hashes=frozenset(known_hashes))
-    workers = settings.workers or os.cpu_count() or 1
+    workers = settings.workers or cpu_count()
     batch_size = embedder.batch_size
     # Enough decoded work queued to keep every worker busy while a batch is in inference, and no more.
     window = batch_size * 2 + workers * 4
