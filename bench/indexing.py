@@ -9,6 +9,7 @@ better than wall-clock rates; the load average is printed with every figure beca
 machine still slows everything down.
 """
 
+import functools
 import os
 import platform
 import resource
@@ -62,14 +63,21 @@ def bench_photo(seed: int, size: tuple[int, int], noise: np.ndarray) -> Image.Im
 
     w, h = size
     scene = photo(seed, (max(w // 4, 64), max(h // 4, 48))).resize((w, h), Image.Resampling.BICUBIC)
-    grain = np.roll(noise, (seed * 977, seed * 1571), axis=(0, 1))[:h, :w]
-    return Image.fromarray(np.clip(np.asarray(scene, dtype=np.int16) + grain, 0, 255).astype(np.uint8))
+    shifted = np.roll(noise, (seed * 977, seed * 1571), axis=(0, 1))
+    return Image.fromarray(np.clip(np.asarray(scene, dtype=np.int16) + shifted, 0, 255).astype(np.uint8))
+
+
+@functools.cache
+def grain(size: tuple[int, int]) -> np.ndarray:
+    """One noise field per size and process, shifted per image: drawing fresh noise is most of the cost."""
+    return np.random.default_rng(0).normal(0, 7, (size[1], size[0], 3)).astype(np.int16)
 
 
 def write_image(args: tuple[Path, int, tuple[int, int]]) -> None:
     path, seed, size = args
-    noise = np.random.default_rng(seed).normal(0, 7, (size[1] + 64, size[0] + 64, 3)).astype(np.int16)
-    bench_photo(seed, size, noise).save(path, quality=93)
+    tmp = path.with_suffix(".tmp")  # an interrupted run leaves no truncated JPEG behind
+    bench_photo(seed, size, grain(size)).save(tmp, "JPEG", quality=93)
+    tmp.replace(path)
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
