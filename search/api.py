@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyCookie, APIKeyHeader
@@ -97,6 +98,7 @@ def get_engine(request: Request) -> SearchEngine:
 
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits")]
+ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A stored image id")]  # SQLite's integer range
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip (paging)")]
 
 
@@ -252,14 +254,14 @@ async def search_image(
 
 @router.get("/images/{image_id}/similar", responses={404: {"model": ErrorPublic}})
 def similar(
-    engine: EngineDep, filters: FiltersDep, image_id: int, k: KQuery = 24, offset: OffsetQuery = 0
+    engine: EngineDep, filters: FiltersDep, image_id: ImageId, k: KQuery = 24, offset: OffsetQuery = 0
 ) -> SearchResults:
     """Stored images most like a stored one (not itself)."""
     return results(engine, engine.similar(image_id, k, offset, filters=filters), k, offset)
 
 
 @router.get("/images/{image_id}", responses={404: {"model": ErrorPublic}})
-def image_info(engine: EngineDep, image_id: int) -> ImagePublic:
+def image_info(engine: EngineDep, image_id: ImageId) -> ImagePublic:
     """What the store knows about an image: path, size, dimensions, capture time, captions, tags."""
     info = engine.image_info(image_id)
     return ImagePublic(
@@ -279,12 +281,12 @@ def image_info(engine: EngineDep, image_id: int) -> ImagePublic:
 
 
 @router.get("/images/{image_id}/file", response_class=FileResponse, responses={404: {"model": ErrorPublic}})
-def image_file(engine: EngineDep, image_id: int) -> FileResponse:
+def image_file(engine: EngineDep, image_id: ImageId) -> FileResponse:
     """The image file itself (only images in the store can be served)."""
     return FileResponse(engine.image_file(image_id))
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorPublic}})
-def thumbnail(engine: EngineDep, image_id: int) -> FileResponse:
+def thumbnail(engine: EngineDep, image_id: ImageId) -> FileResponse:
     """A small JPEG of the image, cached in the store; cacheable by browsers since it is keyed by content."""
     return FileResponse(engine.thumbnail(image_id), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
