@@ -88,6 +88,7 @@ def export_towers(loaded: LoadedModel, folder: Path) -> None:
         tokens = loaded.tokenizer(
             ["a photo of a dog", "a cat"],
             padding="max_length" if loaded.family == "siglip" else True,
+            truncation=True,
             max_length=loaded.text_max_length,
             return_tensors="pt",
         )
