@@ -180,7 +180,10 @@ def open_visual_qa(store: Path | None, **vlm_settings):
 
 def say_answer(qa, conversation, question: str) -> None:
     """Stream the answer to stdout as it is generated."""
-    with err.status("thinking" if qa.loaded else f"loading {qa.settings.vlm}"):
+    if not qa.loaded:  # transformers shows the weights' loading progress
+        err.print(f"loading {qa.settings.vlm}", highlight=False)
+        qa.load()
+    with err.status("thinking"):
         chunks = qa.ask(conversation, question)
         first = next(chunks, "")
     typer.echo(first, nl=False)
