@@ -445,8 +445,10 @@ def test_cli_search_ask_uses_the_top_hits(cli):
     result = cli("search", "a red car", "-k", "5", "--ask", "What brand is it?", vlm="chat")
     assert result.exit_code == 0, result.output
     assert "asking about" in stderr_text(result)
+    ranked = [int(line.split()[2]) for line in result.stdout.splitlines()[1 : PHOTOS + 1]]
     asked = [int(i) for i in stderr_text(result).split("asking about")[1].split(":")[0].split(",")]
-    assert len(asked) == 4 and set(asked) <= set(range(1, PHOTOS + 1))
+    assert sorted(ranked) == list(range(1, PHOTOS + 1))
+    assert asked == ranked[:4]  # as many top hits as the chat model takes in one question
     result = cli("search", "a red car", "--ask", "What brand is it?", vlm="blip-2")
     assert result.exit_code == 0, result.output
     assert len(result.stderr.split("asking about")[1].split(":")[0].split(",")) == 1
