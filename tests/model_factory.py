@@ -160,9 +160,10 @@ def save_blip2(out: Path, size: str = "tiny", seed: int = 0) -> Path:
     if size == "tiny":
         vision, image_size, patch, queries, lm = dict(TINY_VISION), 32, 8, 4, dict(TINY_LM, ffn_dim=64)
         qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    else:  # ViT-B/16 vision, 32 queries, OPT-125m-sized language model
-        vision, image_size, patch, queries = dict(VIT_B32_VISION), 224, 16, 32
-        qformer = dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072)
+        vocab = len(tokenizer)
+    else:  # ViT-B/16 vision, BLIP-2's 32 queries and 12-layer Q-Former, OPT-125m with its 50k vocabulary
+        vision, image_size, patch, queries, vocab = dict(VIT_B32_VISION), 224, 16, 32, 50272
+        qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
         lm = dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12)
     lm.pop("intermediate_size", None)
     config = Blip2Config(
@@ -170,7 +171,7 @@ def save_blip2(out: Path, size: str = "tiny", seed: int = 0) -> Path:
         qformer_config=dict(encoder_hidden_size=vision["hidden_size"], **qformer),
         text_config=dict(
             model_type="opt",
-            vocab_size=len(tokenizer),
+            vocab_size=vocab,
             word_embed_proj_dim=lm["hidden_size"],
             max_position_embeddings=512,
             bos_token_id=tokenizer.bos_token_id,
@@ -192,15 +193,15 @@ def save_llava(out: Path, size: str = "tiny", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = make_vlm_tokenizer(extra_special=(IMAGE_TOKEN,))
     if size == "tiny":
-        vision, image_size, patch, lm = dict(TINY_VISION), 32, 8, dict(TINY_LM)
-    else:  # ViT-B/16 vision tower (196 image tokens), a ~110M-parameter Llama
-        vision, image_size, patch = dict(VIT_B32_VISION), 224, 16
+        vision, image_size, patch, lm, vocab = dict(TINY_VISION), 32, 8, dict(TINY_LM), len(tokenizer)
+    else:  # ViT-B/16 vision tower (196 image tokens), a 12-layer 768-wide Llama with Llama's 32k vocabulary
+        vision, image_size, patch, vocab = dict(VIT_B32_VISION), 224, 16, 32064
         lm = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12)
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", image_size=image_size, patch_size=patch, **vision),
         text_config=dict(
             model_type="llama",
-            vocab_size=len(tokenizer),
+            vocab_size=vocab,
             max_position_embeddings=2048,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
