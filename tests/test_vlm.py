@@ -452,3 +452,95 @@ def test_cli_search_ask_uses_the_top_hits(cli):
     result = cli("search", "a red car", "--ask", "What brand is it?", vlm="blip-2")
     assert result.exit_code == 0, result.output
     assert len(result.stderr.split("asking about")[1].split(":")[0].split(",")) == 1
+
+
+# --- HTTP: conversation resource and SSE streaming ---------------------------------------------------------
+
+
+@pytest.fixture
+def client(store_dir, vlm_dirs, vlms):
+    """An app with the question routes, turning clipdex errors into 4xx as the clipdex service does."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from indexer.errors import ClipdexError
+    from search.vlm_api import add_question_routes
+
+    app = FastAPI()
+
+    @app.exception_handler(ClipdexError)
+    async def clipdex_error(_request, e: ClipdexError) -> JSONResponse:
+        status = 404 if isinstance(e, NotFoundError) else 422 if isinstance(e, BadInputError) else 400
+        return JSONResponse({"detail": str(e)}, status_code=status)
+
+    qa = make_qa(store_dir, vlm_dirs, vlms, "chat", max_new_tokens=8)
+    add_question_routes(app, qa)
+    with TestClient(app) as client:
+        client.qa = qa
+        yield client
+
+
+def events(response) -> list[tuple[str, dict]]:
+    """(event, data) pairs of a Server-Sent Events body."""
+    import json
+
+    parsed = []
+    for block in response.text.strip().split("\n\n"):
+        name, data = block.split("\n")
+        parsed.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return parsed
+
+
+def test_api_conversation_round_trip(client):
+    created = client.post("/api/conversations", json={"image_ids": [1]})
+    assert created.status_code == 201
+    conversation = created.json()
+    assert conversation["images"] == [1] and conversation["history"] == []
+    url = f"/api/conversations/{conversation['id']}"
+    client.qa.options.max_new_tokens = 12
+    expected = plain_answer(client.qa, client.app.state.conversations.get(conversation["id"]), "Describe it")
+
+    with client.stream("POST", f"{url}/questions", json={"question": "Describe it"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        response.read()
+    streamed = events(response)
+    assert [name for name, _ in streamed] == ["token"] * (len(streamed) - 1) + ["done"] and len(streamed) > 2
+    assert "".join(data["text"] for _, data in streamed[:-1]).strip() == expected
+    assert streamed[-1][1] == {"answer": expected}
+
+    history = client.get(url).json()["history"]
+    assert history == [{"question": "Describe it", "answer": expected, "image_ids": [1]}]
+    assert client.post(f"{url}/images", json={"image_id": 3}).json()["images"] == [1, 3]
+    assert client.delete(f"{url}/history").json() == {"id": conversation["id"], "images": [1, 3], "history": []}
+    assert client.delete(url).status_code == 204
+    assert client.get(url).status_code == 404
+
+
+def test_api_generation_error_is_an_error_event(client, vlms, monkeypatch):
+    conversation = client.post("/api/conversations", json={"image_ids": [1]}).json()
+
+    def broken_generate(**kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(vlms["chat"].model, "generate", broken_generate)
+    response = client.post(f"/api/conversations/{conversation['id']}/questions", json={"question": "What?"})
+    (name, data), *_ = events(response)
+    assert name == "error" and "out of memory" in data["detail"]
+    assert client.get(f"/api/conversations/{conversation['id']}").json()["history"] == []
+
+
+def test_api_bad_input_is_4xx_before_streaming(client):
+    assert client.post("/api/conversations", json={"image_ids": [999]}).status_code == 404
+    assert client.post("/api/conversations", json={"image_ids": []}).status_code == 422
+    assert client.get("/api/conversations/nope").status_code == 404
+    assert client.delete("/api/conversations/nope").status_code == 404
+    assert client.post("/api/conversations/nope/questions", json={"question": "Why?"}).status_code == 404
+    conversation = client.post("/api/conversations", json={"image_ids": [1, 2, 3, 4, 5]}).json()
+    url = f"/api/conversations/{conversation['id']}"
+    too_many = client.post(f"{url}/questions", json={"question": "Which?"})
+    assert too_many.status_code == 422 and "looks at 4 image(s)" in too_many.json()["detail"]
+    empty = client.post(f"{url}/questions", json={"question": "  "})
+    assert empty.status_code == 422 and "empty" in empty.json()["detail"]
+    assert client.post(f"{url}/images", json={"image_id": 999}).status_code == 404
