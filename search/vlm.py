@@ -25,7 +25,7 @@ from indexer.decode import setup_heif, to_rgb
 from indexer.errors import BadInputError, GenerationError, ModelLoadError, NotFoundError
 from indexer.models import canonical_name, pick_device
 from indexer.settings import Settings
-from indexer.store import Store
+from indexer.store import INDEXED, Store
 
 if TYPE_CHECKING:
     import torch
@@ -314,7 +314,8 @@ class VisualQA:
         """A stored image's id from its id or its path; unknown ones are a NotFoundError."""
         ref = str(ref)
         image_id = int(ref) if ref.isdigit() else self.store.find_path(Path(ref).expanduser())
-        if image_id is None or image_id not in self.store.paths([image_id]):
+        image = self.store.image(image_id) if image_id is not None else None
+        if image is None or image.status != INDEXED:
             raise NotFoundError(f"{ref} is not a stored image id or path; find images with `clipdex search`")
         return image_id
 
@@ -362,6 +363,7 @@ class VisualQA:
 
     def _answer(self, vlm: VLM, conversation: Conversation, question: str, images) -> Iterator[str]:
         with self.generation_lock:
+            first_shown = conversation.unseen_images()
             try:
                 inputs = vlm.inputs(conversation, question, images)
             except Exception as e:  # the processor rejects inputs the model cannot take (too long...)
@@ -376,7 +378,7 @@ class VisualQA:
             finally:
                 raw.close()  # stops the generation when the answer was cut or the reader went away
             text = "".join(answer).strip()
-            conversation.history.append(Turn(question, text, conversation.unseen_images()))
+            conversation.history.append(Turn(question, text, first_shown))
 
     def answer(self, conversation: Conversation, question: str) -> str:
         """The whole answer at once."""

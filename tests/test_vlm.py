@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from indexer.errors import BadInputError, GenerationError, ModelLoadError, NotFoundError
 from indexer.pipeline import index_folder
 from indexer.settings import Settings
-from indexer.store import open_store
+from indexer.store import SKIPPED, Image, open_store
 from search.cli import app
 from search.vlm import (
     Blip2,
@@ -369,14 +370,22 @@ def test_bad_input_errors(store_dir, vlm_dirs, vlms, tmp_path):
     assert not qa.generation_lock.locked()
 
 
-def test_moved_image_file_is_a_clear_error(tmp_path, clip_dir, vlm_dirs, vlms):
+def test_skipped_or_moved_image_files_are_clear_errors(tmp_path, clip_dir, vlm_dirs, vlms):
     write_photos(tmp_path / "photos", 1, size=(64, 48))
+    (tmp_path / "photos" / "notes.jpg").write_text("not an image")
     settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1)
     index_folder(tmp_path / "photos", settings, show_progress=False)
     qa = make_qa(tmp_path / "store", vlm_dirs, vlms, "blip-vqa")
-    conversation = qa.start(["1"])
+    skipped = qa.store.find_path(tmp_path / "photos" / "notes.jpg")
+    assert skipped is None  # stored as skipped, so not findable as an image...
+    with qa.store.session() as session:
+        skipped_id = session.scalar(select(Image.id).where(Image.status == SKIPPED))
+    with pytest.raises(NotFoundError, match=f"{skipped_id} is not a stored image"):  # ...nor by its id
+        qa.start([str(skipped_id)])
+    photo_id = qa.store.find_path(tmp_path / "photos" / "img000.jpg")
+    conversation = qa.start([str(photo_id)])
     (tmp_path / "photos" / "img000.jpg").unlink()
-    with pytest.raises(NotFoundError, match="image 1 is gone .* re-index"):
+    with pytest.raises(NotFoundError, match=f"image {photo_id} is gone .* re-index"):
         qa.ask(conversation, "What?")
 
 
