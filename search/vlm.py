@@ -106,8 +106,8 @@ class VLM:
     def __init__(self, name: str, model, processor):
         self.name, self.model, self.processor = name, model, processor
 
-    def check(self) -> None:
-        """Raise ModelLoadError when the checkpoint lacks what this family needs."""
+    def finish_loading(self) -> None:
+        """Complete what this family needs from the checkpoint, or raise ModelLoadError when it is missing."""
 
     def prompt(self, conversation: Conversation, question: str) -> str:
         raise NotImplementedError
@@ -167,7 +167,7 @@ class Blip2(VLM):
         turns = [BLIP2_TURN.format(t.question, t.answer) for t in conversation.history]
         return " ".join([*turns, f"Question: {question} Answer:"])
 
-    def check(self) -> None:
+    def finish_loading(self) -> None:
         if self.processor.num_query_tokens is None:  # processors saved before transformers 4.46 lack it
             self.processor.num_query_tokens = self.model.config.num_query_tokens
 
@@ -179,7 +179,7 @@ class ChatModel(VLM):
     model_class = "AutoModelForImageTextToText"
     max_images = MAX_CHAT_IMAGES
 
-    def check(self) -> None:
+    def finish_loading(self) -> None:
         if not getattr(self.processor, "chat_template", None):
             raise ModelLoadError(f"{self.name} has no chat template; use a chat VLM such as llava-hf/llava-1.5-7b-hf")
 
@@ -264,7 +264,7 @@ def load_vlm(name: str, device: str = "auto", dtype: str = "auto", quantize: str
     if "device_map" not in kwargs:  # quantized weights are placed while loading
         model.to(torch_device)
     vlm = cls(name, model.eval(), processor)
-    vlm.check()
+    vlm.finish_loading()
     return vlm
 
 
