@@ -34,6 +34,7 @@ MAX_QUESTION_CHARS = 2000
 # LLaVA-1.5 spends 576 tokens on each image: four fit its 4,096-token context with room left for the talk.
 MAX_CHAT_IMAGES = 4
 BLIP2_TURN = "Question: {} Answer: {}."
+MAX_IMAGE_ID = 2**63 - 1  # SQLite's integer range
 
 
 @dataclass
@@ -314,7 +315,7 @@ class VisualQA:
         """A stored image's id from its id or its path; unknown ones are a NotFoundError."""
         ref = str(ref)
         image_id = int(ref) if ref.isdigit() else self.store.find_path(Path(ref).expanduser())
-        image = self.store.image(image_id) if image_id is not None else None
+        image = self.store.image(image_id) if image_id is not None and image_id <= MAX_IMAGE_ID else None
         if image is None or image.status != INDEXED:
             raise NotFoundError(f"{ref} is not a stored image id or path; find images with `clipdex search`")
         return image_id

@@ -16,22 +16,27 @@ import json
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from indexer.errors import ClipdexError
-from search.vlm import MAX_QUESTION_CHARS, Conversation, Conversations, VisualQA
+from search.vlm import MAX_IMAGE_ID, MAX_QUESTION_CHARS, Conversation, VisualQA
 
-router = APIRouter(prefix="/api/conversations", tags=["questions"])
+# Included in search.api's /api router (API key and error handling come from there); the app's lifespan
+# puts a VisualQA and a Conversations registry in app.state.
+router = APIRouter(prefix="/conversations", tags=["questions"])
+
+
+ImageId = Annotated[int, Field(ge=1, le=MAX_IMAGE_ID)]
 
 
 class ConversationCreate(BaseModel):
-    image_ids: list[int] = Field(min_length=1, max_length=16)
+    image_ids: list[ImageId] = Field(min_length=1, max_length=16)
 
 
 class ImageAdd(BaseModel):
-    image_id: int
+    image_id: ImageId
 
 
 class QuestionCreate(BaseModel):
@@ -48,13 +53,6 @@ class ConversationPublic(BaseModel):
     id: str
     images: list[int]
     history: list[TurnPublic]
-
-
-def add_question_routes(app: FastAPI, qa: VisualQA) -> None:
-    """Serve follow-up questions on `app`; conversations live in memory, answers come from `qa`'s VLM."""
-    app.state.visual_qa = qa
-    app.state.conversations = Conversations()
-    app.include_router(router)
 
 
 def get_visual_qa(request: Request) -> VisualQA:

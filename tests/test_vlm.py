@@ -349,6 +349,8 @@ def test_bad_input_errors(store_dir, vlm_dirs, vlms, tmp_path):
     qa = make_qa(store_dir, vlm_dirs, vlms, "blip-2")
     with pytest.raises(NotFoundError, match="999 is not a stored image"):
         qa.start(["999"])
+    with pytest.raises(NotFoundError, match="is not a stored image"):
+        qa.start([str(2**64)])  # past SQLite's integers
     with pytest.raises(NotFoundError, match="not a stored image"):
         qa.start([str(tmp_path / "elsewhere.jpg")])
     with pytest.raises(BadInputError, match="at least one image"):
@@ -466,27 +468,18 @@ def test_cli_search_ask_uses_the_top_hits(cli):
 # --- HTTP: conversation resource and SSE streaming ---------------------------------------------------------
 
 
-@pytest.fixture
-def client(store_dir, vlm_dirs, vlms):
-    """An app with the question routes, turning clipdex errors into 4xx as the clipdex service does."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+@pytest.fixture(scope="module")
+def client(store_dir, clip_dir, vlm_dirs):
+    """The clipdex service over the module's store, its VLM the tiny LLaVA (loaded with the first question)."""
     from fastapi.testclient import TestClient
 
-    from indexer.errors import ClipdexError
-    from search.vlm_api import add_question_routes
+    from search.api import create_app
 
-    app = FastAPI()
-
-    @app.exception_handler(ClipdexError)
-    async def clipdex_error(_request, e: ClipdexError) -> JSONResponse:
-        status = 404 if isinstance(e, NotFoundError) else 422 if isinstance(e, BadInputError) else 400
-        return JSONResponse({"detail": str(e)}, status_code=status)
-
-    qa = make_qa(store_dir, vlm_dirs, vlms, "chat", max_new_tokens=8)
-    add_question_routes(app, qa)
-    with TestClient(app) as client:
-        client.qa = qa
+    settings = Settings(
+        store=store_dir, model=str(clip_dir), device="cpu", vlm=str(vlm_dirs["chat"]), vlm_max_new_tokens=8
+    )
+    with TestClient(create_app(settings)) as client:
+        client.qa = client.app.state.visual_qa
         yield client
 
 
@@ -527,13 +520,13 @@ def test_api_conversation_round_trip(client):
     assert client.get(url).status_code == 404
 
 
-def test_api_generation_error_is_an_error_event(client, vlms, monkeypatch):
+def test_api_generation_error_is_an_error_event(client, monkeypatch):
     conversation = client.post("/api/conversations", json={"image_ids": [1]}).json()
 
     def broken_generate(**kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(vlms["chat"].model, "generate", broken_generate)
+    monkeypatch.setattr(client.qa.load().model, "generate", broken_generate)
     response = client.post(f"/api/conversations/{conversation['id']}/questions", json={"question": "What?"})
     (name, data), *_ = events(response)
     assert name == "error" and "out of memory" in data["detail"]
@@ -543,6 +536,7 @@ def test_api_generation_error_is_an_error_event(client, vlms, monkeypatch):
 def test_api_bad_input_is_4xx_before_streaming(client):
     assert client.post("/api/conversations", json={"image_ids": [999]}).status_code == 404
     assert client.post("/api/conversations", json={"image_ids": []}).status_code == 422
+    assert client.post("/api/conversations", json={"image_ids": [2**64]}).status_code == 422
     assert client.get("/api/conversations/nope").status_code == 404
     assert client.delete("/api/conversations/nope").status_code == 404
     assert client.post("/api/conversations/nope/questions", json={"question": "Why?"}).status_code == 404
