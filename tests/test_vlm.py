@@ -547,3 +547,81 @@ def test_api_bad_input_is_4xx_before_streaming(client):
     empty = client.post(f"{url}/questions", json={"question": "  "})
     assert empty.status_code == 422 and "empty" in empty.json()["detail"]
     assert client.post(f"{url}/images", json={"image_id": 999}).status_code == 404
+
+
+# --- the web page's "Ask about these" panel, in a real browser ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page_server(store_dir, clip_dir, vlm_dirs):
+    """uvicorn serving the module's store with the tiny LLaVA, in a thread; yields (url, app)."""
+    import socket
+
+    import uvicorn
+
+    from search.api import create_app
+
+    settings = Settings(
+        store=store_dir, model=str(clip_dir), device="cpu", vlm=str(vlm_dirs["chat"]), vlm_max_new_tokens=8
+    )
+    app = create_app(settings)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_page_asks_about_selected_hits_and_streams_the_answer(page_server):
+    from tests.test_web import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    url, app = page_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(url)
+        page.fill("#q", "a photo")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#grid .hit-wrap .pick input")
+        assert page.locator("#ask").is_hidden()
+        picks = page.locator("#grid .pick input")
+        assert picks.count() == PHOTOS
+        ids = [int(page.locator("#grid .hit").nth(i).get_attribute("data-id")) for i in range(2)]
+        picks.nth(0).check()
+        picks.nth(1).check()
+        assert page.locator("#ask").is_visible() and page.locator("#ask .chosen img").count() == 2
+
+        page.fill("#ask input[name=question]", "What differs?")
+        page.click("#ask button[type=submit]")
+        page.wait_for_selector("#ask .answer:not(.pending)")
+        (conversation,) = app.state.conversations._items.values()
+        assert conversation.images == ids
+        assert page.locator("#ask .question").all_inner_texts() == ["What differs?"]
+        assert page.locator("#ask .answer").inner_text() == conversation.history[0].answer
+
+        page.click("#ask .clear")
+        page.wait_for_function("document.querySelectorAll('#ask .log p').length === 0")
+        assert conversation.history == []
+
+        for i in range(2, PHOTOS):  # five images: more than the chat model takes
+            picks.nth(i).check()
+        page.fill("#ask input[name=question]", "Which?")
+        page.click("#ask button[type=submit]")
+        page.wait_for_selector("#ask .answer.error")
+        assert "looks at 4 image(s)" in page.locator("#ask .answer.error").inner_text()
+
+        page.click("#ask .close")
+        assert page.locator("#ask").is_hidden() and not any(picks.nth(i).is_checked() for i in range(PHOTOS))
+        browser.close()
