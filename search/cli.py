@@ -199,12 +199,21 @@ QuantizeOpt = Annotated[
 ]
 
 
-def open_visual_qa(store: Path | None, **vlm_settings):
-    """A VisualQA over the store; the VLM itself loads with the first question."""
+def open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize):
+    """A VisualQA over the store, with the VLM flags of `ask` and `chat`; the VLM loads with the first question."""
     from indexer.store import open_store
     from search.vlm import VisualQA
 
-    settings = make_settings(store=store, **vlm_settings)
+    settings = make_settings(
+        store=store,
+        vlm=vlm,
+        device=device,
+        vlm_max_new_tokens=max_new_tokens,
+        vlm_temperature=temperature,
+        vlm_top_p=top_p,
+        vlm_dtype=dtype,
+        vlm_quantize=quantize,
+    )
     return VisualQA(run(open_store, settings.store), settings)
 
 
@@ -236,16 +245,7 @@ def ask_command(
     quantize: QuantizeOpt = None,
 ) -> None:
     """Ask a vision-language model a question about stored images; the answer streams."""
-    qa = open_visual_qa(
-        store,
-        vlm=vlm,
-        device=device,
-        vlm_max_new_tokens=max_new_tokens,
-        vlm_temperature=temperature,
-        vlm_top_p=top_p,
-        vlm_dtype=dtype,
-        vlm_quantize=quantize,
-    )
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
     conversation = run(qa.start, images)
     run(say_answer, qa, conversation, question)
 
@@ -266,16 +266,7 @@ def chat(
     quantize: QuantizeOpt = None,
 ) -> None:
     """Talk about stored images with a vision-language model, question after question."""
-    qa = open_visual_qa(
-        store,
-        vlm=vlm,
-        device=device,
-        vlm_max_new_tokens=max_new_tokens,
-        vlm_temperature=temperature,
-        vlm_top_p=top_p,
-        vlm_dtype=dtype,
-        vlm_quantize=quantize,
-    )
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
     conversation = run(qa.start, images)
     err.print(CHAT_HELP, highlight=False)
     while True:
