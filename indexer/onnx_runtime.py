@@ -23,7 +23,7 @@ from indexer.settings import cpu_count
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the exported graphs change, so stale caches are not reused
+EXPORT_VERSION = 2  # bump when the exported graphs change, so stale caches are not reused
 OPSET = 17
 LARGE_MODEL_BYTES = 1_500_000_000  # protobuf caps a file at 2 GB: larger models keep their weights beside it
 
@@ -75,10 +75,14 @@ def model_key(loaded: LoadedModel) -> str:
 
 
 def export_towers(loaded: LoadedModel, folder: Path) -> None:
-    """Export and optimise image.onnx and text.onnx into `folder`, atomically (a temp folder, then a rename)."""
+    """Export and optimise image/model.onnx and text/model.onnx into `folder`, atomically (temp folder, rename).
+
+    Each tower has its own folder: a model over 2 GB keeps its weights in files beside the graph.
+    """
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    for tower in ("image", "text"):
+        (tmp / tower).mkdir(parents=True)
     model = loaded.model
     attn = model.config._attn_implementation
     # ONNX Runtime's optimizer fuses the eager attention pattern into one Attention op; SDPA's export it cannot.
@@ -95,14 +99,15 @@ def export_towers(loaded: LoadedModel, folder: Path) -> None:
         text_inputs = ("input_ids",) if loaded.family == "siglip" else ("input_ids", "attention_mask")
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # tracer warnings about shape checks baked in as constants
-            export(ImageTower(model), (torch.zeros(2, 3, height, width),), ("pixel_values",), tmp / "image.raw.onnx")
+            pixels = (torch.zeros(2, 3, height, width),)
+            export(ImageTower(model), pixels, ("pixel_values",), tmp / "image" / "raw.onnx")
             args = tuple(tokens[k] for k in text_inputs)
-            export(TextTower(model), args, text_inputs, tmp / "text.raw.onnx")
+            export(TextTower(model), args, text_inputs, tmp / "text" / "raw.onnx")
     finally:
         model.set_attn_implementation(attn)
     vision, text = model.config.vision_config, model.config.text_config
-    optimize(tmp / "image.raw.onnx", tmp / "image.onnx", vision.num_attention_heads, vision.hidden_size)
-    optimize(tmp / "text.raw.onnx", tmp / "text.onnx", text.num_attention_heads, text.hidden_size)
+    optimize(tmp / "image", vision.num_attention_heads, vision.hidden_size)
+    optimize(tmp / "text", text.num_attention_heads, text.hidden_size)
     try:
         tmp.rename(folder)
     except OSError:  # another process finished the same export first: theirs is as good as ours
@@ -124,17 +129,21 @@ def export(module: torch.nn.Module, args: tuple, input_names: tuple, path: Path)
     )
 
 
-def optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> None:
-    """Fuse attention, LayerNorm and GELU with onnxruntime.transformers' optimizer; keep the raw graph if it fails."""
+def optimize(tower: Path, num_heads: int, hidden_size: int) -> None:
+    """raw.onnx -> model.onnx with attention, LayerNorm and GELU fused by onnxruntime.transformers' optimizer.
+
+    The optimizer is a best-effort speed-up: if it fails, the raw graph, still correct, is used as it is.
+    """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    large = sum(p.stat().st_size for p in raw.parent.iterdir()) > LARGE_MODEL_BYTES
+    raw, out = tower / "raw.onnx", tower / "model.onnx"
+    large = sum(p.stat().st_size for p in tower.iterdir()) > LARGE_MODEL_BYTES
     try:
         optimized = optimize_model(str(raw), model_type="clip", num_heads=num_heads, hidden_size=hidden_size)
         optimized.save_model_to_file(str(out), use_external_data_format=large)
         raw.unlink()
-    except Exception as e:  # the optimizer is a best-effort speed-up: the raw graph is still correct
-        log.warning("ONNX graph optimizer failed on %s (%s); using the unfused graph", raw.name, e)
+    except Exception as e:
+        log.warning("ONNX graph optimizer failed on the %s tower (%s); using the unfused graph", tower.name, e)
         raw.rename(out)
 
 
@@ -179,18 +188,18 @@ class OnnxEmbedder(Embedder):
         threads = cpu_count()
         try:
             folder = Path(cache_dir) / "onnx" / model_key(loaded)
-            if not (folder / "image.onnx").exists():
+            if not folder.exists():
                 started = time.perf_counter()
                 log.warning("first use of %s on CPU: exporting it to ONNX Runtime (once) into %s", self.name, folder)
                 export_towers(loaded, folder)
                 log.warning("ONNX export done in %.0f s", time.perf_counter() - started)
-            image = folder / "image.onnx"
+            image = folder / "image" / "model.onnx"
             if quantize:
-                image = folder / "image.int8.onnx"
+                image = folder / "image" / "model.int8.onnx"
                 if not image.exists():
-                    quantize_int8(folder / "image.onnx", image)
+                    quantize_int8(folder / "image" / "model.onnx", image)
             self.image_session = open_session(image, threads)
-            self.text_session = open_session(folder / "text.onnx", threads)
+            self.text_session = open_session(folder / "text" / "model.onnx", threads)
         except Exception as e:  # export, optimisation, quantization or loading: never fatal, torch still works
             raise OnnxExportError(f"{type(e).__name__}: {e}") from e
 

@@ -153,3 +153,17 @@ def test_export_failure_falls_back_to_torch(clip_dir, tmp_path, monkeypatch, cap
     assert type(embedder) is Embedder
     assert "exporter exploded" in caplog.text and "torch instead" in caplog.text
     assert embedder.embed_texts(["a dog"]).shape == (1, embedder.dim)
+
+
+def test_optimizer_failure_keeps_the_unfused_graph(clip_dir, tmp_path, monkeypatch, caplog):
+    import onnxruntime.transformers.optimizer as ort_optimizer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fusion today")
+
+    monkeypatch.setattr(ort_optimizer, "optimize_model", broken)
+    with caplog.at_level(logging.WARNING):
+        embedder = OnnxEmbedder(load_model(str(clip_dir), "cpu"), 4, tmp_path)
+    assert "no fusion today" in caplog.text
+    texts = TEXTS[:2]
+    assert cosine(embedder.embed_texts(texts), reference_text_features(clip_dir, texts)).min() > 0.999
