@@ -133,7 +133,13 @@ def save_blip(out: Path, size: str = "tiny", seed: int = 0, min_new_tokens: int 
     `min_new_tokens` goes into the saved generation config so random weights never stop at once and
     every caption has some text.
     """
-    from transformers import BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     torch.manual_seed(seed)
     tokenizer = BertTokenizerFast(vocab=str(write_bert_vocab(out / "vocab", 0 if size == "tiny" else 30522)))
@@ -175,9 +181,7 @@ def make_byte_bpe_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{eos} $A", special_tokens=[(eos, tok.token_to_id(eos))]
-    )
+    tok.post_processor = processors.TemplateProcessing(single=f"{eos} $A", special_tokens=[(eos, tok.token_to_id(eos))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, pad_token=pad, unk_token=unk)
 
 
