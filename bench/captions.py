@@ -26,7 +26,7 @@ from indexer.caption import BLIP_PROMPT, load_captioner
 from tests.conftest import photo
 from tests.model_factory import save_blip
 
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def machine() -> str:
