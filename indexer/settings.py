@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Images with more pixels than this are skipped instead of decoded (decompression-bomb guard).
     max_pixels: int = 200_000_000
     cache_dir: Path = default_cache()
+    # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
+    api_key: str | None = None
 
     # Captioning (clipdex caption, clipdex index --caption). None: Salesforce/blip2-opt-2.7b on CUDA,
     # Salesforce/blip-image-captioning-base on CPU; any BLIP or BLIP-2 hub id or directory.

@@ -175,6 +175,36 @@ def stats(
 
 
 @app.command()
+def serve(
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on")] = 8000,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve the store over HTTP: the REST API (docs at /docs) and the search page at /."""
+    import ipaddress
+
+    import uvicorn
+
+    from search.api import create_app
+
+    settings = make_settings(store=store, device=device)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and settings.api_key is None:
+        err.print(
+            f"[yellow]warning:[/yellow] serving on {host} without an API key: anyone who can reach this "
+            "address can search your images. Set CLIPDEX_API_KEY to require one.",
+            highlight=False,
+        )
+    open_engine(store)  # fail with a clear message before uvicorn starts, if the store cannot be opened
+    out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def caption(
     store: StoreOpt = None,
     model: Annotated[

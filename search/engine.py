@@ -1,31 +1,75 @@
-"""Open a store and answer queries: by text (embedding, caption or hybrid ranking), by image, by stored image."""
+"""Open a store and answer queries: by text, by image, by stored image; filters, paging, metadata, files.
 
+Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by both fused (hybrid).
+"""
+
+import math
+import os
 import re
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from functools import lru_cache
 from pathlib import Path
 
+import faiss
 import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps
+from sqlalchemy import func, select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
 from indexer.embed import Embedder, make_embedder
 from indexer.errors import BadInputError, NotFoundError
 from indexer.models import canonical_name
 from indexer.settings import Settings
-from indexer.store import Hit, Store, open_store
+from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, open_store
 
 MAX_K = 1000
+MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
 SEARCH_MODES = ("embedding", "caption", "hybrid")
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (RRF_K + rank). 60 is the
 # paper's constant: it keeps one ranking's top hit from outweighing agreement between both rankings.
 RRF_K = 60
-# Hybrid search fuses the top max(FUSION_DEPTH, k + offset) candidates of each ranking.
+# Hybrid search fuses the top max(FUSION_DEPTH, k + offset) candidates of each ranking (embedding: <= MAX_K).
 FUSION_DEPTH = 100
+THUMB_DIR = "thumbs"
+THUMB_EDGE = 384  # pixels on the long side: sharp in a ~190 px grid cell on a 2x screen
 
 
-def fts_query(text: str) -> str | None:
-    """A free-text query as an FTS5 query: its words, quoted (no FTS5 syntax from users), joined by OR."""
-    words = re.findall(r"\w+", text.lower())
-    return " OR ".join(f'"{word}"' for word in words) or None
+@dataclass(frozen=True)
+class Filters:
+    """Conditions a hit must meet besides its score; None means no condition."""
+
+    folder: str | None = None  # an absolute folder, or a folder relative to an indexed root
+    taken_from: date | None = None  # capture date, inclusive; images without one are left out
+    taken_to: date | None = None
+    tag: str | None = None  # a zero-shot label given to the image (case-insensitive)
+    min_score: float | None = None
+
+    @property
+    def selects_rows(self) -> bool:
+        """True when the filters narrow the set of images (min_score only cuts the ranked list)."""
+        return any(v is not None for v in (self.folder, self.taken_from, self.taken_to, self.tag))
+
+
+NO_FILTERS = Filters()
+
+
+@dataclass
+class ImageInfo:
+    """What the store knows about one indexed image."""
+
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: datetime | None
+    captions: list[str] = field(default_factory=list)
+    tags: list[tuple[str, float]] = field(default_factory=list)  # (label, score), best first
 
 
 class SearchEngine:
@@ -36,6 +80,9 @@ class SearchEngine:
         model = canonical_name(settings.model) if settings.model else None
         self.store: Store = open_store(settings.store, model=model)
         self._embedder: Embedder | None = None
+        self._index_lock = threading.Lock()
+        # Paging through a text query re-asks for the same vector: keep the recent ones.
+        self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
 
     @property
     def embedder(self) -> Embedder:
@@ -43,31 +90,41 @@ class SearchEngine:
             self._embedder = make_embedder(self.store.model, self.settings)
         return self._embedder
 
-    def search_text(self, query: str, k: int = 10, offset: int = 0) -> list[Hit]:
+    def _embed_text(self, query: str) -> np.ndarray:
+        return self.embedder.embed_texts([query])[0]
+
+    def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images that best match a description."""
+        return self.search_vector(self.embed_query(query), k, offset, filters=filters)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The unit vector of a query text, after checking it is neither empty nor over-long."""
         query = query.strip()
         if not query:
             raise BadInputError("the query text is empty")
         if len(query) > MAX_QUERY_CHARS:
             raise BadInputError(f"the query text is over {MAX_QUERY_CHARS} characters")
-        return self.search_vector(self.embedder.embed_texts([query])[0], k, offset)
+        return self.embed_text(query)
 
-    def search_image(self, data: bytes, k: int = 10, offset: int = 0) -> list[Hit]:
-        """Images that look like the given image file content."""
+    def embed_image(self, data: bytes) -> np.ndarray:
+        """The unit vector of an image file's content; a file that is not a usable image is BadInputError."""
         setup_heif()
         try:
             decoded = decode_image(data, self.embedder.prep, self.settings.max_pixels)
         except DecodeError as e:
             raise BadInputError(f"the query image cannot be used: {e.reason}") from None
-        vector = self.embedder.embed_pixels(decoded.pixels[None])[0]
-        return self.search_vector(vector, k, offset)
+        return self.embedder.embed_pixels(decoded.pixels[None])[0]
 
-    def similar(self, image_id: int, k: int = 10, offset: int = 0) -> list[Hit]:
+    def search_image(self, data: bytes, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """Images that look like the given image file content."""
+        return self.search_vector(self.embed_image(data), k, offset, filters=filters)
+
+    def similar(self, image_id: int, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Stored images most like a stored one, leaving out the image itself."""
         vector = self.store.vector(image_id)
         if vector is None:
             raise NotFoundError(f"no indexed image with id {image_id}")
-        return self.search_vector(vector, k, offset, exclude=image_id)
+        return self.search_vector(vector, k, offset, exclude=image_id, filters=filters)
 
     def similar_to(self, target: str, k: int = 10, offset: int = 0) -> list[Hit]:
         """`similar` for an id or a path: a stored path uses its stored vector, another file is embedded."""
@@ -85,43 +142,70 @@ class SearchEngine:
             raise BadInputError(f"cannot read {path}: {e.reason}") from None
         return self.search_image(data, k, offset)
 
-    def search_vector(self, vector: np.ndarray, k: int, offset: int = 0, exclude: int | None = None) -> list[Hit]:
-        """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits."""
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int,
+        offset: int = 0,
+        exclude: int | None = None,
+        filters: Filters = NO_FILTERS,
+    ) -> list[Hit]:
+        """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits.
+
+        Row filters become an IDSelector inside the FAISS search, so k hits come back whenever k images
+        match, however few do; min_score cuts the ranked list, which is exact because it is sorted.
+        """
         if not 1 <= k <= MAX_K:
             raise BadInputError(f"k must be between 1 and {MAX_K}")
-        if offset < 0:
-            raise BadInputError("offset must not be negative")
-        index = self.store.load_index()
-        want = k + offset + (exclude is not None)
-        scores, ids = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(want, max(index.ntotal, 1)))
+        if not 0 <= offset <= MAX_OFFSET:
+            raise BadInputError(f"offset must be between 0 and {MAX_OFFSET}")
+        index = self.index()
+        params = None
+        if filters.selects_rows:
+            allowed = self.filtered_ids(filters)
+            if len(allowed) == 0 or index.ntotal == 0:
+                return []
+            params = search_params(index, faiss.IDSelectorBatch(allowed), len(allowed) / index.ntotal)
+        want = min(k + offset + (exclude is not None), max(index.ntotal, 1))
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        scores, ids = index.search(query, want, params=params)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1 and i != exclude]
         pairs = pairs[offset : offset + k]
+        if filters.min_score is not None:
+            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
         paths = self.store.paths([i for i, _ in pairs])
         return [Hit(id=i, path=paths[i], score=s) for i, s in pairs if i in paths]
 
-    def search(self, query: str, mode: str = "hybrid", k: int = 10, offset: int = 0) -> list[Hit]:
-        """Text search ranked by embedding similarity, caption match, or both; hits carry their caption."""
+    def search(
+        self, query: str, mode: str = "hybrid", k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS
+    ) -> list[Hit]:
+        """Text search ranked by embedding similarity, caption match, or both; hits carry their caption.
+
+        Row filters apply in every mode; min_score, a cosine similarity, only in embedding mode.
+        """
+        if mode != "embedding" and filters.min_score is not None:
+            raise BadInputError(f"min_score is a cosine similarity: use it with the embedding mode, not {mode}")
         if mode == "embedding":
-            hits = self.search_text(query, k, offset)
+            hits = self.search_text(query, k, offset, filters)
         elif mode == "caption":
-            hits = self.search_captions(query, k, offset)
+            hits = self.search_captions(query, k, offset, filters)
         elif mode == "hybrid":
-            hits = self.search_hybrid(query, k, offset)
+            hits = self.search_hybrid(query, k, offset, filters)
         else:
             raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
-        captions = self.store.captions([hit.id for hit in hits if hit.caption is None])
+        captions = self.captions([hit.id for hit in hits if hit.caption is None])
         for hit in hits:
             hit.caption = hit.caption or captions.get(hit.id)
         return hits
 
-    def search_captions(self, query: str, k: int = 10, offset: int = 0) -> list[Hit]:
+    def search_captions(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images whose captions match the query's words, by FTS5 bm25; the score is minus bm25 (higher is better)."""
         check_page(k, offset)
-        matches = self.match_captions(query, k + offset)[offset:]
+        matches = self.match_captions(query, k + offset, filters)[offset:]
         paths = self.store.paths([image_id for image_id, _, _ in matches])
         return [Hit(id=i, path=paths[i], score=score, caption=text) for i, score, text in matches if i in paths]
 
-    def search_hybrid(self, query: str, k: int = 10, offset: int = 0) -> list[Hit]:
+    def search_hybrid(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Reciprocal rank fusion of the embedding ranking and the caption ranking; the score is the fused one.
 
         An image only one ranking found gets that ranking's share; equal scores go to the better embedding rank.
@@ -129,11 +213,12 @@ class SearchEngine:
         """
         check_page(k, offset)
         if not self.store.has_captions():
-            return self.search_text(query, k, offset)
+            return self.search_text(query, k, offset, filters)
         depth = max(FUSION_DEPTH, k + offset)
-        by_embedding = self.nearest(self.embedder.embed_texts([clean_query(query)])[0], depth)
-        by_caption = self.match_captions(query, depth)
-        embedding_rank = {image_id: rank for rank, image_id in enumerate(by_embedding, 1)}
+        rows_only = Filters(filters.folder, filters.taken_from, filters.taken_to, filters.tag)
+        by_embedding = self.search_vector(self.embed_query(query), min(depth, MAX_K), filters=rows_only)
+        by_caption = self.match_captions(query, depth, filters)
+        embedding_rank = {hit.id: rank for rank, hit in enumerate(by_embedding, 1)}
         caption_rank = {image_id: rank for rank, (image_id, _, _) in enumerate(by_caption, 1)}
         fused = {
             image_id: sum(
@@ -148,16 +233,101 @@ class SearchEngine:
         captions = {image_id: text for image_id, _, text in by_caption}
         return [Hit(id=i, path=paths[i], score=fused[i], caption=captions.get(i)) for i in page if i in paths]
 
-    def match_captions(self, query: str, limit: int) -> list[tuple[int, float, str]]:
+    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
         """(image id, relevance, matching caption) of the images whose captions share words with the query."""
-        fts = fts_query(clean_query(query))
-        return self.store.match_captions(fts, limit) if fts else []
+        query = query.strip()
+        if not query:
+            raise BadInputError("the query text is empty")
+        fts = fts_query(query)
+        if fts is None:
+            return []
+        among = self.filtered_ids(filters) if filters.selects_rows else None
+        return self.store.match_captions(fts, limit, among)
 
-    def nearest(self, vector: np.ndarray, n: int) -> list[int]:
-        """Ids of the n stored images nearest to a unit vector, nearest first."""
-        index = self.store.load_index()
-        _, ids = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(n, max(index.ntotal, 1)))
-        return [int(i) for i in ids[0] if i != -1]
+    def index(self) -> faiss.Index:
+        """The index, reloaded when the indexer has committed since (one cheap version query per call)."""
+        if self.store.index is None or self.store.index_version != self.store.data_version():
+            with self._index_lock:  # concurrent requests must not each rebuild it
+                self.store.load_index()
+        return self.store.index
+
+    def filtered_ids(self, filters: Filters) -> np.ndarray:
+        """Ids of indexed images that meet the row filters, straight from SQL."""
+        query = select(Image.id).where(Image.status == INDEXED)
+        if filters.folder is not None:
+            query = query.join(Root).where(folder_condition(filters.folder))
+        if filters.taken_from is not None:
+            query = query.where(Image.taken_at >= datetime.combine(filters.taken_from, time.min))
+        if filters.taken_to is not None:
+            query = query.where(Image.taken_at <= datetime.combine(filters.taken_to, time.max))
+        if filters.tag is not None:
+            tagged = select(Tag.image_id).where(func.lower(Tag.label) == filters.tag.strip().lower())
+            query = query.where(Image.id.in_(tagged))
+        with self.store.session() as s:
+            return np.fromiter(s.scalars(query), dtype=np.int64)
+
+    def image_info(self, image_id: int) -> ImageInfo:
+        """Path, file facts, captions and tags of an indexed image."""
+        with self.store.session() as s:
+            row = s.execute(
+                select(Image, Root.path).join(Root).where(Image.id == image_id, Image.status == INDEXED)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no indexed image with id {image_id}")
+            image, root = row
+            captions = s.scalars(
+                select(Caption.text).where(Caption.image_id == image_id).order_by(Caption.created_at.desc())
+            ).all()
+            tags = s.execute(
+                select(Tag.label, Tag.score).where(Tag.image_id == image_id).order_by(Tag.score.desc())
+            ).all()
+        return ImageInfo(
+            id=image.id,
+            path=str(Path(root) / image.relpath),
+            size=image.size,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            taken_at=image.taken_at,
+            captions=list(captions),
+            tags=[(label, float(score)) for label, score in tags],
+        )
+
+    def captions(self, ids: list[int]) -> dict[int, str]:
+        """The newest caption of each of these images that has one."""
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Caption.image_id, Caption.text).where(Caption.image_id.in_(ids)).order_by(Caption.created_at)
+            ).all()
+        return dict(rows)  # later rows win: the newest caption
+
+    def image_file(self, image_id: int) -> Path:
+        """The file of an indexed image; only ids are accepted, so no other file can be reached."""
+        path = Path(self.image_info(image_id).path)
+        if not path.is_file():
+            raise NotFoundError(f"image {image_id} is in the store but its file {path} is gone; re-index its folder")
+        return path
+
+    def thumbnail(self, image_id: int) -> Path:
+        """A JPEG thumbnail of an indexed image, made once and cached in the store by content hash."""
+        source = self.image_file(image_id)
+        with self.store.session() as s:
+            content_hash = s.scalar(select(Image.hash).where(Image.id == image_id))
+        thumb = self.store.path / THUMB_DIR / f"{content_hash or image_id}.jpg"
+        if not thumb.exists():
+            setup_heif()
+            try:
+                with PILImage.open(source) as img:
+                    img.draft("RGB", (THUMB_EDGE, THUMB_EDGE))
+                    small = ImageOps.exif_transpose(img).convert("RGB")
+                    small.thumbnail((THUMB_EDGE, THUMB_EDGE))
+            except OSError as e:
+                raise BadInputError(f"image {image_id} can no longer be read ({e}); re-index its folder") from None
+            thumb.parent.mkdir(exist_ok=True)
+            tmp = thumb.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            small.save(tmp, "JPEG", quality=82)
+            os.replace(tmp, thumb)
+        return thumb
 
     def stats(self) -> dict:
         """Counts, model and roots of the store."""
@@ -172,18 +342,33 @@ class SearchEngine:
         }
 
 
-def clean_query(query: str) -> str:
-    """The query text stripped, refused when empty or too long."""
-    query = query.strip()
-    if not query:
-        raise BadInputError("the query text is empty")
-    if len(query) > MAX_QUERY_CHARS:
-        raise BadInputError(f"the query text is over {MAX_QUERY_CHARS} characters")
-    return query
+def fts_query(text: str) -> str | None:
+    """A free-text query as an FTS5 query: its words, quoted (no FTS5 syntax from users), joined by OR."""
+    words = re.findall(r"\w+", text.lower())
+    return " OR ".join(f'"{word}"' for word in words) or None
 
 
 def check_page(k: int, offset: int) -> None:
     if not 1 <= k <= MAX_K:
         raise BadInputError(f"k must be between 1 and {MAX_K}")
-    if offset < 0:
-        raise BadInputError("offset must not be negative")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise BadInputError(f"offset must be between 0 and {MAX_OFFSET}")
+
+
+def folder_condition(folder: str):
+    """SQL condition: the image lies under `folder`, an absolute path or a path relative to its root."""
+    prefix = folder.strip().rstrip("/") + "/"
+    column = Root.path + "/" + Image.relpath if prefix.startswith("/") else Image.relpath
+    return column.startswith(prefix, autoescape=True)
+
+
+def search_params(index: faiss.Index, selector: faiss.IDSelector, fraction: float) -> faiss.SearchParameters:
+    """Search parameters restricted to `selector`, which admits `fraction` of the index.
+
+    An IVF index probes proportionally more lists, so as many admitted vectors are compared as
+    without a filter and recall holds; the selector is checked before any distance is computed.
+    """
+    if isinstance(index, faiss.IndexIVF):
+        nprobe = min(index.nlist, math.ceil(index.nprobe / max(fraction, 1e-9)))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+    return faiss.SearchParameters(sel=selector)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -12,7 +13,8 @@ from typer.testing import CliRunner
 from indexer.caption import CPU_CAPTIONER, Captioner, caption_store, load_captioner
 from indexer.errors import BadInputError, ModelLoadError
 from indexer.pipeline import index_folder
-from indexer.store import Caption, CaptionFailure, Image, open_store, utcnow
+from indexer.store import Caption, CaptionFailure, Image, Tag, open_store, utcnow
+from search.api import create_app
 from search.cli import app
 from search.engine import RRF_K, SearchEngine
 from tests.conftest import photo, write_photos
@@ -296,6 +298,29 @@ def test_hybrid_without_captions_is_embedding_search(tmp_path, settings):
         engine.search("a dog", "fuzzy")
     with pytest.raises(BadInputError, match="empty"):
         engine.search("  ", "caption")
+
+
+def test_api_and_row_filters_take_the_mode(planted, settings):
+    with planted.store.session() as s:
+        s.add_all(Tag(image_id=i, label_set="colours", label="red", score=0.9, model="m") for i in (3, 4))
+        s.commit()
+    with TestClient(create_app(settings)) as client:
+
+        def search(**params) -> list[dict]:
+            response = client.get("/api/search", params={"q": QUERY, "k": 5, **params})
+            assert response.status_code == 200, response.text
+            return response.json()["hits"]
+
+        assert [h["id"] for h in search()] == [1, 2, 3, 4, 5]  # the API's default stays embedding (cosine scores)
+        hybrid = search(mode="hybrid")
+        assert [h["id"] for h in hybrid] == [3, 5, 4, 1, 2]
+        assert hybrid[0]["caption"] == "a bicycle"
+        assert [h["id"] for h in search(mode="caption")] == [5, 3, 4]
+        assert [h["id"] for h in search(mode="caption", tag="red")] == [3, 4]
+        assert [h["id"] for h in search(mode="hybrid", tag="red")] == [3, 4]
+        for bad in ({"mode": "fuzzy"}, {"mode": "hybrid", "min_score": 0.5}):
+            response = client.get("/api/search", params={"q": QUERY, **bad})
+            assert response.status_code == 422, response.text
 
 
 def test_fts_follows_updates_deletes_and_migration(planted, settings):
