@@ -223,8 +223,9 @@ def caption_store(
                 captions, failures = caption_batch(captioner, decoded, prompt, settings) if decoded else ({}, {})
                 failures.update({i: reason for i, reason in batch.items() if isinstance(reason, str)})
                 write_batch(store, name, prompt, captions, failures)
+                paths = store.paths(list(failures)) if failures else {}
                 for image_id, reason in failures.items():
-                    log.warning("not captioning image %d: %s", image_id, reason)
+                    log.warning("not captioning %s: %s", paths.get(image_id, f"image {image_id}"), reason)
                 summary.captioned += len(captions)
                 summary.failed += len(failures)
                 done = summary.captioned + summary.failed

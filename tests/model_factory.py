@@ -185,24 +185,36 @@ def make_byte_bpe_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, pad_token=pad, unk_token=unk)
 
 
-def save_blip2(out: Path, seed: int = 0, min_new_tokens: int = 3) -> Path:
-    """Save a tiny random-weight BLIP-2 (ViT, Q-Former, tiny OPT) with its processor."""
+OPT_2_7B = dict(
+    vocab_size=50272, hidden_size=2560, ffn_dim=10240, word_embed_proj_dim=2560, num_hidden_layers=32,
+    num_attention_heads=32, max_position_embeddings=2048,
+)  # fmt: skip
+
+
+def make_blip2(size: str = "tiny", min_new_tokens: int = 3):
+    """A random-weight BLIP-2 and its processor: tiny (ViT, Q-Former, tiny OPT), or the blip2-opt-2.7b architecture.
+
+    `min_new_tokens` goes into the generation config so random weights never stop at once. Build the big
+    one under `with torch.device("cuda"):` to create its 3.8 billion weights on the GPU.
+    """
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
 
-    torch.manual_seed(seed)
     tokenizer = make_byte_bpe_tokenizer()
-    num_query_tokens = 4
+    num_query_tokens = 4 if size == "tiny" else 32
+    image_size = 32 if size == "tiny" else 224
     # The processor adds the "<image>" token the query outputs are placed on; the model must know its id.
     processor = Blip2Processor(
-        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
         tokenizer=tokenizer,
         num_query_tokens=num_query_tokens,
     )
-    config = Blip2Config(
-        vision_config=dict(image_size=32, patch_size=16, **TINY_VISION),
-        qformer_config=dict(encoder_hidden_size=TINY_VISION["hidden_size"], **TINY_QFORMER),
-        text_config=dict(
-            model_type="opt",
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    if size == "tiny":
+        vision = dict(image_size=image_size, patch_size=16, **TINY_VISION)
+        qformer = dict(encoder_hidden_size=TINY_VISION["hidden_size"], **TINY_QFORMER)
+        text = dict(
             vocab_size=len(tokenizer),
             hidden_size=32,
             ffn_dim=64,
@@ -210,15 +222,25 @@ def save_blip2(out: Path, seed: int = 0, min_new_tokens: int = 3) -> Path:
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=128,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        )
+    else:  # Blip2Config's vision and Q-Former defaults are blip2-opt-2.7b's (ViT-g/14, 12-layer Q-Former)
+        vision, qformer, text = {}, {}, OPT_2_7B
+    config = Blip2Config(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=dict(model_type="opt", **text, **ids),
         num_query_tokens=num_query_tokens,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = Blip2ForConditionalGeneration(config).eval()
     model.generation_config.min_new_tokens = min_new_tokens
+    return model, processor
+
+
+def save_blip2(out: Path, seed: int = 0, min_new_tokens: int = 3) -> Path:
+    """Save a tiny random-weight BLIP-2 (ViT, Q-Former, tiny OPT) with its processor."""
+    torch.manual_seed(seed)
+    model, processor = make_blip2("tiny", min_new_tokens)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
