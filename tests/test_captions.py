@@ -344,17 +344,24 @@ def test_fts_follows_updates_deletes_and_migration(planted, settings):
     assert ids(reopened.search("tandem", "caption")) == [3]
 
 
-def test_cli_caption_and_search_modes(tmp_path, cap_settings, blip_dir):
+def test_cli_caption_and_search_modes(tmp_path, cap_settings, blip_dir, clip_dir, monkeypatch):
+    monkeypatch.setenv("CLIPDEX_CAPTION_MAX_NEW_TOKENS", "4")
     write_photos(tmp_path / "photos", 3)
-    index_folder(tmp_path / "photos", cap_settings, show_progress=False)
     runner = CliRunner()
     store = str(cap_settings.store)
-    args = ["caption", "--store", store, "--model", str(blip_dir), "--max-new-tokens", "4", "--beams", "2", "--json"]
+    index_args = ["index", str(tmp_path / "photos"), "--store", store, "--model", str(clip_dir), "--workers", "1"]
+    result = runner.invoke(app, [*index_args, "--caption", "--caption-model", str(blip_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    captions = summary["captions"]
+    assert (summary["indexed"], captions["captioned"], captions["prompt"]) == (3, 3, "a photography of")
+    args = ["caption", "--store", store, "--model", str(blip_dir), "--prompt", "a picture of", "--beams", "2", "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert (summary["captioned"], summary["failed"], summary["prompt"]) == (3, 0, "a photography of")
+    assert (summary["captioned"], summary["failed"], summary["prompt"]) == (3, 0, "a picture of")
     assert json.loads(runner.invoke(app, args).stdout)["captioned"] == 0
+    assert len(stored_captions(cap_settings.store)) == 6
 
     text = stored_captions(cap_settings.store)[0].text
     result = runner.invoke(app, ["search", text, "--mode", "caption", "--store", store, "--json"])
