@@ -134,13 +134,13 @@ CAPTION_FTS_DDL = (
 
 
 def ensure_caption_fts(engine) -> None:
-    """Create the caption full-text index when missing, filling it from captions already stored."""
+    """Create the caption full-text index and its triggers when missing, filled from captions already stored."""
     with engine.begin() as conn:
-        exists = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'captions_fts'").first()
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'captions_fts'").first():
+            return  # made together with its triggers, in one transaction
         for statement in CAPTION_FTS_DDL:
             conn.exec_driver_sql(statement)
-        if exists is None:
-            conn.exec_driver_sql("INSERT INTO captions_fts(captions_fts) VALUES ('rebuild')")
+        conn.exec_driver_sql("INSERT INTO captions_fts(captions_fts) VALUES ('rebuild')")
 
 
 class Tag(Base):
