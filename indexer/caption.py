@@ -92,6 +92,12 @@ def default_captioner(device: torch.device) -> str:
     return GPU_CAPTIONER if device.type == "cuda" else CPU_CAPTIONER
 
 
+def resolve_captioner(settings: Settings) -> tuple[str, str]:
+    """The configured captioner's name as stored and its full prompt, checked from its config (no weights)."""
+    name = canonical_name(settings.caption_model or default_captioner(pick_device(settings.device)))
+    return name, full_prompt(caption_family(name), settings.caption_prompt)
+
+
 def load_captioner(name: str, device: str = "auto") -> Captioner:
     """Load a BLIP or BLIP-2 captioner from the hub or a directory; fp16 on CUDA, fp32 on CPU."""
     from transformers import AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
@@ -199,14 +205,12 @@ def caption_store(
     `root_id` limits the work to one indexed folder. The model is loaded only when there is work.
     """
     started = time.perf_counter()
-    device = pick_device(settings.device)
-    name = canonical_name(settings.caption_model or default_captioner(device))
-    prompt = full_prompt(caption_family(name), settings.caption_prompt)
+    name, prompt = resolve_captioner(settings)
     todo, total = images_to_caption(store, name, prompt, redo, root_id)
     summary = CaptionSummary(model=name, prompt=prompt, done_before=total - len(todo))
     if todo:
         captioner = load_captioner(name, settings.device)
-        batch_size = settings.caption_batch_size or (16 if device.type == "cuda" else 4)
+        batch_size = settings.caption_batch_size or (16 if captioner.device.type == "cuda" else 4)
         progress = Progress(
             TextColumn("captioning"),
             BarColumn(),

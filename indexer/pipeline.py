@@ -82,6 +82,10 @@ def index_folder(folder: Path, settings: Settings, show_progress: bool = True, c
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise BadInputError(f"{folder} is not a folder")
+    if caption:
+        from indexer.caption import resolve_captioner
+
+        resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
     requested = canonical_name(settings.model) if settings.model else None
     embedder: Embedder | None = None
     try:

@@ -76,6 +76,15 @@ def test_loading_a_non_captioner_is_a_clear_error(clip_dir, tmp_path):
         load_captioner(str(tmp_path), "cpu")
 
 
+def test_index_with_a_bad_captioner_fails_before_indexing(tmp_path, cap_settings, clip_dir):
+    write_photos(tmp_path / "photos", 2)
+    with pytest.raises(ModelLoadError, match="BLIP or BLIP-2"):
+        index_folder(
+            tmp_path / "photos", cap_settings.model_copy(update={"caption_model": str(clip_dir)}), caption=True
+        )
+    assert not cap_settings.store.exists()
+
+
 def test_default_captioner_on_cpu_is_blip_base(settings, monkeypatch):
     seen = []
 
