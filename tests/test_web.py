@@ -108,7 +108,6 @@ def test_search_upload_and_similar_in_a_browser(server, browser, tmp_path):
     page.select_option("select[name=mode]", "caption")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('1 result ')")
     assert page.locator("#grid .hit .caption").all_inner_texts() == ["a sunny beach"]
-    page.select_option("select[name=mode]", "hybrid")
     page.fill("input[name=taken_from]", "2024-02-01")
     page.fill("input[name=taken_to]", "2024-01-01")
     page.wait_for_selector("#status.error")
