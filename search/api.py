@@ -25,7 +25,9 @@ from indexer.decode import looks_like_image
 from indexer.errors import BadInputError, ClipdexError, NotFoundError
 from indexer.settings import Settings
 from indexer.store import Hit
+from search import vlm_api
 from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
+from search.vlm import Conversations, VisualQA
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -149,6 +151,8 @@ def create_app(settings: Settings) -> FastAPI:
         _ = engine.embedder  # load the model now, not on the first query
         engine.index()
         app.state.engine = engine
+        app.state.visual_qa = VisualQA(engine.store, settings)  # its VLM loads with the first question
+        app.state.conversations = Conversations()
         # Inference blocks for milliseconds and torch already spreads one call over every core, so model
         # calls run one at a time on their own thread: the event loop stays free and calls never contend.
         with ThreadPoolExecutor(1, thread_name_prefix="inference") as inference:
@@ -302,3 +306,6 @@ def image_file(engine: EngineDep, image_id: ImageId) -> FileResponse:
 def thumbnail(engine: EngineDep, image_id: ImageId) -> FileResponse:
     """A small JPEG of the image, cached in the store; cacheable by browsers since it is keyed by content."""
     return FileResponse(engine.thumbnail(image_id), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+router.include_router(vlm_api.router)  # /api/conversations: follow-up questions with a VLM

@@ -28,7 +28,7 @@ def blip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def blip2_dir(tmp_path_factory) -> Path:
-    return save_blip2(tmp_path_factory.mktemp("models") / "tiny-blip2")
+    return save_blip2(tmp_path_factory.mktemp("models") / "tiny-blip2", min_new_tokens=3)
 
 
 @pytest.fixture
