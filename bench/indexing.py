@@ -197,7 +197,7 @@ def main() -> None:
         workers = WorkerPeaks()
         workers.start()
         cpu_before = cpu_seconds()
-        summary = index_folder(paths[0].parent, settings.model_copy(update={"store": store}), False, embedder)
+        summary = index_folder(paths[0].parent, settings.model_copy(update={"store": store}), False, embedder=embedder)
         used_ms = (cpu_seconds() - cpu_before) * 1000 / len(paths)
         workers.stop.set()
         rate = summary.images_per_second

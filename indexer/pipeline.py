@@ -21,6 +21,7 @@ from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
 from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
 
 if TYPE_CHECKING:
+    from indexer.caption import CaptionSummary
     from indexer.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class IndexSummary:
     removed: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason code -> count
     seconds: float = 0.0
+    captions: "CaptionSummary | None" = None  # when the run also captioned
 
     @property
     def images_per_second(self) -> float:
@@ -48,7 +50,7 @@ class IndexSummary:
             f"indexed {self.indexed}, reused {self.reused}, unchanged {self.unchanged}, removed {self.removed}, "
             f"skipped {skipped}{f' ({reasons})' if reasons else ''} in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
-        )
+        ) + (f"; {self.captions.line()}" if self.captions else "")
 
 
 def load_embedder(name: str, settings: Settings) -> "Embedder":
@@ -70,10 +72,16 @@ class Pending:
 
 
 def index_folder(
-    folder: Path, settings: Settings, show_progress: bool = True, embedder: "Embedder | None" = None
+    folder: Path,
+    settings: Settings,
+    show_progress: bool = True,
+    caption: bool = False,
+    embedder: "Embedder | None" = None,
 ) -> IndexSummary:
     """Bring the store up to date with `folder`; safe to interrupt and re-run at any point.
 
+    With `caption`, the folder's images that lack a caption from the configured captioner are captioned
+    after embedding: new and changed images, and any a killed run left uncaptioned.
     `embedder`, when given, is an already loaded model for the store (benchmarks time the pipeline without
     model loading); otherwise the model is loaded only if there is something to embed.
     """
@@ -81,6 +89,10 @@ def index_folder(
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise BadInputError(f"{folder} is not a folder")
+    if caption:
+        from indexer.caption import resolve_captioner
+
+        resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
     requested = canonical_name(settings.model) if settings.model else None
     try:
         store = open_store(settings.store, model=requested)
@@ -121,7 +133,11 @@ def index_folder(
         store.index_version = store.data_version()
         summary.removed = len(scan.deleted)
     store.save_index()
-    summary.seconds = time.perf_counter() - started
+    summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
+    if caption:
+        from indexer.caption import caption_store
+
+        summary.captions = caption_store(store, settings, root_id=root_id, show_progress=show_progress)
     return summary
 
 
@@ -215,6 +231,8 @@ class ChunkWriter:
                 self.fill_row(row, p)
                 rows.append(row)
             s.flush()  # assigns ids to new rows
+            # A changed file's captions describe its old content.
+            self.store.delete_captions(s, [p.image_id for p in self.rows if p.image_id is not None])
             self.store.bump_version(s)
             s.commit()
         # A changed file keeps its id: drop its old vector before adding the new one.

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -101,6 +101,7 @@ def get_engine(request: Request) -> SearchEngine:
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits")]
 ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A stored image id")]  # SQLite's integer range
+SearchMode = Literal["embedding", "caption", "hybrid"]
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip (paging)")]
 
 
@@ -199,8 +200,9 @@ def hit_public(hit: Hit, caption: str | None) -> HitPublic:
 
 
 def results(engine: SearchEngine, hits: list[Hit], k: int, offset: int) -> SearchResults:
-    captions = engine.captions([h.id for h in hits])
-    return SearchResults(hits=[hit_public(h, captions.get(h.id)) for h in hits], k=k, offset=offset)
+    """Hits as the API shows them; a hit found by its caption shows that caption, others their newest."""
+    captions = engine.captions([h.id for h in hits if h.caption is None])
+    return SearchResults(hits=[hit_public(h, h.caption or captions.get(h.id)) for h in hits], k=k, offset=offset)
 
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
@@ -226,10 +228,20 @@ async def search_text(
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words")],
     k: KQuery = 24,
     offset: OffsetQuery = 0,
+    mode: Annotated[
+        SearchMode,
+        Query(
+            description="Rank by embedding similarity (scores are cosines), caption match (bm25), or both by "
+            "reciprocal rank fusion (hybrid; embedding search while the store has no captions). min_score needs "
+            "the embedding mode"
+        ),
+    ] = "embedding",
 ) -> SearchResults:
     """Images that best match a description."""
-    vector = await infer(request, engine.embed_query, q)
-    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
+    if mode != "caption":
+        # The model runs on the inference thread; the search below finds the query's vector in the engine's cache.
+        await infer(request, engine.embed_query, q)
+    hits = await run_in_threadpool(engine.search, q, mode, k, offset, filters)
     return await run_in_threadpool(results, engine, hits, k, offset)
 
 
