@@ -5,7 +5,6 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from functools import lru_cache
 from pathlib import Path
 
 import faiss
@@ -71,8 +70,6 @@ class SearchEngine:
         self.store: Store = open_store(settings.store, model=model)
         self._embedder: Embedder | None = None
         self._index_lock = threading.Lock()
-        # Paging through a text query re-asks for the same vector: keep the recent ones.
-        self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
 
     @property
     def embedder(self) -> Embedder:
@@ -80,21 +77,13 @@ class SearchEngine:
             self._embedder = make_embedder(self.store.model, self.settings)
         return self._embedder
 
-    def _embed_text(self, query: str) -> np.ndarray:
-        return self.embedder.embed_texts([query])[0]
-
     def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images that best match a description."""
         return self.search_vector(self.embed_query(query), k, offset, filters=filters)
 
     def embed_query(self, query: str) -> np.ndarray:
-        """The unit vector of a query text, after checking it is neither empty nor over-long."""
-        query = query.strip()
-        if not query:
-            raise BadInputError("the query text is empty")
-        if len(query) > MAX_QUERY_CHARS:
-            raise BadInputError(f"the query text is over {MAX_QUERY_CHARS} characters")
-        return self.embed_text(query)
+        """The unit vector of a query text."""
+        return self.embedder.embed_texts([check_query(query)])[0]
 
     def embed_image(self, data: bytes) -> np.ndarray:
         """The unit vector of an image file's content; a file that is not a usable image is BadInputError."""
@@ -262,6 +251,16 @@ class SearchEngine:
             "skipped": counts.get("skipped", 0),
             "roots": self.store.roots(),
         }
+
+
+def check_query(query: str) -> str:
+    """The query text stripped, or BadInputError when it is empty or over-long."""
+    query = query.strip()
+    if not query:
+        raise BadInputError("the query text is empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise BadInputError(f"the query text is over {MAX_QUERY_CHARS} characters")
+    return query
 
 
 def folder_condition(folder: str):
