@@ -38,8 +38,8 @@ DB_FILE = "clipdex.db"
 INDEX_FILE = "index.faiss"
 INDEX_META_FILE = "index.json"
 INDEXED, SKIPPED = "indexed", "skipped"
-# Up to this many vectors the index is exact (about 9 ms a query at 100k on 2 cores); above, IVF.
-EXACT_LIMIT = 100_000
+# Up to this many vectors the index is exact (under 2 ms a query; 9 ms at 100k on 2 cores); above, IVF.
+EXACT_LIMIT = 20_000
 # nprobe is calibrated on stored vectors to this recall@10, a margin over the 0.95 promised for queries.
 RECALL_TARGET = 0.97
 
