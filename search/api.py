@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import faiss
 import torch
@@ -89,7 +89,8 @@ class HealthPublic(BaseModel):
 
 
 class ErrorPublic(BaseModel):
-    detail: str
+    # A message; for a request that fails FastAPI's own validation, its list of problems.
+    detail: str | list[dict[str, Any]]
 
 
 # --- dependencies --------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ class SearchEngine:
 
     def similar(self, image_id: int, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Stored images most like a stored one, leaving out the image itself."""
-        vector = self.store.vector(image_id)
+        vector = self.store.vector(image_id) if 0 < image_id < 2**63 else None  # beyond SQLite's integers
         if vector is None:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return self.search_vector(vector, k, offset, exclude=image_id, filters=filters)
