@@ -139,6 +139,8 @@ class Store:
         self.dim = manifest.dim
         self.index: faiss.Index | None = None
         self.index_version = -1
+        self.index_max_id = 0  # the highest image id when the index was loaded or refreshed: rows above are new
+        self.index_partial = False  # refresh_index added rows: edits and deletions may be missing
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -162,16 +164,52 @@ class Store:
         version = self.data_version()
         if self.index is not None and self.index_version == version and index_suits(self.index):
             return self.index
-        index_file, meta_file = self.path / INDEX_FILE, self.path / INDEX_META_FILE
-        if index_file.exists() and meta_file.exists():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("data_version") == version:
-                index = faiss.read_index(str(index_file))
-                if index_suits(index):
-                    self.index, self.index_version = index, version
-                    return self.index
+        with self.session() as s:
+            self.index_max_id, self.index_partial = s.scalar(select(func.max(Image.id))) or 0, False
+        index_file = self.path / INDEX_FILE
+        if index_file.exists() and self.saved_version() == version:
+            index = faiss.read_index(str(index_file))
+            if index_suits(index):
+                self.index, self.index_version = index, version
+                return self.index
         self.index, self.index_version = self.build_index(), version
         self.save_index()
+        return self.index
+
+    def saved_version(self) -> int | None:
+        """The data version of the index file on disk."""
+        meta_file = self.path / INDEX_META_FILE
+        return json.loads(meta_file.read_text()).get("data_version") if meta_file.exists() else None
+
+    def refresh_index(self) -> faiss.Index:
+        """For a reader while an indexer runs: the index brought up to the database without a full rebuild.
+
+        Rows committed since (ids above any seen) are added as the indexer's chunks land; once the indexer
+        saves its index for the current version, that one is loaded, edits and deletions included. Only
+        rows that vanished with no saved index to explain them make it rebuild.
+        """
+        version = self.data_version()
+        if self.index is not None and self.index_version == version and not self.index_partial:
+            return self.index
+        if self.index is None or self.saved_version() == version:
+            self.index_version = -1  # whatever is in memory is older than the saved file
+            return self.load_index()
+        if self.index_version == version:
+            return self.index
+        with self.session() as s:  # one read transaction: a consistent snapshot
+            version = s.scalar(select(Manifest.data_version))
+            count = s.scalar(select(func.count()).select_from(Image).where(Image.status == INDEXED))
+            rows = s.execute(
+                select(Image.id, Image.vector).where(Image.status == INDEXED, Image.id > self.index_max_id)
+            ).all()
+        if rows:
+            ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+            self.index.add_with_ids(np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, self.dim), ids)
+            self.index_max_id = int(ids.max())
+        if self.index.ntotal != count:  # rows were deleted or skipped: only a full load knows which
+            self.index_version = -1
+            return self.load_index()
+        self.index_version, self.index_partial = version, True
         return self.index
 
     def build_index(self) -> faiss.Index:

@@ -156,10 +156,14 @@ class SearchEngine:
         return [Hit(id=i, path=paths[i], score=s) for i, s in pairs if i in paths]
 
     def index(self) -> faiss.Index:
-        """The index, reloaded when the indexer has committed since (one cheap version query per call)."""
-        if self.store.index is None or self.store.index_version != self.store.data_version():
-            with self._index_lock:  # concurrent requests must not each rebuild it
-                self.store.load_index()
+        """The index, caught up when the indexer has committed since (one cheap version query per call)."""
+        if (
+            self.store.index is None
+            or self.store.index_version != self.store.data_version()
+            or self.store.index_partial
+        ):
+            with self._index_lock:  # concurrent requests must not each catch up
+                self.store.refresh_index()
         return self.store.index
 
     def filtered_ids(self, filters: Filters) -> np.ndarray:

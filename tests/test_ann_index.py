@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 import indexer.store as store_module
 from indexer.settings import Settings
-from indexer.store import Tag, open_store
+from indexer.store import INDEXED, Image, Tag, open_store, utcnow
 from search.engine import Filters, SearchEngine
 from tests.planted import clustered_vectors, plant_vectors
 
@@ -65,3 +66,36 @@ def test_a_flat_index_that_outgrew_its_size_is_rebuilt(tmp_path, monkeypatch):
     assert not isinstance(store.load_index(), store_module.faiss.IndexIVF)  # 3000 is under the default limit
     monkeypatch.setattr(store_module, "EXACT_LIMIT", 1000)
     assert isinstance(open_store(tmp_path / "s").load_index(), store_module.faiss.IndexIVF)
+
+
+def test_a_reader_catches_up_with_an_indexer_without_rebuilding(tmp_path, monkeypatch):
+    vectors = clustered_vectors(300, dim=32, clusters=10)
+    plant_vectors(tmp_path / "s", vectors[:200]).load_index()  # the indexer's run ends by saving the index
+    reader, writer = open_store(tmp_path / "s"), open_store(tmp_path / "s")
+    assert reader.refresh_index().ntotal == 200
+
+    def no_rebuild():
+        raise AssertionError("rebuilt")
+
+    monkeypatch.setattr(reader, "build_index", no_rebuild)
+    with writer.session() as s:  # the indexer commits a chunk of new images (ids 201..300)
+        root = s.scalar(select(Image.root_id))
+        for i in range(200, 300):
+            s.add(Image(id=i + 1, root_id=root, relpath=f"new/{i}.jpg", size=1, mtime_ns=0, status=INDEXED,
+                        vector=vectors[i].tobytes(), indexed_at=utcnow()))  # fmt: skip
+        writer.bump_version(s)
+        s.commit()
+    index = reader.refresh_index()
+    assert index.ntotal == 300 and index.search(vectors[250:251], 1)[1][0, 0] == 251
+    assert reader.index_partial
+
+    writer.load_index()  # the indexer saves an index for this version: the reader takes it from disk
+    assert reader.refresh_index() is not index and not reader.index_partial
+
+    monkeypatch.undo()
+    with writer.session() as s:  # rows deleted with no saved index to say which: a full load
+        writer.delete_images(s, [1, 2])
+        writer.bump_version(s)
+        s.commit()
+    index = reader.refresh_index()
+    assert index.ntotal == 298 and not {1, 2} & set(index.search(vectors[:2], 5)[1].ravel())
