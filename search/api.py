@@ -27,8 +27,10 @@ from indexer.decode import looks_like_image
 from indexer.errors import BadInputError, ClipdexError, NotFoundError
 from indexer.settings import Settings
 from indexer.store import Hit
+from search import vlm_api
 from search.batching import TextBatcher
 from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine, check_query
+from search.vlm import Conversations, VisualQA
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -161,6 +163,8 @@ def create_app(settings: Settings) -> FastAPI:
         # pool via run_in_threadpool) so the event loop keeps accepting and answering other requests.
         batcher = TextBatcher(engine.embedder.embed_texts, workers=os.cpu_count() or 1)
         app.state.engine, app.state.batcher = engine, batcher
+        app.state.visual_qa = VisualQA(engine.store, settings)  # its VLM loads with the first question
+        app.state.conversations = Conversations()
         try:
             yield
         finally:
@@ -298,3 +302,6 @@ def image_file(engine: EngineDep, image_id: ImageId) -> FileResponse:
 def thumbnail(engine: EngineDep, image_id: ImageId) -> FileResponse:
     """A small JPEG of the image, cached in the store; cacheable by browsers since it is keyed by content."""
     return FileResponse(engine.thumbnail(image_id), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+router.include_router(vlm_api.router)  # /api/conversations: follow-up questions with a VLM

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -28,6 +28,9 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [env CLIPDEX_DEVICE]")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+VlmOpt = Annotated[
+    str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory [env CLIPDEX_VLM]")
+]
 
 
 def make_settings(**overrides) -> Settings:
@@ -102,10 +105,15 @@ def search(
     store: StoreOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
+    ask: Annotated[str | None, typer.Option("--ask", help="Ask a VLM this question about the top hits")] = None,
+    vlm: VlmOpt = None,
 ) -> None:
     """Find images matching a text description."""
     engine = open_engine(store, device=device)
-    print_hits(run(engine.search_text, query, k, offset), json_out)
+    hits = run(engine.search_text, query, k, offset)
+    print_hits(hits, json_out)
+    if ask:
+        ask_about_hits(engine.store, hits, ask, make_settings(store=store, device=device, vlm=vlm))
 
 
 @app.command()
@@ -172,3 +180,126 @@ def serve(
     open_engine(store)  # fail with a clear message before uvicorn starts, if the store cannot be opened
     out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+# --- questions about images with a vision-language model (search/vlm.py) -------------------------------
+
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens")]
+TemperatureOpt = Annotated[
+    float | None, typer.Option("--temperature", min=0.0, help="0 answers greedily; above 0 samples")
+]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass")]
+DtypeOpt = Annotated[
+    Literal["auto", "float32", "float16", "bfloat16"] | None,
+    typer.Option("--dtype", help="VLM weights: auto is float16 on CUDA, float32 on CPU"),
+]
+QuantizeOpt = Annotated[
+    Literal["none", "4bit", "8bit"] | None,
+    typer.Option("--quantize", help="4-bit or 8-bit VLM weights (CUDA + bitsandbytes)"),
+]
+
+
+def open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize):
+    """A VisualQA over the store, with the VLM flags of `ask` and `chat`; the VLM loads with the first question."""
+    from indexer.store import open_store
+    from search.vlm import VisualQA
+
+    settings = make_settings(
+        store=store,
+        vlm=vlm,
+        device=device,
+        vlm_max_new_tokens=max_new_tokens,
+        vlm_temperature=temperature,
+        vlm_top_p=top_p,
+        vlm_dtype=dtype,
+        vlm_quantize=quantize,
+    )
+    return VisualQA(run(open_store, settings.store), settings)
+
+
+def say_answer(qa, conversation, question: str) -> None:
+    """Stream the answer to stdout as it is generated."""
+    if not qa.loaded:  # transformers shows the weights' loading progress
+        err.print(f"loading {qa.settings.vlm}", highlight=False)
+        qa.load()
+    with err.status("thinking"):
+        chunks = qa.ask(conversation, question)
+        first = next(chunks, "")
+    typer.echo(first, nl=False)
+    for chunk in chunks:
+        typer.echo(chunk, nl=False)
+    typer.echo()
+
+
+@app.command("ask")
+def ask_command(
+    images: Annotated[list[str], typer.Argument(help="Stored image ids or paths", show_default=False)],
+    question: Annotated[str, typer.Argument(help="What to ask about the images")],
+    store: StoreOpt = None,
+    vlm: VlmOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = None,
+) -> None:
+    """Ask a vision-language model a question about stored images; the answer streams."""
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
+    conversation = run(qa.start, images)
+    run(say_answer, qa, conversation, question)
+
+
+CHAT_HELP = "/clear forgets the questions, /image ID adds an image, /quit ends"
+
+
+@app.command()
+def chat(
+    images: Annotated[list[str], typer.Argument(help="Stored image ids or paths", show_default=False)],
+    store: StoreOpt = None,
+    vlm: VlmOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = None,
+) -> None:
+    """Talk about stored images with a vision-language model, question after question."""
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
+    conversation = run(qa.start, images)
+    err.print(CHAT_HELP, highlight=False)
+    while True:
+        try:
+            line = out.input("[bold]> [/bold]").strip()
+        except EOFError:
+            break
+        command, _, arg = line.partition(" ")
+        try:
+            if command == "/quit":
+                break
+            elif command == "/clear":
+                conversation.clear()
+                err.print("history cleared")
+            elif command == "/image":
+                conversation.add_image(qa.image_id(arg.strip()))
+                err.print(f"images: {', '.join(map(str, conversation.images))}", highlight=False)
+            elif command.startswith("/"):
+                err.print(f"unknown command {command}; {CHAT_HELP}", highlight=False)
+            elif line:
+                say_answer(qa, conversation, line)
+        except ClipdexError as e:  # a bad question or image ends this turn, not the conversation
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+
+
+def ask_about_hits(store, hits: list[Hit], question: str, settings: Settings) -> None:
+    """`search --ask`: one question about as many of the top hits as the VLM looks at at once."""
+    from search.vlm import VisualQA
+
+    if not hits:
+        return
+    qa = VisualQA(store, settings)
+    vlm = run(qa.load)
+    conversation = run(qa.start, [h.id for h in hits[: vlm.max_images]])
+    err.print(f"asking about {', '.join(map(str, conversation.images))}:", highlight=False)
+    run(say_answer, qa, conversation, question)

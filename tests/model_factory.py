@@ -8,11 +8,21 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    BlipConfig,
+    BlipForQuestionAnswering,
+    BlipImageProcessor,
+    BlipProcessor,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     PreTrainedTokenizerFast,
     SiglipConfig,
     SiglipImageProcessor,
@@ -105,4 +115,134 @@ def save_sentence_transformers_clip(out: Path, seed: int = 0) -> Path:
     save_clip(out / "0_CLIPModel", seed=seed)
     modules = [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}]
     (out / "modules.json").write_text(json.dumps(modules))
+    return out
+
+
+# --- vision-language models (search/vlm.py) ---------------------------------------------------------
+
+VLM_CORPUS = CORPUS + [
+    "Question: what is in the picture? Answer: a dog.",
+    "USER: <image>\nWhat colour is the car? ASSISTANT: red",
+]
+IMAGE_TOKEN = "<image>"
+# The llava-hf/llava-1.5 chat template: images of a turn first, then its text.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+TINY_LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+def make_vlm_tokenizer(vocab_size: int = 400, extra_special: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (decodes back to the exact text) that starts each text with a BOS token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [PAD, UNK, BOS, EOS, *extra_special]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(VLM_CORPUS * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+
+
+def save_blip2(out: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight BLIP-2 (ViT + Q-Former + OPT) with its processor; tiny, or `bench` sized."""
+    torch.manual_seed(seed)
+    tokenizer = make_vlm_tokenizer(extra_special=(IMAGE_TOKEN,))
+    tokenizer.image_token = IMAGE_TOKEN
+    if size == "tiny":
+        vision, image_size, patch, queries, lm = dict(TINY_VISION), 32, 8, 4, dict(TINY_LM, ffn_dim=64)
+        qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        vocab = len(tokenizer)
+    else:  # ViT-B/16 vision, BLIP-2's 32 queries and 12-layer Q-Former, OPT-125m with its 50k vocabulary
+        vision, image_size, patch, queries, vocab = dict(VIT_B32_VISION), 224, 16, 32, 50272
+        qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+        lm = dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12)
+    lm.pop("intermediate_size", None)
+    config = Blip2Config(
+        vision_config=dict(image_size=image_size, patch_size=patch, **vision),
+        qformer_config=dict(encoder_hidden_size=vision["hidden_size"], **qformer),
+        text_config=dict(
+            model_type="opt",
+            vocab_size=vocab,
+            word_embed_proj_dim=lm["hidden_size"],
+            max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **lm,
+        ),
+        num_query_tokens=queries,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
+    Blip2ForConditionalGeneration(config).eval().save_pretrained(out)
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    Blip2Processor(image_processor, tokenizer, num_query_tokens=queries).save_pretrained(out)
+    return out
+
+
+def save_llava(out: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight LLaVA (CLIP vision tower + Llama) with processor and chat template; tiny or `bench`."""
+    torch.manual_seed(seed)
+    tokenizer = make_vlm_tokenizer(extra_special=(IMAGE_TOKEN,))
+    if size == "tiny":
+        vision, image_size, patch, lm, vocab = dict(TINY_VISION), 32, 8, dict(TINY_LM), len(tokenizer)
+    else:  # ViT-B/16 vision tower (196 image tokens), a 12-layer 768-wide Llama with Llama's 32k vocabulary
+        vision, image_size, patch, vocab = dict(VIT_B32_VISION), 224, 16, 32064
+        lm = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", image_size=image_size, patch_size=patch, **vision),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=vocab,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **lm,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    LlavaForConditionalGeneration(config).eval().save_pretrained(out)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    LlavaProcessor(
+        image_processor,
+        tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token, which the "default" strategy drops again
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    ).save_pretrained(out)
+    return out
+
+
+def save_blip_vqa(out: Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight BLIP visual question answering model with its processor."""
+    torch.manual_seed(seed)
+    tokenizer = make_vlm_tokenizer()
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            max_position_embeddings=64,
+            encoder_hidden_size=32,
+            **TINY_TEXT,
+        ),
+        vision_config=dict(image_size=32, patch_size=8, **TINY_VISION),
+    )
+    BlipForQuestionAnswering(config).eval().save_pretrained(out)
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(out)
     return out
