@@ -53,3 +53,13 @@ class Settings(BaseSettings):
     # 0 decodes greedily (the same answer every time); above 0 samples with this temperature and top-p.
     vlm_temperature: float = 0.0
     vlm_top_p: float = 1.0
+
+    # Captioning (clipdex caption, clipdex index --caption). None: Salesforce/blip2-opt-2.7b on CUDA,
+    # Salesforce/blip-image-captioning-base on CPU; any BLIP or BLIP-2 hub id or directory.
+    caption_model: str | None = None
+    # None: the family's default ("a photography of" for BLIP, a "Question: ... Answer:" for BLIP-2).
+    caption_prompt: str | None = None
+    caption_max_new_tokens: int = 30
+    caption_beams: int = 3
+    # None: 16 on CUDA, 4 on CPU.
+    caption_batch_size: int | None = None

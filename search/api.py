@@ -4,14 +4,13 @@ Routes are thin: they validate input with pydantic/FastAPI, call the engine, and
 Clipdex errors become 4xx here, at the edge; everything else about searching lives in search.engine.
 """
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import faiss
 import torch
@@ -29,7 +28,7 @@ from indexer.settings import Settings
 from indexer.store import Hit
 from search import vlm_api
 from search.batching import TextBatcher
-from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine, check_query
+from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
 from search.vlm import Conversations, VisualQA
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -105,6 +104,7 @@ def get_engine(request: Request) -> SearchEngine:
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits")]
 ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A stored image id")]  # SQLite's integer range
+SearchMode = Literal["embedding", "caption", "hybrid"]
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip (paging)")]
 
 
@@ -162,6 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Inference and searches block for milliseconds: they run on threads (the batcher's, or FastAPI's
         # pool via run_in_threadpool) so the event loop keeps accepting and answering other requests.
         batcher = TextBatcher(engine.embedder.embed_texts, workers=os.cpu_count() or 1)
+        engine.text_encoder = batcher.embed
         app.state.engine, app.state.batcher = engine, batcher
         app.state.visual_qa = VisualQA(engine.store, settings)  # its VLM loads with the first question
         app.state.conversations = Conversations()
@@ -208,8 +209,9 @@ def hit_public(hit: Hit, caption: str | None) -> HitPublic:
 
 
 def results(engine: SearchEngine, hits: list[Hit], k: int, offset: int) -> SearchResults:
-    captions = engine.captions([h.id for h in hits])
-    return SearchResults(hits=[hit_public(h, captions.get(h.id)) for h in hits], k=k, offset=offset)
+    """Hits as the API shows them; a hit found by its caption shows that caption, others their newest."""
+    captions = engine.captions([h.id for h in hits if h.caption is None])
+    return SearchResults(hits=[hit_public(h, h.caption or captions.get(h.id)) for h in hits], k=k, offset=offset)
 
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
@@ -229,16 +231,22 @@ def stats(engine: EngineDep) -> StatsPublic:
 
 @router.get("/search", responses={422: {"model": ErrorPublic}})
 async def search_text(
-    request: Request,
     engine: EngineDep,
     filters: FiltersDep,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words")],
     k: KQuery = 24,
     offset: OffsetQuery = 0,
+    mode: Annotated[
+        SearchMode,
+        Query(
+            description="Rank by embedding similarity (scores are cosines), caption match (bm25), or both by "
+            "reciprocal rank fusion (hybrid; embedding search while the store has no captions). min_score needs "
+            "the embedding mode"
+        ),
+    ] = "embedding",
 ) -> SearchResults:
     """Images that best match a description."""
-    vector = await asyncio.wrap_future(request.app.state.batcher.submit(check_query(q)))
-    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
+    hits = await run_in_threadpool(engine.search, q, mode, k, offset, filters)
     return await run_in_threadpool(results, engine, hits, k, offset)
 
 

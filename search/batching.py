@@ -30,6 +30,10 @@ class TextBatcher:
         self.queue.put((text, future))
         return future
 
+    def embed(self, text: str) -> np.ndarray:
+        """The text's unit vector, waiting for the batch it joins."""
+        return self.submit(text).result()
+
     def work(self) -> None:
         while (item := self.queue.get()) is not None:
             batch = [item]

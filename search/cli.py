@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,6 +29,22 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [env CLIPDEX_DEVICE]")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+CaptionModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--caption-model",
+        help="BLIP or BLIP-2 captioner: hub id or local directory [env CLIPDEX_CAPTION_MODEL; "
+        "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU]",
+    ),
+]
+
+
+class SearchMode(StrEnum):
+    embedding = "embedding"
+    caption = "caption"
+    hybrid = "hybrid"
+
+
 VlmOpt = Annotated[
     str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory [env CLIPDEX_VLM]")
 ]
@@ -65,13 +82,17 @@ def index(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per inference batch")] = None,
     device: DeviceOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode processes")] = None,
+    caption: Annotated[bool, typer.Option("--caption", help="Also caption new and changed images")] = False,
+    caption_model: CaptionModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index a folder (incremental: only new and changed files are embedded)."""
     from indexer.pipeline import index_folder
 
-    settings = make_settings(store=store, model=model, batch_size=batch_size, device=device, workers=workers)
-    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty())
+    settings = make_settings(
+        store=store, model=model, batch_size=batch_size, device=device, workers=workers, caption_model=caption_model
+    )
+    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
     if json_out:
         typer.echo(json.dumps({**asdict(summary), "images_per_second": summary.images_per_second}))
     else:
@@ -85,9 +106,12 @@ def print_hits(hits: list[Hit], json_out: bool) -> None:
     if not hits:
         out.print("no hits")
         return
-    table = Table("rank", "score", "id", "path", box=None)
+    with_captions = any(hit.caption for hit in hits)
+    table = Table("rank", "score", "id", "path", *(["caption"] if with_captions else []), box=None)
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.path)
+        table.add_row(
+            str(rank), f"{hit.score:.4f}", str(hit.id), hit.path, *([hit.caption or ""] if with_captions else [])
+        )
     out.print(table)
 
 
@@ -102,6 +126,14 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words")],
     k: KOpt = 10,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    mode: Annotated[
+        SearchMode,
+        typer.Option(
+            "--mode",
+            help="Rank by embedding similarity, caption match (FTS5 bm25), or both fused by reciprocal rank "
+            "(hybrid; plain embedding search while the store has no captions)",
+        ),
+    ] = SearchMode.hybrid,
     store: StoreOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
@@ -110,7 +142,7 @@ def search(
 ) -> None:
     """Find images matching a text description."""
     engine = open_engine(store, device=device)
-    hits = run(engine.search_text, query, k, offset)
+    hits = run(engine.search, query, mode.value, k, offset)
     print_hits(hits, json_out)
     if ask:
         ask_about_hits(engine.store, hits, ask, make_settings(store=store, device=device, vlm=vlm))
@@ -180,6 +212,53 @@ def serve(
     open_engine(store)  # fail with a clear message before uvicorn starts, if the store cannot be opened
     out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def caption(
+    store: StoreOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="BLIP or BLIP-2 captioner: hub id or local directory [env CLIPDEX_CAPTION_MODEL; "
+            "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU]",
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help='Conditional prompt: a prefix for BLIP ("a photography of"); for BLIP-2 a question ending in "?" '
+            'is asked as "Question: ... Answer:" [env CLIPDEX_CAPTION_PROMPT]',
+        ),
+    ] = None,
+    redo: Annotated[bool, typer.Option("--redo", help="Caption every image again, failed ones included")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per generation batch")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Caption length cap")] = None,
+    beams: Annotated[int | None, typer.Option("--beams", min=1, help="Beam search width (1: greedy, fastest)")] = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Caption the stored images that lack a caption from this model and prompt (all of them with --redo)."""
+    from indexer.caption import caption_store
+    from indexer.store import open_store
+
+    settings = make_settings(
+        store=store,
+        device=device,
+        caption_model=model,
+        caption_prompt=prompt,
+        caption_batch_size=batch_size,
+        caption_max_new_tokens=max_new_tokens,
+        caption_beams=beams,
+    )
+    opened = run(open_store, settings.store)
+    summary = run(caption_store, opened, settings, redo, None, not json_out and sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps({**asdict(summary), "captions_per_second": summary.captions_per_second}))
+    else:
+        out.print(summary.line(), highlight=False)
 
 
 # --- questions about images with a vision-language model (search/vlm.py) -------------------------------
