@@ -79,7 +79,7 @@ class Classifier:
 
     def logits(self, vectors: np.ndarray) -> torch.Tensor:
         """(n, labels) log-probabilities (softmax) or logits (sigmoid) of unit image vectors."""
-        x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        x = torch.from_numpy(np.require(vectors, np.float32, ["C", "W"]))  # torch wants writable memory
         logits = x @ torch.from_numpy(self.weights).T
         logits.mul_(self.scale).add_(self.bias)
         if self.activation == "softmax":
@@ -208,10 +208,10 @@ def build_classifier(
 ) -> Classifier:
     """Embed the prompts and take the scale (and SigLIP's bias) from the loaded model."""
     model = embedder.loaded.model
-    scale = float(model.logit_scale.exp())
+    scale = float(model.logit_scale.detach().exp())
     weights = embed_prompts(embedder, labels, templates)
     if embedder.loaded.family == "siglip":
-        return Classifier(list(labels), weights, "sigmoid", scale, float(model.logit_bias))
+        return Classifier(list(labels), weights, "sigmoid", scale, float(model.logit_bias.detach()))
     if multi_label:
         baseline = embed_prompts(embedder, [BASELINE_LABEL], templates)
         return Classifier(list(labels), weights - baseline, "sigmoid", scale, 0.0)
@@ -300,7 +300,7 @@ def retag_store(store: Store, show_progress: bool = False) -> list[TagSummary]:
 
 
 def saved_classifier(label_set: LabelSet, dim: int) -> Classifier:
-    weights = np.frombuffer(label_set.weights, dtype=np.float32).reshape(-1, dim)
+    weights = np.frombuffer(label_set.weights, dtype=np.float32).reshape(-1, dim).copy()  # writable for torch
     return Classifier(list(label_set.labels), weights, label_set.activation, label_set.scale, label_set.bias)
 
 
