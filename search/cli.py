@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -193,16 +192,13 @@ def tag(
         err.print("[red]error:[/red] give exactly one of --labels and --labels-file", highlight=False)
         raise typer.Exit(2)
     label_list = run(tagging.read_labels_file, labels_file) if labels_file else run(tagging.parse_labels, labels)
-    templates = run(tagging.check_templates, template)
-    options = run(tagging.TagOptions(top_k, threshold, multi_label).resolved, len(label_list))
+    options = tagging.TagOptions(top_k, threshold, multi_label)
+    # Checked before the store is opened and the model loaded, so a typo fails in a moment.
+    run(tagging.check_templates, template)
+    run(options.resolved, len(label_list))
     engine = open_engine(store, device=device)
-    started = time.perf_counter()
-    classifier = run(tagging.build_classifier, engine.embedder, label_list, templates, multi_label)
-    label_seconds = time.perf_counter() - started
-    summary = run(
-        tagging.tag_store, engine.store, classifier, templates, options, name, not json_out and sys.stderr.isatty()
-    )
-    summary.label_seconds = label_seconds
+    show_progress = not json_out and sys.stderr.isatty()
+    summary = run(tagging.tag_collection, engine, label_list, template, options, name, show_progress)
     if json_out:
         typer.echo(json.dumps(asdict(summary)))
         return

@@ -251,6 +251,28 @@ def classify_image(
 # --- tagging the store ---------------------------------------------------------------------------------
 
 
+def tag_collection(
+    engine,
+    labels: Sequence[str],
+    templates: Sequence[str] | None = None,
+    options: TagOptions = TagOptions(),
+    name: str = DEFAULT_SET,
+    show_progress: bool = False,
+) -> TagSummary:
+    """The whole tagging job on a search engine's store: check the input, embed the prompts, tag, save the set."""
+    labels, templates = check_labels(labels), check_templates(templates)
+    options = options.resolved(len(labels))
+    name = name.strip()
+    if not name or len(name) > MAX_LABEL_CHARS:
+        raise BadInputError(f"a label set needs a name of 1 to {MAX_LABEL_CHARS} characters")
+    clock = time.perf_counter()
+    classifier = build_classifier(engine.embedder, labels, templates, options.multi_label)
+    label_seconds = time.perf_counter() - clock
+    summary = tag_store(engine.store, classifier, templates, options, name, show_progress)
+    summary.label_seconds = label_seconds
+    return summary
+
+
 def tag_vectors(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]], classifier: Classifier, options: TagOptions
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
@@ -374,6 +396,29 @@ def label_counts(store: Store, label_set: str | None = None) -> list[tuple[str, 
 def label_set_names(store: Store) -> list[str]:
     with store.session() as s:
         return list(s.scalars(select(LabelSet.name).order_by(LabelSet.name)))
+
+
+@dataclass
+class ImageTag:
+    """A tag of one image: its label set, label and score."""
+
+    label_set: str
+    label: str
+    score: float
+
+
+def image_tags(store: Store, ids: Sequence[int]) -> dict[int, list[ImageTag]]:
+    """The tags of the given images, best score first (for showing tags next to hits)."""
+    with store.session() as s:
+        rows = s.execute(
+            select(Tag.image_id, Tag.label_set, Tag.label, Tag.score)
+            .where(Tag.image_id.in_(list(ids)))
+            .order_by(Tag.image_id, Tag.score.desc())
+        ).all()
+    tags: dict[int, list[ImageTag]] = {int(i): [] for i in ids}
+    for image_id, label_set, label, score in rows:
+        tags[image_id].append(ImageTag(label_set, label, score))
+    return tags
 
 
 def tagged_ids(store: Store, label: str) -> np.ndarray:

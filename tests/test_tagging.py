@@ -25,10 +25,12 @@ from search.tagging import (
     TagOptions,
     check_templates,
     classify_image,
+    image_tags,
     label_counts,
     parse_labels,
     read_labels_file,
     retag_store,
+    tag_collection,
     tag_store,
 )
 from tests.conftest import photo, write_photos
@@ -257,6 +259,14 @@ def test_cli_tag_search_and_retag_new_images(tmp_path, clip_dir):
     summary = json.loads(result.stdout)
     assert summary["images"] == 4 and summary["tags"] == 4 and summary["labels"] == 3
 
+    # The store's tags are what classifying the same image file on its own gives.
+    engine = SearchEngine(Settings(store=tmp_path / "store", device="cpu"))
+    first = engine.store.find_path(photos / "img000.jpg")
+    stored = image_tags(engine.store, [first])[first]
+    [best] = classify_image(engine, (photos / "img000.jpg").read_bytes(), ["dog", "beach", "sunset"])[:1]
+    assert [(t.label_set, t.label) for t in stored] == [("scenes", best.label)]
+    assert stored[0].score == pytest.approx(best.score, abs=1e-5)
+
     listed = json.loads(cli("tags", "--store", store, "--json").stdout)
     assert sum(row["images"] for row in listed) == 4 and {row["label_set"] for row in listed} == {"scenes"}
     label = listed[0]["label"]
@@ -298,6 +308,15 @@ def test_bad_input_is_a_clear_error(make, message):
     with pytest.raises(BadInputError, match=None) as e:
         make()
     assert message in str(e.value)
+
+
+def test_tag_collection_checks_its_input(clip_dir, tmp_path):
+    engine = engine_for(clip_dir, tmp_path)
+    with pytest.raises(BadInputError, match="needs a name"):
+        tag_collection(engine, ["cat"], name="  ")
+    with pytest.raises(BadInputError, match="duplicate"):
+        tag_collection(engine, ["cat", "cat "])
+    assert tag_collection(engine, ["cat", "dog"], name="pets").images == 0  # an empty store tags nothing
 
 
 def test_labels_file_errors(tmp_path):
