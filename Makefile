@@ -37,3 +37,4 @@ lint: $(BIN)/clipdex ## ruff check and format check
 
 bench: $(BIN)/clipdex ## Run the benchmarks and print their figures
 	$(BIN)/python -m bench.indexing
+	$(BIN)/python -m bench.tagging
