@@ -123,18 +123,12 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
         raise DecodeError("empty file", "0 bytes")
     try:
         img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise DecodeError("not an image", "no known image format in the file's content") from None
-    except Exception as e:  # Pillow raises many types on hostile headers
-        raise DecodeError("corrupt", f"{type(e).__name__}: {e}") from None
-    width, height = img.size
-    if width * height > max_pixels:
-        raise DecodeError("too large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
-    fmt = img.format or "unknown"
-    try:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise DecodeError("too large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+        fmt = img.format or "unknown"
         taken_at = read_capture_time(img)
-        orientation = img.getexif().get(0x0112, 1)
-        if orientation in (5, 6, 7, 8):  # rotated 90 degrees: stored dims are swapped
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated 90 degrees: stored dims are swapped
             width, height = height, width
         if fmt == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale directly from DCT coefficients, never below the model's input.
@@ -143,12 +137,14 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
         pixels = resize_and_crop(img, prep)
     except DecodeError:
         raise
-    except OSError as e:
-        message = str(e)
-        code = "truncated" if "truncated" in message or "broken data stream" in message else "corrupt"
+    except UnidentifiedImageError:
+        if looks_like_image(data[:16]):
+            raise DecodeError("corrupt", "starts like an image but its header cannot be read") from None
+        raise DecodeError("not an image", "no known image format in the file's content") from None
+    except Exception as e:  # Pillow raises many types on hostile input
+        message = str(e) or type(e).__name__
+        code = "truncated" if "truncated" in message.lower() or "broken data stream" in message else "corrupt"
         raise DecodeError(code, message) from None
-    except Exception as e:
-        raise DecodeError("corrupt", f"{type(e).__name__}: {e}") from None
     return Decoded(pixels=pixels, width=width, height=height, format=fmt, taken_at=taken_at)
 
 

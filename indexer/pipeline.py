@@ -98,15 +98,6 @@ def index_folder(folder: Path, settings: Settings, show_progress: bool = True) -
     scan = diff_against_store(root, known)
     summary.unchanged = scan.unchanged
     index = store.load_index()
-    if scan.deleted:
-        with store.session() as s:
-            store.delete_images(s, scan.deleted)
-            store.bump_version(s)
-            s.commit()
-        index.remove_ids(np.asarray(scan.deleted, dtype=np.int64))
-        store.index_version = store.data_version()
-        summary.removed = len(scan.deleted)
-
     todo = [(stat, None) for stat in scan.new] + [(stat, image_id) for image_id, stat in scan.changed]
     if todo:
         embedder = embedder or load_embedder(store.model, settings)
@@ -116,6 +107,15 @@ def index_folder(folder: Path, settings: Settings, show_progress: bool = True) -
             if len(writer.rows) >= settings.commit_every:
                 writer.commit()
         writer.commit()
+    # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
+    if scan.deleted:
+        with store.session() as s:
+            store.delete_images(s, scan.deleted)
+            store.bump_version(s)
+            s.commit()
+        index.remove_ids(np.asarray(scan.deleted, dtype=np.int64))
+        store.index_version = store.data_version()
+        summary.removed = len(scan.deleted)
     store.save_index()
     summary.seconds = time.perf_counter() - started
     return summary

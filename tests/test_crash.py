@@ -1,0 +1,57 @@
+"""kill -9 the indexer halfway: the next run completes to exactly what an uninterrupted run holds."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import index_folder
+from indexer.settings import Settings
+from tests.conftest import write_photos
+from tests.test_index import faiss_ids, stored
+
+INDEXER = "from search.cli import app; app()"
+
+
+def indexed_rows(store) -> int:
+    try:
+        with sqlite3.connect(store / "clipdex.db", timeout=5) as db:
+            return db.execute("select count(*) from images where status = 'indexed'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, clip_dir):
+    photos = tmp_path / "photos"
+    write_photos(photos, 240, size=(160, 120))
+    killed = Settings(store=tmp_path / "killed", model=str(clip_dir), workers=1, batch_size=4, commit_every=8)
+    env = {**os.environ, "CLIPDEX_WORKERS": "1", "CLIPDEX_BATCH_SIZE": "4", "CLIPDEX_COMMIT_EVERY": "8"}
+    cmd = [sys.executable, "-c", INDEXER, "index", str(photos), "--store", str(killed.store), "--model", str(clip_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while indexed_rows(killed.store) < 16 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the indexer finished before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = indexed_rows(killed.store)
+    assert 16 <= partial < 240
+
+    resumed = index_folder(photos, killed, show_progress=False)
+    assert resumed.indexed == 240 - partial and resumed.unchanged == partial
+
+    clean = Settings(store=tmp_path / "clean", model=str(clip_dir), workers=1, batch_size=4)
+    index_folder(photos, clean, show_progress=False)
+    after_kill, uninterrupted = stored(killed), stored(clean)
+    assert sorted(after_kill) == sorted(uninterrupted)
+    for rel, (_, vector) in uninterrupted.items():
+        np.testing.assert_allclose(after_kill[rel][1], vector, atol=1e-5)
+    ids = faiss_ids(killed)
+    assert ids == sorted(i for i, _ in after_kill.values())  # no duplicate or orphan FAISS ids
+    assert len(ids) == len(set(ids)) == 240

@@ -1,0 +1,199 @@
+"""Indexing end to end with the tiny models: incremental runs, bad files, search ranks, model identity."""
+
+import json
+import os
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+import indexer.pipeline
+from indexer.errors import ModelMismatchError
+from indexer.pipeline import index_folder
+from indexer.settings import Settings
+from indexer.store import INDEXED, Image, Manifest, Root, open_store, utcnow
+from search.cli import app
+from search.engine import SearchEngine
+from tests.conftest import photo, write_photos
+
+
+def stored(settings: Settings) -> dict[str, tuple[int, np.ndarray]]:
+    """{relpath: (id, vector)} of every indexed image."""
+    store = open_store(settings.store)
+    with store.session() as s:
+        rows = s.execute(select(Image.relpath, Image.id, Image.vector).where(Image.status == INDEXED)).all()
+    return {rel: (i, np.frombuffer(v, dtype=np.float32)) for rel, i, v in rows}
+
+
+def faiss_ids(settings: Settings) -> list[int]:
+    index = open_store(settings.store).load_index()
+    return sorted(faiss.vector_to_array(index.id_map).tolist())
+
+
+def test_index_and_similar_ranks_exact_duplicate_first(tmp_path, settings):
+    photos = tmp_path / "images nested directories"
+    write_photos(photos / "a", 6)
+    write_photos(photos / "b" / "c", 4, start=10)
+    shutil.copy(photos / "a" / "img002.jpg", photos / "b" / "copy of img002.jpg")
+    summary = index_folder(photos, settings, show_progress=False)
+    assert (summary.indexed + summary.reused, sum(summary.skipped.values())) == (11, 0)
+    engine = SearchEngine(settings)
+    original = engine.store.find_path(photos / "a" / "img002.jpg")
+    hits = engine.similar(original, k=3)
+    assert hits[0].path == str(photos / "b" / "copy of img002.jpg")
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert original not in [h.id for h in hits]  # the image is not its own hit
+    assert len(engine.search_text("a dog on a beach", k=5)) == 5
+    assert faiss_ids(settings) == sorted(i for i, _ in stored(settings).values())
+
+
+def test_incremental_runs_touch_only_what_changed(tmp_path, settings, monkeypatch):
+    photos = tmp_path / "photos"
+    write_photos(photos, 8)
+    index_folder(photos, settings, show_progress=False)
+    before = stored(settings)
+
+    def no_model(*args):
+        raise AssertionError("an unchanged folder must not load the model")
+
+    monkeypatch.setattr(indexer.pipeline, "load_embedder", no_model)
+    again = index_folder(photos, settings, show_progress=False)
+    assert (again.indexed, again.reused, again.unchanged, again.removed) == (0, 0, 8, 0)
+    monkeypatch.undo()
+
+    photo(99).save(photos / "img001.jpg")  # changed content, same name
+    os.remove(photos / "img002.jpg")  # deleted
+    os.rename(photos / "img003.jpg", photos / "renamed.jpg")  # moved: same content, new name
+    summary = index_folder(photos, settings, show_progress=False)
+    assert (summary.indexed, summary.reused, summary.unchanged, summary.removed) == (1, 1, 5, 2)
+    after = stored(settings)
+    assert set(after) == set(before) - {"img002.jpg", "img003.jpg"} | {"renamed.jpg"}
+    assert after["img001.jpg"][0] == before["img001.jpg"][0]  # same id, new vector
+    assert not np.allclose(after["img001.jpg"][1], before["img001.jpg"][1])
+    np.testing.assert_array_equal(after["renamed.jpg"][1], before["img003.jpg"][1])
+    for rel in ("img000.jpg", "img004.jpg"):
+        np.testing.assert_array_equal(after[rel][1], before[rel][1])
+    assert faiss_ids(settings) == sorted(i for i, _ in after.values())
+
+
+def test_bad_files_are_skipped_with_reasons_and_listed(tmp_path, settings):
+    photos = tmp_path / "images with traps"
+    write_photos(photos, 2)
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "text.jpg").write_text("I am not a picture")
+    good = (photos / "img000.jpg").read_bytes()
+    (photos / "cut.jpg").write_bytes(good[: len(good) // 2])
+    from PIL import Image as PILImage
+
+    PILImage.new("L", (20000, 20000)).save(photos / "bomb.png")
+    settings.max_pixels = 100_000_000
+    summary = index_folder(photos, settings, show_progress=False)
+    assert summary.indexed == 2
+    assert dict(summary.skipped) == {"empty file": 1, "not an image": 1, "truncated": 1, "too large": 1}
+    result = CliRunner().invoke(app, ["stats", "--store", str(settings.store), "--skipped", "--json"])
+    assert result.exit_code == 0, result.output
+    reasons = {
+        os.path.basename(f["path"]): f["reason"].split(":")[0] for f in json.loads(result.stdout)["skipped_files"]
+    }
+    assert reasons == {
+        "empty.jpg": "empty file",
+        "text.jpg": "not an image",
+        "cut.jpg": "truncated",
+        "bomb.png": "too large",
+    }
+    # A skipped file that is fixed gets indexed on the next run.
+    (photos / "cut.jpg").write_bytes(good)
+    assert index_folder(photos, settings, show_progress=False).reused == 1
+
+
+def test_planted_vectors_come_back_in_exact_order(tmp_path):
+    store = open_store(tmp_path / "store", model="planted", dim=4, create=True)
+    planted = {
+        "north.jpg": [1, 0, 0, 0],
+        "north-east.jpg": [0.8, 0.6, 0, 0],
+        "east.jpg": [0, 1, 0, 0],
+        "south.jpg": [-1, 0, 0, 0],
+        "up.jpg": [0, 0, 1, 0],
+    }
+    with store.session() as s:
+        root = Root(path=str(tmp_path))
+        s.add(root)
+        s.flush()
+        for rel, vec in planted.items():
+            s.add(Image(root_id=root.id, relpath=rel, size=1, mtime_ns=1, status=INDEXED, indexed_at=utcnow(),
+                        vector=np.asarray(vec, dtype=np.float32).tobytes()))  # fmt: skip
+        store.bump_version(s)
+        s.commit()
+    engine = SearchEngine(Settings(store=tmp_path / "store"))
+    query = np.asarray([0.9, 0.436, 0, 0], dtype=np.float32)
+    hits = engine.search_vector(query / np.linalg.norm(query), k=5)
+    assert [os.path.basename(h.path) for h in hits] == [
+        "north-east.jpg",
+        "north.jpg",
+        "east.jpg",
+        "up.jpg",
+        "south.jpg",
+    ]
+    page2 = engine.search_vector(query / np.linalg.norm(query), k=2, offset=2)
+    assert [os.path.basename(h.path) for h in page2] == ["east.jpg", "up.jpg"]
+
+
+def test_other_model_is_refused(tmp_path, settings, siglip_dir):
+    photos = tmp_path / "photos"
+    write_photos(photos, 2)
+    index_folder(photos, settings, show_progress=False)
+    other = Settings(store=settings.store, model=str(siglip_dir), workers=1)
+    with pytest.raises(ModelMismatchError, match="was built with"):
+        index_folder(photos, other, show_progress=False)
+    result = CliRunner().invoke(
+        app, ["search", "cat", "--store", str(settings.store)], env={"CLIPDEX_MODEL": str(siglip_dir)}
+    )
+    assert result.exit_code == 2 and "was built with" in result.stderr
+
+
+def test_newer_store_format_is_refused(tmp_path, settings):
+    photos = tmp_path / "photos"
+    write_photos(photos, 1)
+    index_folder(photos, settings, show_progress=False)
+    store = open_store(settings.store)
+    with store.session() as s:
+        s.execute(Manifest.__table__.update().values(format_version=999))
+        s.commit()
+    result = CliRunner().invoke(app, ["stats", "--store", str(settings.store)])
+    assert result.exit_code == 2 and "newer clipdex" in result.stderr
+
+
+@pytest.mark.parametrize("model_fixture", ["siglip_dir", "st_clip_dir"])
+def test_other_model_families_index_and_search(tmp_path, request, model_fixture):
+    model_dir = request.getfixturevalue(model_fixture)
+    settings = Settings(store=tmp_path / "store", model=str(model_dir), workers=1, batch_size=4)
+    photos = tmp_path / "photos"
+    write_photos(photos, 5)
+    shutil.copy(photos / "img001.jpg", photos / "dup.jpg")
+    index_folder(photos, settings, show_progress=False)
+    engine = SearchEngine(Settings(store=settings.store))  # the store's own model is used
+    hits = engine.similar_to(str(photos / "img001.jpg"), k=2)
+    assert hits[0].path == str(photos / "dup.jpg")
+    assert len(engine.search_text("sunset over the mountains", k=3)) == 3
+
+
+def test_cli_json_outputs(tmp_path, settings):
+    photos = tmp_path / "photos"
+    write_photos(photos, 4)
+    runner = CliRunner()
+    store = ["--store", str(settings.store)]
+    env = {"CLIPDEX_WORKERS": "1"}
+    result = runner.invoke(app, ["index", str(photos), *store, "--model", settings.model, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["indexed"] == 4
+    hits = json.loads(runner.invoke(app, ["search", "a cat", *store, "-k", "2", "--json"]).stdout)
+    assert len(hits) == 2 and {"id", "path", "score"} <= set(hits[0])
+    similar = json.loads(runner.invoke(app, ["similar", str(hits[0]["id"]), *store, "-k", "3", "--json"]).stdout)
+    assert hits[0]["id"] not in [h["id"] for h in similar] and len(similar) == 3
+    stats = json.loads(runner.invoke(app, ["stats", *store, "--json"]).stdout)
+    assert (stats["indexed"], stats["roots"]) == (4, [str(photos)])
+    bad = runner.invoke(app, ["similar", "12345", *store])
+    assert bad.exit_code == 2 and "no indexed image with id 12345" in bad.stderr
