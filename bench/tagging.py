@@ -56,11 +56,11 @@ def write_store(path: Path, count: int) -> None:
     with store.session() as s:
         root_id = get_root(s, path / "photos").id
         s.commit()
-    with store.engine.begin() as conn:
-        for start in range(0, count, 50_000):
-            n = min(50_000, count - start)
-            vecs = rng.standard_normal((n, DIM), dtype=np.float32)
-            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    for start in range(0, count, 50_000):  # a transaction per batch keeps the write-ahead log small
+        n = min(50_000, count - start)
+        vecs = rng.standard_normal((n, DIM), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        with store.engine.begin() as conn:
             conn.exec_driver_sql(
                 "INSERT INTO images (root_id, relpath, size, mtime_ns, status, vector, indexed_at) "
                 "VALUES (?, ?, 1, 0, ?, ?, ?)",

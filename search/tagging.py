@@ -30,7 +30,7 @@ from sqlalchemy import delete, func, insert, select
 
 from indexer.embed import Embedder, l2_normalize
 from indexer.errors import BadInputError, NotFoundError
-from indexer.store import LabelSet, Store, Tag, utcnow
+from indexer.store import SKIPPED, Image, LabelSet, Store, Tag, utcnow
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -276,10 +276,10 @@ def tag_collection(
 def tag_vectors(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]], classifier: Classifier, options: TagOptions
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """For each (ids, vectors) chunk: (chunk size, image ids, label indices, scores) of its tags."""
+    """For each (ids, vectors) chunk: (the chunk's ids, and the image ids, label indices, scores of its tags)."""
     for ids, vectors in chunks:
         rows, cols, scores = classifier.select(vectors, options)
-        yield len(ids), ids[rows], cols, scores
+        yield ids, ids[rows], cols, scores
 
 
 def tag_store(
@@ -322,6 +322,9 @@ def retag_store(store: Store, show_progress: bool = False) -> list[TagSummary]:
     summaries = []
     with store.session() as s:
         sets = s.scalars(select(LabelSet).where(LabelSet.model == store.model).order_by(LabelSet.name)).all()
+        # A file that changed into an unreadable one has no vector any more, so no tags either.
+        s.execute(delete(Tag).where(Tag.image_id.in_(select(Image.id).where(Image.status == SKIPPED))))
+        s.commit()
     for label_set in sets:
         classifier = saved_classifier(label_set, store.dim)
         options = TagOptions(**label_set.options)
@@ -360,9 +363,9 @@ def write_tags(
     with progress:
         task = progress.add_task("tag", total=total)
         chunks = store.iter_vectors(CHUNK, indexed_after)
-        for n, ids, cols, scores in tag_vectors(chunks, classifier, options):
+        for chunk_ids, ids, cols, scores in tag_vectors(chunks, classifier, options):
             if indexed_after is not None:  # changed files keep their id: drop their old tags
-                session.execute(delete(Tag).where(Tag.label_set == name, Tag.image_id.in_(ids.tolist())))
+                session.execute(delete(Tag).where(Tag.label_set == name, Tag.image_id.in_(chunk_ids.tolist())))
             if len(ids):  # a Core insert: the ORM's per-row bookkeeping would double the time
                 session.connection().execute(
                     insert(Tag.__table__),
@@ -372,9 +375,9 @@ def write_tags(
                     ],
                 )
             np.add.at(counts, cols, 1)
-            summary.images += n
+            summary.images += len(chunk_ids)
             summary.tags += len(ids)
-            progress.update(task, advance=n)
+            progress.update(task, advance=len(chunk_ids))
     summary.counts = {labels[i]: int(c) for i, c in enumerate(counts) if c}
 
 

@@ -16,7 +16,7 @@ from indexer.embed import normalize_pixels
 from indexer.errors import BadInputError, NotFoundError
 from indexer.models import load_model
 from indexer.settings import Settings
-from indexer.store import INDEXED, Image, LabelSet, Tag, get_root, open_store, utcnow
+from indexer.store import INDEXED, SKIPPED, Image, LabelSet, Tag, get_root, open_store, utcnow
 from search.cli import app
 from search.engine import SearchEngine
 from search.tagging import (
@@ -161,6 +161,17 @@ def test_retag_store_tags_only_images_indexed_since(planted):
     assert list(got[new_ids[0]]) == ["sunset"] and list(got[new_ids[1]]) == ["beach"]
     assert {i: got[i] for i in before} == before
     assert retag_store(store)[0].images == 0  # nothing new since
+
+    # A changed file keeps its id and gets a new vector: its old tag goes, the new one comes.
+    with store.session() as s:
+        changed = s.get(Image, ids[0])  # was a cat
+        changed.vector, changed.indexed_at = unit([0, 1, 0, 0]).tobytes(), utcnow()
+        broken = s.get(Image, ids[1])  # was a dog; now unreadable
+        broken.status, broken.vector, broken.skip_reason = SKIPPED, None, "decode: truncated"
+        s.commit()
+    [summary] = retag_store(store)
+    got = tags_of(store, "animals")
+    assert summary.images == 1 and got[ids[0]] == {"dog": pytest.approx(1.0)} and ids[1] not in got
 
 
 # --- real tiny models: CLIP softmax, SigLIP sigmoid, checked against the transformers model's own logits --
