@@ -86,11 +86,14 @@ def run_tagging(count: int) -> None:
         t = time.perf_counter()
         summary = tag_store(store, classifier, ["a photo of a {}."] * TEMPLATES, TagOptions(), "bench")
         seconds = time.perf_counter() - t
+    rest = seconds - summary.read_seconds - summary.score_seconds - summary.write_seconds
     target = TARGET_SECONDS.get(count)
     verdict = f"target < {target:.0f} s: {'met' if seconds < target else 'MISSED'}" if target else ""
     out.print(
         f"tagging {count:>9,} vectors x {LABELS} labels: {seconds:6.2f} s ({count / seconds:,.0f} vectors/s), "
-        f"{summary.tags:,} tags written, peak RSS {peak_gb():.2f} GB; {verdict}  [store built in {built:.0f} s]"
+        f"{summary.tags:,} tags written, peak RSS {peak_gb():.2f} GB; {verdict}\n"
+        f"    read {summary.read_seconds:.2f} s, score {summary.score_seconds:.2f} s, "
+        f"write {summary.write_seconds:.2f} s, rest (deletes, commit) {rest:.2f} s; store built in {built:.0f} s"
     )
 
 

@@ -18,7 +18,7 @@ What a score means:
 """
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -145,7 +145,10 @@ class TagSummary:
     images: int = 0
     tags: int = 0
     label_seconds: float = 0.0  # embedding the prompts with the text tower
-    seconds: float = 0.0  # scoring the stored vectors and writing the tags
+    seconds: float = 0.0  # reading the stored vectors, scoring them, writing the tags (and committing)
+    read_seconds: float = 0.0
+    score_seconds: float = 0.0
+    write_seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -273,15 +276,6 @@ def tag_collection(
     return summary
 
 
-def tag_vectors(
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]], classifier: Classifier, options: TagOptions
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """For each (ids, vectors) chunk: (the chunk's ids, and the image ids, label indices, scores of its tags)."""
-    for ids, vectors in chunks:
-        rows, cols, scores = classifier.select(vectors, options)
-        yield ids, ids[rows], cols, scores
-
-
 def tag_store(
     store: Store,
     classifier: Classifier,
@@ -363,7 +357,18 @@ def write_tags(
     with progress:
         task = progress.add_task("tag", total=total)
         chunks = store.iter_vectors(CHUNK, indexed_after)
-        for chunk_ids, ids, cols, scores in tag_vectors(chunks, classifier, options):
+        while True:
+            clock = time.perf_counter()
+            chunk = next(chunks, None)
+            summary.read_seconds += time.perf_counter() - clock
+            if chunk is None:
+                break
+            chunk_ids, vectors = chunk
+            clock = time.perf_counter()
+            rows, cols, scores = classifier.select(vectors, options)
+            ids = chunk_ids[rows]
+            summary.score_seconds += time.perf_counter() - clock
+            clock = time.perf_counter()
             if indexed_after is not None:  # changed files keep their id: drop their old tags
                 session.execute(delete(Tag).where(Tag.label_set == name, Tag.image_id.in_(chunk_ids.tolist())))
             if len(ids):  # a Core insert: the ORM's per-row bookkeeping would double the time
@@ -374,6 +379,7 @@ def write_tags(
                         for i, c, sc in zip(ids.tolist(), cols.tolist(), scores.tolist(), strict=True)
                     ],
                 )
+            summary.write_seconds += time.perf_counter() - clock
             np.add.at(counts, cols, 1)
             summary.images += len(chunk_ids)
             summary.tags += len(ids)
