@@ -39,3 +39,5 @@ class Settings(BaseSettings):
     # Images with more pixels than this are skipped instead of decoded (decompression-bomb guard).
     max_pixels: int = 200_000_000
     cache_dir: Path = default_cache()
+    # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
+    api_key: str | None = None

@@ -121,8 +121,10 @@ def search(
     json_out: JsonOpt = False,
 ) -> None:
     """Find images matching a text description."""
+    from search.engine import Filters
+
     engine = open_engine(store, device=device)
-    print_hits(run(engine.search_text, query, k, offset, tag), json_out)
+    print_hits(run(engine.search_text, query, k, offset, Filters(tag=tag)), json_out)
 
 
 @app.command()
@@ -136,8 +138,10 @@ def similar(
     json_out: JsonOpt = False,
 ) -> None:
     """Find images that look like an image (a stored image is not its own hit)."""
+    from search.engine import Filters
+
     engine = open_engine(store, device=device)
-    print_hits(run(engine.similar_to, target, k, offset, tag), json_out)
+    print_hits(run(engine.similar_to, target, k, offset, Filters(tag=tag)), json_out)
 
 
 @app.command()
@@ -226,3 +230,33 @@ def tags(
     for set_name, label, n in counts:
         table.add_row(set_name, label, str(n))
     out.print(table)
+
+
+@app.command()
+def serve(
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on")] = 8000,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve the store over HTTP: the REST API (docs at /docs) and the search page at /."""
+    import ipaddress
+
+    import uvicorn
+
+    from search.api import create_app
+
+    settings = make_settings(store=store, device=device)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and settings.api_key is None:
+        err.print(
+            f"[yellow]warning:[/yellow] serving on {host} without an API key: anyone who can reach this "
+            "address can search your images. Set CLIPDEX_API_KEY to require one.",
+            highlight=False,
+        )
+    open_engine(store)  # fail with a clear message before uvicorn starts, if the store cannot be opened
+    out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

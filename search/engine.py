@@ -1,20 +1,65 @@
-"""Open a store and answer queries: by text, by image, by stored image."""
+"""Open a store and answer queries: by text, by image, by stored image; filters, paging, metadata, files."""
 
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from functools import lru_cache
 from pathlib import Path
 
 import faiss
 import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps
+from sqlalchemy import func, select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
 from indexer.embed import Embedder, make_embedder
 from indexer.errors import BadInputError, NotFoundError
 from indexer.models import canonical_name
 from indexer.settings import Settings
-from indexer.store import Hit, Store, open_store
-from search.tagging import tagged_ids
+from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, open_store
 
 MAX_K = 1000
+MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
+THUMB_DIR = "thumbs"
+THUMB_EDGE = 384  # pixels on the long side: sharp in a ~190 px grid cell on a 2x screen
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Conditions a hit must meet besides its score; None means no condition."""
+
+    folder: str | None = None  # an absolute folder, or a folder relative to an indexed root
+    taken_from: date | None = None  # capture date, inclusive; images without one are left out
+    taken_to: date | None = None
+    tag: str | None = None  # a zero-shot label given to the image (case-insensitive)
+    min_score: float | None = None
+
+    @property
+    def selects_rows(self) -> bool:
+        """True when the filters narrow the set of images (min_score only cuts the ranked list)."""
+        return any(v is not None for v in (self.folder, self.taken_from, self.taken_to, self.tag))
+
+
+NO_FILTERS = Filters()
+
+
+@dataclass
+class ImageInfo:
+    """What the store knows about one indexed image."""
+
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: datetime | None
+    captions: list[str] = field(default_factory=list)
+    tags: list[tuple[str, float]] = field(default_factory=list)  # (label, score), best first
 
 
 class SearchEngine:
@@ -25,6 +70,9 @@ class SearchEngine:
         model = canonical_name(settings.model) if settings.model else None
         self.store: Store = open_store(settings.store, model=model)
         self._embedder: Embedder | None = None
+        self._index_lock = threading.Lock()
+        # Paging through a text query re-asks for the same vector: keep the recent ones.
+        self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
 
     @property
     def embedder(self) -> Embedder:
@@ -32,21 +80,24 @@ class SearchEngine:
             self._embedder = make_embedder(self.store.model, self.settings)
         return self._embedder
 
-    def search_text(self, query: str, k: int = 10, offset: int = 0, tag: str | None = None) -> list[Hit]:
-        """Images that best match a description (only those tagged `tag`, when given)."""
+    def _embed_text(self, query: str) -> np.ndarray:
+        return self.embedder.embed_texts([query])[0]
+
+    def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """Images that best match a description."""
+        return self.search_vector(self.embed_query(query), k, offset, filters=filters)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The unit vector of a query text, after checking it is neither empty nor over-long."""
         query = query.strip()
         if not query:
             raise BadInputError("the query text is empty")
         if len(query) > MAX_QUERY_CHARS:
             raise BadInputError(f"the query text is over {MAX_QUERY_CHARS} characters")
-        return self.search_vector(self.embedder.embed_texts([query])[0], k, offset, tag=tag)
-
-    def search_image(self, data: bytes, k: int = 10, offset: int = 0, tag: str | None = None) -> list[Hit]:
-        """Images that look like the given image file content."""
-        return self.search_vector(self.embed_image(data), k, offset, tag=tag)
+        return self.embed_text(query)
 
     def embed_image(self, data: bytes) -> np.ndarray:
-        """The unit vector of an image file's content."""
+        """The unit vector of an image file's content; a file that is not a usable image is BadInputError."""
         setup_heif()
         try:
             decoded = decode_image(data, self.embedder.prep, self.settings.max_pixels)
@@ -54,52 +105,151 @@ class SearchEngine:
             raise BadInputError(f"the query image cannot be used: {e.reason}") from None
         return self.embedder.embed_pixels(decoded.pixels[None])[0]
 
-    def similar(self, image_id: int, k: int = 10, offset: int = 0, tag: str | None = None) -> list[Hit]:
+    def search_image(self, data: bytes, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """Images that look like the given image file content."""
+        return self.search_vector(self.embed_image(data), k, offset, filters=filters)
+
+    def similar(self, image_id: int, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Stored images most like a stored one, leaving out the image itself."""
         vector = self.store.vector(image_id)
         if vector is None:
             raise NotFoundError(f"no indexed image with id {image_id}")
-        return self.search_vector(vector, k, offset, exclude=image_id, tag=tag)
+        return self.search_vector(vector, k, offset, exclude=image_id, filters=filters)
 
-    def similar_to(self, target: str, k: int = 10, offset: int = 0, tag: str | None = None) -> list[Hit]:
+    def similar_to(self, target: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """`similar` for an id or a path: a stored path uses its stored vector, another file is embedded."""
         if target.isdigit():
-            return self.similar(int(target), k, offset, tag)
+            return self.similar(int(target), k, offset, filters)
         path = Path(target).expanduser()
         image_id = self.store.find_path(path)
         if image_id is not None:
-            return self.similar(image_id, k, offset, tag)
+            return self.similar(image_id, k, offset, filters)
         if not path.is_file():
             raise NotFoundError(f"{target} is neither a stored image id nor an image file")
         try:
             data, _ = read_and_hash(path)
         except DecodeError as e:
             raise BadInputError(f"cannot read {path}: {e.reason}") from None
-        return self.search_image(data, k, offset, tag)
+        return self.search_image(data, k, offset, filters)
 
     def search_vector(
-        self, vector: np.ndarray, k: int, offset: int = 0, exclude: int | None = None, tag: str | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        offset: int = 0,
+        exclude: int | None = None,
+        filters: Filters = NO_FILTERS,
     ) -> list[Hit]:
         """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits.
 
-        With `tag`, only images carrying that zero-shot tag are searched (a FAISS id selector, so the
-        top-k is exact among them rather than a filtered over-fetch).
+        Row filters become an IDSelector inside the FAISS search, so k hits come back whenever k images
+        match, however few do; min_score cuts the ranked list, which is exact because it is sorted.
         """
         if not 1 <= k <= MAX_K:
             raise BadInputError(f"k must be between 1 and {MAX_K}")
-        if offset < 0:
-            raise BadInputError("offset must not be negative")
-        index = self.store.load_index()
-        want = k + offset + (exclude is not None)
+        if not 0 <= offset <= MAX_OFFSET:
+            raise BadInputError(f"offset must be between 0 and {MAX_OFFSET}")
+        index = self.index()
         params = None
-        if tag is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(tagged_ids(self.store, tag)))
+        if filters.selects_rows:
+            allowed = self.filtered_ids(filters)
+            if len(allowed) == 0 or index.ntotal == 0:
+                return []
+            params = search_params(index, faiss.IDSelectorBatch(allowed), len(allowed) / index.ntotal)
+        want = min(k + offset + (exclude is not None), max(index.ntotal, 1))
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        scores, ids = index.search(query, min(want, max(index.ntotal, 1)), params=params)
+        scores, ids = index.search(query, want, params=params)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1 and i != exclude]
         pairs = pairs[offset : offset + k]
+        if filters.min_score is not None:
+            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
         paths = self.store.paths([i for i, _ in pairs])
         return [Hit(id=i, path=paths[i], score=s) for i, s in pairs if i in paths]
+
+    def index(self) -> faiss.Index:
+        """The index, reloaded when the indexer has committed since (one cheap version query per call)."""
+        if self.store.index is None or self.store.index_version != self.store.data_version():
+            with self._index_lock:  # concurrent requests must not each rebuild it
+                self.store.load_index()
+        return self.store.index
+
+    def filtered_ids(self, filters: Filters) -> np.ndarray:
+        """Ids of indexed images that meet the row filters, straight from SQL."""
+        query = select(Image.id).where(Image.status == INDEXED)
+        if filters.folder is not None:
+            query = query.join(Root).where(folder_condition(filters.folder))
+        if filters.taken_from is not None:
+            query = query.where(Image.taken_at >= datetime.combine(filters.taken_from, time.min))
+        if filters.taken_to is not None:
+            query = query.where(Image.taken_at <= datetime.combine(filters.taken_to, time.max))
+        if filters.tag is not None:
+            tagged = select(Tag.image_id).where(func.lower(Tag.label) == filters.tag.strip().lower())
+            query = query.where(Image.id.in_(tagged))
+        with self.store.session() as s:
+            return np.fromiter(s.scalars(query), dtype=np.int64)
+
+    def image_info(self, image_id: int) -> ImageInfo:
+        """Path, file facts, captions and tags of an indexed image."""
+        with self.store.session() as s:
+            row = s.execute(
+                select(Image, Root.path).join(Root).where(Image.id == image_id, Image.status == INDEXED)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no indexed image with id {image_id}")
+            image, root = row
+            captions = s.scalars(
+                select(Caption.text).where(Caption.image_id == image_id).order_by(Caption.created_at.desc())
+            ).all()
+            tags = s.execute(
+                select(Tag.label, Tag.score).where(Tag.image_id == image_id).order_by(Tag.score.desc())
+            ).all()
+        return ImageInfo(
+            id=image.id,
+            path=str(Path(root) / image.relpath),
+            size=image.size,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            taken_at=image.taken_at,
+            captions=list(captions),
+            tags=[(label, float(score)) for label, score in tags],
+        )
+
+    def captions(self, ids: list[int]) -> dict[int, str]:
+        """The newest caption of each of these images that has one."""
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Caption.image_id, Caption.text).where(Caption.image_id.in_(ids)).order_by(Caption.created_at)
+            ).all()
+        return dict(rows)  # later rows win: the newest caption
+
+    def image_file(self, image_id: int) -> Path:
+        """The file of an indexed image; only ids are accepted, so no other file can be reached."""
+        path = Path(self.image_info(image_id).path)
+        if not path.is_file():
+            raise NotFoundError(f"image {image_id} is in the store but its file {path} is gone; re-index its folder")
+        return path
+
+    def thumbnail(self, image_id: int) -> Path:
+        """A JPEG thumbnail of an indexed image, made once and cached in the store by content hash."""
+        source = self.image_file(image_id)
+        with self.store.session() as s:
+            content_hash = s.scalar(select(Image.hash).where(Image.id == image_id))
+        thumb = self.store.path / THUMB_DIR / f"{content_hash or image_id}.jpg"
+        if not thumb.exists():
+            setup_heif()
+            try:
+                with PILImage.open(source) as img:
+                    img.draft("RGB", (THUMB_EDGE, THUMB_EDGE))
+                    small = ImageOps.exif_transpose(img).convert("RGB")
+                    small.thumbnail((THUMB_EDGE, THUMB_EDGE))
+            except OSError as e:
+                raise BadInputError(f"image {image_id} can no longer be read ({e}); re-index its folder") from None
+            thumb.parent.mkdir(exist_ok=True)
+            tmp = thumb.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            small.save(tmp, "JPEG", quality=82)
+            os.replace(tmp, thumb)
+        return thumb
 
     def stats(self) -> dict:
         """Counts, model and roots of the store."""
@@ -112,3 +262,22 @@ class SearchEngine:
             "skipped": counts.get("skipped", 0),
             "roots": self.store.roots(),
         }
+
+
+def folder_condition(folder: str):
+    """SQL condition: the image lies under `folder`, an absolute path or a path relative to its root."""
+    prefix = folder.strip().rstrip("/") + "/"
+    column = Root.path + "/" + Image.relpath if prefix.startswith("/") else Image.relpath
+    return column.startswith(prefix, autoescape=True)
+
+
+def search_params(index: faiss.Index, selector: faiss.IDSelector, fraction: float) -> faiss.SearchParameters:
+    """Search parameters restricted to `selector`, which admits `fraction` of the index.
+
+    An IVF index probes proportionally more lists, so as many admitted vectors are compared as
+    without a filter and recall holds; the selector is checked before any distance is computed.
+    """
+    if isinstance(index, faiss.IndexIVF):
+        nprobe = min(index.nlist, math.ceil(index.nprobe / max(fraction, 1e-9)))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+    return faiss.SearchParameters(sel=selector)

@@ -405,35 +405,3 @@ def label_counts(store: Store, label_set: str | None = None) -> list[tuple[str, 
 def label_set_names(store: Store) -> list[str]:
     with store.session() as s:
         return list(s.scalars(select(LabelSet.name).order_by(LabelSet.name)))
-
-
-@dataclass
-class ImageTag:
-    """A tag of one image: its label set, label and score."""
-
-    label_set: str
-    label: str
-    score: float
-
-
-def image_tags(store: Store, ids: Sequence[int]) -> dict[int, list[ImageTag]]:
-    """The tags of the given images, best score first (for showing tags next to hits)."""
-    with store.session() as s:
-        rows = s.execute(
-            select(Tag.image_id, Tag.label_set, Tag.label, Tag.score)
-            .where(Tag.image_id.in_(list(ids)))
-            .order_by(Tag.image_id, Tag.score.desc())
-        ).all()
-    tags: dict[int, list[ImageTag]] = {int(i): [] for i in ids}
-    for image_id, label_set, label, score in rows:
-        tags[image_id].append(ImageTag(label_set, label, score))
-    return tags
-
-
-def tagged_ids(store: Store, label: str) -> np.ndarray:
-    """Ids of the images tagged `label` in any label set; an unknown label is an error, not an empty result."""
-    with store.session() as s:
-        ids = s.scalars(select(Tag.image_id).where(Tag.label == label).distinct()).all()
-    if not ids:
-        raise NotFoundError(f"no image is tagged {label!r}; `clipdex tags` lists the labels in use")
-    return np.asarray(ids, dtype=np.int64)

@@ -1,0 +1,292 @@
+"""The HTTP service: a FastAPI app over one SearchEngine, plus the web page in search/web/.
+
+Routes are thin: they validate input with pydantic/FastAPI, call the engine, and shape the answer.
+Clipdex errors become 4xx here, at the edge; everything else about searching lives in search.engine.
+"""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyCookie, APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from indexer.decode import looks_like_image
+from indexer.errors import BadInputError, ClipdexError, NotFoundError
+from indexer.settings import Settings
+from indexer.store import Hit
+from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
+
+WEB_DIR = Path(__file__).parent / "web"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+API_KEY_HEADER = "X-API-Key"
+API_KEY_COOKIE = "clipdex_api_key"  # lets <img> tags on the page, which cannot send headers, carry the key
+
+
+# --- schemas -------------------------------------------------------------------------------------------
+
+
+class HitPublic(BaseModel):
+    id: int
+    path: str
+    name: str
+    score: float
+    caption: str | None
+    thumbnail_url: str
+    image_url: str
+
+
+class SearchResults(BaseModel):
+    hits: list[HitPublic]
+    k: int
+    offset: int
+
+
+class TagPublic(BaseModel):
+    label: str
+    score: float
+
+
+class ImagePublic(BaseModel):
+    id: int
+    path: str
+    name: str
+    size: int
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: datetime | None
+    captions: list[str]
+    tags: list[TagPublic]
+    thumbnail_url: str
+    image_url: str
+
+
+class StatsPublic(BaseModel):
+    store: str
+    model: str
+    dim: int
+    indexed: int
+    skipped: int
+    roots: list[str]
+
+
+class HealthPublic(BaseModel):
+    status: str
+
+
+class ErrorPublic(BaseModel):
+    detail: str
+
+
+# --- dependencies --------------------------------------------------------------------------------------
+
+
+def get_engine(request: Request) -> SearchEngine:
+    return request.app.state.engine
+
+
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits")]
+ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A stored image id")]  # SQLite's integer range
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip (paging)")]
+
+
+def get_filters(
+    folder: Annotated[
+        str | None, Query(max_length=4096, description="Absolute folder, or folder relative to an indexed root")
+    ] = None,
+    taken_from: Annotated[date | None, Query(description="Capture date from (inclusive), YYYY-MM-DD")] = None,
+    taken_to: Annotated[date | None, Query(description="Capture date to (inclusive), YYYY-MM-DD")] = None,
+    tag: Annotated[str | None, Query(max_length=200, description="A zero-shot tag the image carries")] = None,
+    min_score: Annotated[float | None, Query(ge=-1, le=1, description="Minimum cosine similarity")] = None,
+) -> Filters:
+    """Filters from query parameters; empty strings (an empty form field) mean no filter."""
+    if taken_from and taken_to and taken_from > taken_to:
+        raise BadInputError("taken_from is after taken_to")
+    return Filters(
+        folder=folder or None, taken_from=taken_from, taken_to=taken_to, tag=tag or None, min_score=min_score
+    )
+
+
+FiltersDep = Annotated[Filters, Depends(get_filters)]
+
+
+def require_api_key(
+    request: Request,
+    header: Annotated[str | None, Depends(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))],
+    cookie: Annotated[str | None, Depends(APIKeyCookie(name=API_KEY_COOKIE, auto_error=False))],
+) -> None:
+    """When CLIPDEX_API_KEY is set, every API request must carry it (header, or cookie for the page)."""
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    given = header or cookie or ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, f"this service needs its API key in the {API_KEY_HEADER} header")
+
+
+# --- the app -------------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The clipdex service for the store in `settings`; the model loads once, when the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = SearchEngine(settings)
+        _ = engine.embedder  # load the model now, not on the first query
+        engine.index()
+        app.state.engine = engine
+        # Inference blocks for milliseconds and torch already spreads one call over every core, so model
+        # calls run one at a time on their own thread: the event loop stays free and calls never contend.
+        with ThreadPoolExecutor(1, thread_name_prefix="inference") as inference:
+            app.state.inference = inference
+            yield
+
+    app = FastAPI(
+        title="clipdex",
+        summary="Search a folder of images by text, by image, or by a stored image.",
+        lifespan=lifespan,
+        responses={422: {"model": ErrorPublic}},
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(ClipdexError)
+    async def clipdex_error(_request: Request, e: ClipdexError) -> JSONResponse:
+        status = 404 if isinstance(e, NotFoundError) else 422 if isinstance(e, BadInputError) else 400
+        return JSONResponse({"detail": str(e)}, status_code=status)
+
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
+
+
+async def infer(request: Request, fn, *args):
+    """Run a model call on the inference thread."""
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.inference, fn, *args)
+
+
+def hit_public(hit: Hit, caption: str | None) -> HitPublic:
+    return HitPublic(
+        id=hit.id,
+        path=hit.path,
+        name=Path(hit.path).name,
+        score=hit.score,
+        caption=caption,
+        thumbnail_url=f"/api/images/{hit.id}/thumbnail",
+        image_url=f"/api/images/{hit.id}/file",
+    )
+
+
+def results(engine: SearchEngine, hits: list[Hit], k: int, offset: int) -> SearchResults:
+    captions = engine.captions([h.id for h in hits])
+    return SearchResults(hits=[hit_public(h, captions.get(h.id)) for h in hits], k=k, offset=offset)
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
+
+
+@router.get("/health")
+def health() -> HealthPublic:
+    """Liveness: the app is up and its store and model are loaded."""
+    return HealthPublic(status="ok")
+
+
+@router.get("/stats")
+def stats(engine: EngineDep) -> StatsPublic:
+    """What the store holds: counts, model, indexed folders."""
+    return StatsPublic(**engine.stats())
+
+
+@router.get("/search", responses={422: {"model": ErrorPublic}})
+async def search_text(
+    request: Request,
+    engine: EngineDep,
+    filters: FiltersDep,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words")],
+    k: KQuery = 24,
+    offset: OffsetQuery = 0,
+) -> SearchResults:
+    """Images that best match a description."""
+    vector = await infer(request, engine.embed_query, q)
+    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
+    return await run_in_threadpool(results, engine, hits, k, offset)
+
+
+@router.post(
+    "/search/image",
+    responses={413: {"model": ErrorPublic}, 415: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
+)
+async def search_image(
+    request: Request,
+    engine: EngineDep,
+    filters: FiltersDep,
+    file: Annotated[UploadFile, File(description=f"An image file, at most {MAX_UPLOAD_BYTES // 2**20} MiB")],
+    k: KQuery = 24,
+    offset: OffsetQuery = 0,
+) -> SearchResults:
+    """Images that look like an uploaded image."""
+    data = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, f"the image is over {MAX_UPLOAD_BYTES // 2**20} MiB; send a smaller one")
+    if not looks_like_image(data[:16]):
+        raise HTTPException(415, "the upload is not an image (JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC or AVIF)")
+    vector = await infer(request, engine.embed_image, data)
+    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
+    return await run_in_threadpool(results, engine, hits, k, offset)
+
+
+@router.get("/images/{image_id}/similar", responses={404: {"model": ErrorPublic}})
+def similar(
+    engine: EngineDep, filters: FiltersDep, image_id: ImageId, k: KQuery = 24, offset: OffsetQuery = 0
+) -> SearchResults:
+    """Stored images most like a stored one (not itself)."""
+    return results(engine, engine.similar(image_id, k, offset, filters=filters), k, offset)
+
+
+@router.get("/images/{image_id}", responses={404: {"model": ErrorPublic}})
+def image_info(engine: EngineDep, image_id: ImageId) -> ImagePublic:
+    """What the store knows about an image: path, size, dimensions, capture time, captions, tags."""
+    info = engine.image_info(image_id)
+    return ImagePublic(
+        id=info.id,
+        path=info.path,
+        name=Path(info.path).name,
+        size=info.size,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        taken_at=info.taken_at,
+        captions=info.captions,
+        tags=[TagPublic(label=label, score=score) for label, score in info.tags],
+        thumbnail_url=f"/api/images/{info.id}/thumbnail",
+        image_url=f"/api/images/{info.id}/file",
+    )
+
+
+@router.get("/images/{image_id}/file", response_class=FileResponse, responses={404: {"model": ErrorPublic}})
+def image_file(engine: EngineDep, image_id: ImageId) -> FileResponse:
+    """The image file itself (only images in the store can be served)."""
+    return FileResponse(engine.image_file(image_id))
+
+
+@router.get("/images/{image_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorPublic}})
+def thumbnail(engine: EngineDep, image_id: ImageId) -> FileResponse:
+    """A small JPEG of the image, cached in the store; cacheable by browsers since it is keyed by content."""
+    return FileResponse(engine.thumbnail(image_id), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

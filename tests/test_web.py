@@ -1,0 +1,118 @@
+"""The web page in a real browser: Debian's headless Chromium driven by Playwright, against uvicorn."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from search.api import create_app
+from tests.conftest import write_photos
+from tests.test_api import planted  # noqa: F401  (the planted store fixture)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def server(planted):  # noqa: F811
+    """uvicorn serving the planted store on a free loopback port, in a thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(planted), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_search_upload_and_similar_in_a_browser(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(server)
+    page.evaluate("document.activeElement.blur()")  # the box has autofocus; "/" brings it back
+    page.keyboard.press("/")
+    page.keyboard.type("a dog on a beach")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#grid .hit img")
+    hits = page.locator("#grid .hit")
+    assert hits.count() == 6
+    assert "6 results for “a dog on a beach”" in page.locator("#status").inner_text()
+    # every thumbnail really loaded (an <img> with a broken src has no natural width)
+    page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#grid .hit .caption").all_inner_texts() == ["a sunny beach"]
+
+    # upload a copy of city/img004.jpg: it comes back first
+    query = write_photos(tmp_path, 1, start=4)[0]
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#query-image:not([hidden])")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('like img004.jpg')")
+    assert page.locator("#grid .hit .name").first.inner_text() == "img004.jpg"
+    assert float(page.locator("#grid .hit .score").first.inner_text()) > 0.99
+
+    # click the second hit: the grid shows images like it, not including it
+    second = page.locator("#grid .hit").nth(1)
+    name = second.locator(".name").inner_text()
+    second.click()
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('like {name}')")
+    names = page.locator("#grid .hit .name").all_inner_texts()
+    assert len(names) == 5 and name not in names
+
+    # keyboard: arrow keys move focus through the grid, Enter asks for similar images
+    page.locator("#grid .hit").first.focus()
+    page.keyboard.press("ArrowRight")
+    focused = page.evaluate("document.activeElement.querySelector('.name').textContent")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('like {focused}')")
+
+    # a filter narrows the grid, and a bad one shows the API's message instead of results
+    page.fill("#q", "sunset")
+    page.click("summary")
+    page.fill("input[name=folder]", "beach")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('3 results')")
+    page.fill("input[name=taken_from]", "2024-02-01")
+    page.fill("input[name=taken_to]", "2024-01-01")
+    page.wait_for_selector("#status.error")
+    assert "taken_from is after taken_to" in page.locator("#status").inner_text()
+
+
+def test_phone_layout_has_two_columns_and_no_sideways_scroll(server, browser):
+    page = browser.new_page(viewport={"width": 390, "height": 800}, device_scale_factor=2)
+    page.goto(server)
+    page.fill("#q", "beach")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#grid .hit img")
+    tops = page.eval_on_selector_all("#grid .hit", "cells => cells.map(c => c.getBoundingClientRect().top)")
+    assert tops[0] == tops[1] != tops[2]
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
