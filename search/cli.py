@@ -198,11 +198,9 @@ def tag(
     label_list = run(tagging.read_labels_file, labels_file) if labels_file else run(tagging.parse_labels, labels)
     options = tagging.TagOptions(top_k, threshold, multi_label)
     # Checked before the store is opened and the model loaded, so a typo fails in a moment.
-    run(tagging.check_templates, template)
-    run(options.resolved, len(label_list))
+    request = run(tagging.check_request, label_list, template, options, name)
     engine = open_engine(store, device=device)
-    show_progress = not json_out and sys.stderr.isatty()
-    summary = run(tagging.tag_collection, engine, label_list, template, options, name, show_progress)
+    summary = run(tagging.tag_collection, engine, request, not json_out and sys.stderr.isatty())
     if json_out:
         typer.echo(json.dumps(asdict(summary)))
         return

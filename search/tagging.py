@@ -254,24 +254,46 @@ def classify_image(
 # --- tagging the store ---------------------------------------------------------------------------------
 
 
-def tag_collection(
-    engine,
+@dataclass(frozen=True)
+class LabelSetRequest:
+    """A checked request to tag a store: labels, templates, options and the set's name."""
+
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    options: TagOptions
+    name: str
+
+
+def check_request(
     labels: Sequence[str],
     templates: Sequence[str] | None = None,
     options: TagOptions = TagOptions(),
     name: str = DEFAULT_SET,
-    show_progress: bool = False,
-) -> TagSummary:
-    """The whole tagging job on a search engine's store: check the input, embed the prompts, tag, save the set."""
+) -> LabelSetRequest:
+    """Every check a tagging job needs, done before any model runs; BadInputError says what is wrong."""
     labels, templates = check_labels(labels), check_templates(templates)
-    options = options.resolved(len(labels))
     name = name.strip()
     if not name or len(name) > MAX_LABEL_CHARS:
         raise BadInputError(f"a label set needs a name of 1 to {MAX_LABEL_CHARS} characters")
+    return LabelSetRequest(tuple(labels), tuple(templates), options.resolved(len(labels)), name)
+
+
+def embed_label_set(engine, request: LabelSetRequest) -> Classifier:
+    """The classifier of a request, with the engine's model (the text tower's part of a tagging job)."""
+    return build_classifier(engine.embedder, request.labels, request.templates, request.options.multi_label)
+
+
+def run_tagging(engine, request: LabelSetRequest, classifier: Classifier, show_progress: bool = False) -> TagSummary:
+    """Tag the engine's store with a request's classifier and save the set (the stored vectors' part)."""
+    return tag_store(engine.store, classifier, request.templates, request.options, request.name, show_progress)
+
+
+def tag_collection(engine, request: LabelSetRequest, show_progress: bool = False) -> TagSummary:
+    """The whole tagging job on a search engine's store: embed the prompts, tag, save the set."""
     clock = time.perf_counter()
-    classifier = build_classifier(engine.embedder, labels, templates, options.multi_label)
+    classifier = embed_label_set(engine, request)
     label_seconds = time.perf_counter() - clock
-    summary = tag_store(engine.store, classifier, templates, options, name, show_progress)
+    summary = run_tagging(engine, request, classifier, show_progress)
     summary.label_seconds = label_seconds
     return summary
 

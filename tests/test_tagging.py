@@ -20,9 +20,12 @@ from indexer.store import INDEXED, SKIPPED, Image, LabelSet, Tag, get_root, open
 from search.cli import app
 from search.engine import SearchEngine
 from search.tagging import (
+    DEFAULT_TEMPLATES,
     MAX_LABELS,
     Classifier,
+    LabelSetRequest,
     TagOptions,
+    check_request,
     check_templates,
     classify_image,
     label_counts,
@@ -317,13 +320,14 @@ def test_bad_input_is_a_clear_error(make, message):
     assert message in str(e.value)
 
 
-def test_tag_collection_checks_its_input(clip_dir, tmp_path):
-    engine = engine_for(clip_dir, tmp_path)
+def test_check_request(clip_dir, tmp_path):
     with pytest.raises(BadInputError, match="needs a name"):
-        tag_collection(engine, ["cat"], name="  ")
+        check_request(["cat"], name="  ")
     with pytest.raises(BadInputError, match="duplicate"):
-        tag_collection(engine, ["cat", "cat "])
-    assert tag_collection(engine, ["cat", "dog"], name="pets").images == 0  # an empty store tags nothing
+        check_request(["cat", "cat "])
+    request = check_request([" cat", "dog"], options=TagOptions(multi_label=True), name=" pets ")
+    assert request == LabelSetRequest(("cat", "dog"), DEFAULT_TEMPLATES, TagOptions(None, 0.5, True), "pets")
+    assert tag_collection(engine_for(clip_dir, tmp_path), request).images == 0  # an empty store tags nothing
 
 
 def test_labels_file_errors(tmp_path):
