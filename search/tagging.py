@@ -221,6 +221,11 @@ def embed_prompts(embedder: Embedder, labels: Sequence[str], templates: Sequence
     return l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
 
 
+def activation(family: str, multi_label: bool) -> str:
+    """How a model family scores: "softmax" over the labels (CLIP, single-label) or "sigmoid" per label."""
+    return "sigmoid" if family == "siglip" or multi_label else "softmax"
+
+
 def build_classifier(
     embedder: Embedder, labels: Sequence[str], templates: Sequence[str], multi_label: bool = False
 ) -> Classifier:
