@@ -102,13 +102,17 @@ def run_label_embedding() -> None:
     from indexer.embed import make_embedder
     from indexer.settings import Settings
     from search.tagging import DEFAULT_TEMPLATES, embed_prompts
-    from tests.model_factory import save_clip
+    from tests.model_factory import CORPUS, save_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         save_clip(Path(tmp) / "clip-b32", size="vit-b32")
         embedder = make_embedder(str(Path(tmp) / "clip-b32"), Settings(device="auto"))
         t = time.perf_counter()
-        vectors = embed_prompts(embedder, [f"label number {i}" for i in range(LABELS)], DEFAULT_TEMPLATES)
+        # Two-word labels from the tokenizer's own vocabulary: about as many tokens as real labels take
+        # with CLIP's tokenizer (unknown words would be spelled out letter by letter).
+        words = sorted({w.strip(",.:") for line in CORPUS for w in line.split()} - {""})
+        labels = [f"{a} {b}" for a in words for b in words if a != b][:LABELS]
+        vectors = embed_prompts(embedder, labels, DEFAULT_TEMPLATES)
         seconds = time.perf_counter() - t
     n = LABELS * len(DEFAULT_TEMPLATES)
     out.print(
