@@ -22,12 +22,12 @@ $(BIN)/clipdex: pyproject.toml
 
 install: $(BIN)/clipdex ## Create .venv and install clipdex into it
 
-index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir]
+index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir] [CAPTION=1]
 	@test -n "$(DIR)" || (echo "usage: make index DIR=path/to/photos" >&2; exit 2)
-	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",)
+	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",) $(if $(CAPTION),--caption,)
 
-search: $(BIN)/clipdex ## Search by text: make search Q="a dog on a beach"
-	$(BIN)/clipdex search "$(Q)" $(STORE_FLAG)
+search: $(BIN)/clipdex ## Search by text: make search Q="a dog on a beach" [MODE=embedding|caption|hybrid]
+	$(BIN)/clipdex search "$(Q)" $(STORE_FLAG) $(if $(MODE),--mode $(MODE),)
 
 test: $(BIN)/clipdex ## Run the test suite
 	$(BIN)/python -m pytest -q
@@ -38,3 +38,5 @@ lint: $(BIN)/clipdex ## ruff check and format check
 bench: $(BIN)/clipdex ## Run the benchmarks and print their figures
 	$(BIN)/python -m bench.indexing
 	$(BIN)/python -m bench.tagging
+	$(BIN)/python -m bench.vlm
+	$(BIN)/python -m bench.captions

@@ -27,3 +27,7 @@ class NotFoundError(ClipdexError):
 
 class BadInputError(ClipdexError):
     """A query or argument is malformed (empty text, bad k, unreadable query image...)."""
+
+
+class GenerationError(ClipdexError):
+    """A vision-language model failed while answering; the conversation stays as it was."""

@@ -22,6 +22,7 @@ from indexer.settings import DEFAULT_MODEL, Settings
 from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
 
 if TYPE_CHECKING:
+    from indexer.caption import CaptionSummary
     from indexer.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class IndexSummary:
     removed: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason code -> count
     seconds: float = 0.0
+    captions: "CaptionSummary | None" = None  # when the run also captioned
 
     @property
     def images_per_second(self) -> float:
@@ -49,7 +51,7 @@ class IndexSummary:
             f"indexed {self.indexed}, reused {self.reused}, unchanged {self.unchanged}, removed {self.removed}, "
             f"skipped {skipped}{f' ({reasons})' if reasons else ''} in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
-        )
+        ) + (f"; {self.captions.line()}" if self.captions else "")
 
 
 def load_embedder(name: str, settings: Settings) -> "Embedder":
@@ -70,12 +72,20 @@ class Pending:
     source: Image | None = None  # the stored image whose vector and metadata a reused file copies
 
 
-def index_folder(folder: Path, settings: Settings, show_progress: bool = True) -> IndexSummary:
-    """Bring the store up to date with `folder`; safe to interrupt and re-run at any point."""
+def index_folder(folder: Path, settings: Settings, show_progress: bool = True, caption: bool = False) -> IndexSummary:
+    """Bring the store up to date with `folder`; safe to interrupt and re-run at any point.
+
+    With `caption`, the folder's images that lack a caption from the configured captioner are captioned
+    after embedding: new and changed images, and any a killed run left uncaptioned.
+    """
     started = time.perf_counter()
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise BadInputError(f"{folder} is not a folder")
+    if caption:
+        from indexer.caption import resolve_captioner
+
+        resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
     requested = canonical_name(settings.model) if settings.model else None
     embedder: Embedder | None = None
     try:
@@ -117,7 +127,11 @@ def index_folder(folder: Path, settings: Settings, show_progress: bool = True) -
         store.index_version = store.data_version()
         summary.removed = len(scan.deleted)
     store.save_index()
-    summary.seconds = time.perf_counter() - started
+    summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
+    if caption:
+        from indexer.caption import caption_store
+
+        summary.captions = caption_store(store, settings, root_id=root_id, show_progress=show_progress)
     return summary
 
 
@@ -211,6 +225,8 @@ class ChunkWriter:
                 self.fill_row(row, p)
                 rows.append(row)
             s.flush()  # assigns ids to new rows
+            # A changed file's captions describe its old content.
+            self.store.delete_captions(s, [p.image_id for p in self.rows if p.image_id is not None])
             self.store.bump_version(s)
             s.commit()
         # A changed file keeps its id: drop its old vector before adding the new one.

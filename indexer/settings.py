@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_VLM = "Salesforce/blip2-opt-2.7b"
 
 
 def default_store() -> Path:
@@ -41,3 +42,24 @@ class Settings(BaseSettings):
     cache_dir: Path = default_cache()
     # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
     api_key: str | None = None
+
+    # Vision-language model for follow-up questions on hits (search/vlm.py): hub id or local directory.
+    vlm: str = DEFAULT_VLM
+    # "auto": float16 on CUDA, float32 on CPU.
+    vlm_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # 4-bit / 8-bit weights through bitsandbytes (CUDA only): a 7B LLaVA in ~4 GB instead of ~14 GB.
+    vlm_quantize: Literal["none", "4bit", "8bit"] = "none"
+    vlm_max_new_tokens: int = 128
+    # 0 decodes greedily (the same answer every time); above 0 samples with this temperature and top-p.
+    vlm_temperature: float = 0.0
+    vlm_top_p: float = 1.0
+
+    # Captioning (clipdex caption, clipdex index --caption). None: Salesforce/blip2-opt-2.7b on CUDA,
+    # Salesforce/blip-image-captioning-base on CPU; any BLIP or BLIP-2 hub id or directory.
+    caption_model: str | None = None
+    # None: the family's default ("a photography of" for BLIP, a "Question: ... Answer:" for BLIP-2).
+    caption_prompt: str | None = None
+    caption_max_new_tokens: int = 30
+    caption_beams: int = 3
+    # None: 16 on CUDA, 4 on CPU.
+    caption_batch_size: int | None = None

@@ -29,6 +29,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -105,6 +106,45 @@ class Caption(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class CaptionFailure(Base):
+    """An image a captioning model and prompt could not caption, with the reason; re-runs skip it until --redo."""
+
+    __tablename__ = "caption_failures"
+    __table_args__ = (UniqueConstraint("image_id", "model", "prompt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str]
+    prompt: Mapped[str]
+    reason: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# Full-text index over caption text: an FTS5 table over `captions` (external content), kept in step by
+# triggers, so every write path (captioning, cascade deletes of images, plain SQL) updates it.
+# The porter stemmer lets "dogs" find "dog".
+CAPTION_FTS_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS captions_fts USING fts5("
+    "text, content='captions', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_insert AFTER INSERT ON captions BEGIN "
+    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_delete AFTER DELETE ON captions BEGIN "
+    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_update AFTER UPDATE OF text ON captions BEGIN "
+    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
+)
+
+
+def ensure_caption_fts(engine) -> None:
+    """Create the caption full-text index and its triggers when missing, filled from captions already stored."""
+    with engine.begin() as conn:
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'captions_fts'").first():
+            return  # made together with its triggers, in one transaction
+        for statement in CAPTION_FTS_DDL:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("INSERT INTO captions_fts(captions_fts) VALUES ('rebuild')")
+
+
 class Tag(Base):
     """A zero-shot label given to an image from a named label set, with its score."""
 
@@ -141,11 +181,16 @@ class LabelSet(Base):
 
 @dataclass
 class Hit:
-    """One search result: a stored image and its cosine similarity to the query."""
+    """One search result: a stored image, its score and its caption when it has one.
+
+    The score is the cosine similarity in embedding search, the bm25 relevance (higher is better) in
+    caption search, and the reciprocal-rank-fusion score in hybrid search.
+    """
 
     id: int
     path: str
     score: float
+    caption: str | None = None
 
 
 def utcnow() -> datetime:
@@ -310,6 +355,40 @@ class Store:
         for start in range(0, len(ids), 500):
             session.execute(delete(Image).where(Image.id.in_(ids[start : start + 500])))
 
+    # --- captions ----------------------------------------------------------------------------------
+
+    def delete_captions(self, session: Session, ids: list[int]) -> None:
+        """Forget the captions and caption failures of images whose content changed (in the caller's transaction)."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            session.execute(delete(Caption).where(Caption.image_id.in_(chunk)))
+            session.execute(delete(CaptionFailure).where(CaptionFailure.image_id.in_(chunk)))
+
+    def has_captions(self) -> bool:
+        with self.session() as s:
+            return s.scalar(select(Caption.id).limit(1)) is not None
+
+    def match_captions(self, fts_query: str, limit: int, among=None) -> list[tuple[int, float, str]]:
+        """(image id, relevance, best matching caption) for an FTS5 query, most relevant first.
+
+        Relevance is minus FTS5's bm25 (bm25 is lower for better matches); an image with several captions
+        counts with its best one. `among`, a sequence of image ids, restricts the images considered.
+        """
+        # SQLite returns the bare column `text` from the row that gave MIN(rank): the best caption.
+        sql = text(
+            "SELECT c.image_id, MIN(f.rank) AS best, c.text FROM captions_fts AS f "
+            "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
+            "WHERE captions_fts MATCH :query AND i.status = :status "
+            + ("AND c.image_id IN (SELECT value FROM json_each(:among)) " if among is not None else "")
+            + "GROUP BY c.image_id ORDER BY best, c.image_id LIMIT :limit"
+        )
+        params = {"query": fts_query, "status": INDEXED, "limit": limit}
+        if among is not None:
+            params["among"] = json.dumps([int(i) for i in among])
+        with self.session() as s:
+            rows = s.execute(sql, params).all()
+        return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+
 
 def indexed_since(indexed_after: datetime | None) -> list:
     """Conditions selecting indexed images, optionally only those (re)indexed after a time."""
@@ -394,6 +473,7 @@ def open_store(path: Path, model: str | None = None, dim: int | None = None, cre
         try:
             # Forward migration for additive changes: tables added since the store was made are created.
             Base.metadata.create_all(engine)
+            ensure_caption_fts(engine)
             manifest = s.scalar(select(Manifest))
         except Exception as e:
             raise StoreFormatError(f"{db_file} is not a clipdex store ({e})") from None

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -26,8 +26,9 @@ from indexer.decode import looks_like_image
 from indexer.errors import BadInputError, ClipdexError, NotFoundError
 from indexer.settings import Settings
 from indexer.store import Hit
-from search import tagging
+from search import tagging, vlm_api
 from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
+from search.vlm import Conversations, VisualQA
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -135,6 +136,7 @@ def get_engine(request: Request) -> SearchEngine:
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits")]
 ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A stored image id")]  # SQLite's integer range
+SearchMode = Literal["embedding", "caption", "hybrid"]
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip (paging)")]
 
 
@@ -184,6 +186,8 @@ def create_app(settings: Settings) -> FastAPI:
         _ = engine.embedder  # load the model now, not on the first query
         engine.index()
         app.state.engine = engine
+        app.state.visual_qa = VisualQA(engine.store, settings)  # its VLM loads with the first question
+        app.state.conversations = Conversations()
         # Inference blocks for milliseconds and torch already spreads one call over every core, so model
         # calls run one at a time on their own thread: the event loop stays free and calls never contend.
         with ThreadPoolExecutor(1, thread_name_prefix="inference") as inference:
@@ -243,8 +247,9 @@ def hit_public(hit: Hit, caption: str | None) -> HitPublic:
 
 
 def results(engine: SearchEngine, hits: list[Hit], k: int, offset: int) -> SearchResults:
-    captions = engine.captions([h.id for h in hits])
-    return SearchResults(hits=[hit_public(h, captions.get(h.id)) for h in hits], k=k, offset=offset)
+    """Hits as the API shows them; a hit found by its caption shows that caption, others their newest."""
+    captions = engine.captions([h.id for h in hits if h.caption is None])
+    return SearchResults(hits=[hit_public(h, h.caption or captions.get(h.id)) for h in hits], k=k, offset=offset)
 
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
@@ -270,10 +275,20 @@ async def search_text(
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words")],
     k: KQuery = 24,
     offset: OffsetQuery = 0,
+    mode: Annotated[
+        SearchMode,
+        Query(
+            description="Rank by embedding similarity (scores are cosines), caption match (bm25), or both by "
+            "reciprocal rank fusion (hybrid; embedding search while the store has no captions). min_score needs "
+            "the embedding mode"
+        ),
+    ] = "embedding",
 ) -> SearchResults:
     """Images that best match a description."""
-    vector = await infer(request, engine.embed_query, q)
-    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
+    if mode != "caption":
+        # The model runs on the inference thread; the search below finds the query's vector in the engine's cache.
+        await infer(request, engine.embed_query, q)
+    hits = await run_in_threadpool(engine.search, q, mode, k, offset, filters)
     return await run_in_threadpool(results, engine, hits, k, offset)
 
 
@@ -407,3 +422,6 @@ def tags(
     """The labels in use with how many images carry each, per label set."""
     counts = tagging.label_counts(engine.store, label_set or None)
     return [LabelCountPublic(label_set=s, label=label, images=n) for s, label, n in counts]
+
+
+router.include_router(vlm_api.router)  # /api/conversations: follow-up questions with a VLM

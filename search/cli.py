@@ -5,8 +5,9 @@ import logging
 import os
 import sys
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -29,6 +30,25 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cu
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Only images tagged with this label (see clipdex tags)")]
+CaptionModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--caption-model",
+        help="BLIP or BLIP-2 captioner: hub id or local directory [env CLIPDEX_CAPTION_MODEL; "
+        "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU]",
+    ),
+]
+
+
+class SearchMode(StrEnum):
+    embedding = "embedding"
+    caption = "caption"
+    hybrid = "hybrid"
+
+
+VlmOpt = Annotated[
+    str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory [env CLIPDEX_VLM]")
+]
 
 
 def make_settings(**overrides) -> Settings:
@@ -66,13 +86,17 @@ def index(
     retag: Annotated[
         bool, typer.Option("--retag", help="Then tag new and changed images with the store's saved label sets")
     ] = False,
+    caption: Annotated[bool, typer.Option("--caption", help="Also caption new and changed images")] = False,
+    caption_model: CaptionModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index a folder (incremental: only new and changed files are embedded)."""
     from indexer.pipeline import index_folder
 
-    settings = make_settings(store=store, model=model, batch_size=batch_size, device=device, workers=workers)
-    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty())
+    settings = make_settings(
+        store=store, model=model, batch_size=batch_size, device=device, workers=workers, caption_model=caption_model
+    )
+    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
     # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.
     tagged = run(retag_saved_sets, settings.store, not json_out and sys.stderr.isatty()) if retag else []
     if json_out:
@@ -98,9 +122,12 @@ def print_hits(hits: list[Hit], json_out: bool) -> None:
     if not hits:
         out.print("no hits")
         return
-    table = Table("rank", "score", "id", "path", box=None)
+    with_captions = any(hit.caption for hit in hits)
+    table = Table("rank", "score", "id", "path", *(["caption"] if with_captions else []), box=None)
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.path)
+        table.add_row(
+            str(rank), f"{hit.score:.4f}", str(hit.id), hit.path, *([hit.caption or ""] if with_captions else [])
+        )
     out.print(table)
 
 
@@ -116,15 +143,28 @@ def search(
     k: KOpt = 10,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
     tag: TagOpt = None,
+    mode: Annotated[
+        SearchMode,
+        typer.Option(
+            "--mode",
+            help="Rank by embedding similarity, caption match (FTS5 bm25), or both fused by reciprocal rank "
+            "(hybrid; plain embedding search while the store has no captions)",
+        ),
+    ] = SearchMode.hybrid,
     store: StoreOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
+    ask: Annotated[str | None, typer.Option("--ask", help="Ask a VLM this question about the top hits")] = None,
+    vlm: VlmOpt = None,
 ) -> None:
     """Find images matching a text description."""
     from search.engine import Filters
 
     engine = open_engine(store, device=device)
-    print_hits(run(engine.search_text, query, k, offset, Filters(tag=tag)), json_out)
+    hits = run(engine.search, query, mode.value, k, offset, Filters(tag=tag))
+    print_hits(hits, json_out)
+    if ask:
+        ask_about_hits(engine.store, hits, ask, make_settings(store=store, device=device, vlm=vlm))
 
 
 @app.command()
@@ -258,3 +298,173 @@ def serve(
     open_engine(store)  # fail with a clear message before uvicorn starts, if the store cannot be opened
     out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def caption(
+    store: StoreOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="BLIP or BLIP-2 captioner: hub id or local directory [env CLIPDEX_CAPTION_MODEL; "
+            "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU]",
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help='Conditional prompt: a prefix for BLIP ("a photography of"); for BLIP-2 a question ending in "?" '
+            'is asked as "Question: ... Answer:" [env CLIPDEX_CAPTION_PROMPT]',
+        ),
+    ] = None,
+    redo: Annotated[bool, typer.Option("--redo", help="Caption every image again, failed ones included")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per generation batch")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Caption length cap")] = None,
+    beams: Annotated[int | None, typer.Option("--beams", min=1, help="Beam search width (1: greedy, fastest)")] = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Caption the stored images that lack a caption from this model and prompt (all of them with --redo)."""
+    from indexer.caption import caption_store
+    from indexer.store import open_store
+
+    settings = make_settings(
+        store=store,
+        device=device,
+        caption_model=model,
+        caption_prompt=prompt,
+        caption_batch_size=batch_size,
+        caption_max_new_tokens=max_new_tokens,
+        caption_beams=beams,
+    )
+    opened = run(open_store, settings.store)
+    summary = run(caption_store, opened, settings, redo, None, not json_out and sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps({**asdict(summary), "captions_per_second": summary.captions_per_second}))
+    else:
+        out.print(summary.line(), highlight=False)
+
+
+# --- questions about images with a vision-language model (search/vlm.py) -------------------------------
+
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens")]
+TemperatureOpt = Annotated[
+    float | None, typer.Option("--temperature", min=0.0, help="0 answers greedily; above 0 samples")
+]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass")]
+DtypeOpt = Annotated[
+    Literal["auto", "float32", "float16", "bfloat16"] | None,
+    typer.Option("--dtype", help="VLM weights: auto is float16 on CUDA, float32 on CPU"),
+]
+QuantizeOpt = Annotated[
+    Literal["none", "4bit", "8bit"] | None,
+    typer.Option("--quantize", help="4-bit or 8-bit VLM weights (CUDA + bitsandbytes)"),
+]
+
+
+def open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize):
+    """A VisualQA over the store, with the VLM flags of `ask` and `chat`; the VLM loads with the first question."""
+    from indexer.store import open_store
+    from search.vlm import VisualQA
+
+    settings = make_settings(
+        store=store,
+        vlm=vlm,
+        device=device,
+        vlm_max_new_tokens=max_new_tokens,
+        vlm_temperature=temperature,
+        vlm_top_p=top_p,
+        vlm_dtype=dtype,
+        vlm_quantize=quantize,
+    )
+    return VisualQA(run(open_store, settings.store), settings)
+
+
+def say_answer(qa, conversation, question: str) -> None:
+    """Stream the answer to stdout as it is generated."""
+    if not qa.loaded:  # transformers shows the weights' loading progress
+        err.print(f"loading {qa.settings.vlm}", highlight=False)
+        qa.load()
+    with err.status("thinking"):
+        chunks = qa.ask(conversation, question)
+        first = next(chunks, "")
+    typer.echo(first, nl=False)
+    for chunk in chunks:
+        typer.echo(chunk, nl=False)
+    typer.echo()
+
+
+@app.command("ask")
+def ask_command(
+    images: Annotated[list[str], typer.Argument(help="Stored image ids or paths", show_default=False)],
+    question: Annotated[str, typer.Argument(help="What to ask about the images")],
+    store: StoreOpt = None,
+    vlm: VlmOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = None,
+) -> None:
+    """Ask a vision-language model a question about stored images; the answer streams."""
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
+    conversation = run(qa.start, images)
+    run(say_answer, qa, conversation, question)
+
+
+CHAT_HELP = "/clear forgets the questions, /image ID adds an image, /quit ends"
+
+
+@app.command()
+def chat(
+    images: Annotated[list[str], typer.Argument(help="Stored image ids or paths", show_default=False)],
+    store: StoreOpt = None,
+    vlm: VlmOpt = None,
+    device: DeviceOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = None,
+) -> None:
+    """Talk about stored images with a vision-language model, question after question."""
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
+    conversation = run(qa.start, images)
+    err.print(CHAT_HELP, highlight=False)
+    while True:
+        try:
+            line = out.input("[bold]> [/bold]").strip()
+        except EOFError:
+            break
+        command, _, arg = line.partition(" ")
+        try:
+            if command == "/quit":
+                break
+            elif command == "/clear":
+                conversation.clear()
+                err.print("history cleared")
+            elif command == "/image":
+                conversation.add_image(qa.image_id(arg.strip()))
+                err.print(f"images: {', '.join(map(str, conversation.images))}", highlight=False)
+            elif command.startswith("/"):
+                err.print(f"unknown command {command}; {CHAT_HELP}", highlight=False)
+            elif line:
+                say_answer(qa, conversation, line)
+        except ClipdexError as e:  # a bad question or image ends this turn, not the conversation
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+
+
+def ask_about_hits(store, hits: list[Hit], question: str, settings: Settings) -> None:
+    """`search --ask`: one question about as many of the top hits as the VLM looks at at once."""
+    from search.vlm import VisualQA
+
+    if not hits:
+        return
+    qa = VisualQA(store, settings)
+    vlm = run(qa.load)
+    conversation = run(qa.start, [h.id for h in hits[: vlm.max_images]])
+    err.print(f"asking about {', '.join(map(str, conversation.images))}:", highlight=False)
+    run(say_answer, qa, conversation, question)

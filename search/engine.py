@@ -1,7 +1,11 @@
-"""Open a store and answer queries: by text, by image, by stored image; filters, paging, metadata, files."""
+"""Open a store and answer queries: by text, by image, by stored image; filters, paging, metadata, files.
+
+Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by both fused (hybrid).
+"""
 
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -24,6 +28,12 @@ from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, open_s
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
+SEARCH_MODES = ("embedding", "caption", "hybrid")
+# Reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (RRF_K + rank). 60 is the
+# paper's constant: it keeps one ranking's top hit from outweighing agreement between both rankings.
+RRF_K = 60
+# Hybrid search fuses the top max(FUSION_DEPTH, k + offset) candidates of each ranking (embedding: <= MAX_K).
+FUSION_DEPTH = 100
 THUMB_DIR = "thumbs"
 THUMB_EDGE = 384  # pixels on the long side: sharp in a ~190 px grid cell on a 2x screen
 
@@ -166,6 +176,74 @@ class SearchEngine:
         paths = self.store.paths([i for i, _ in pairs])
         return [Hit(id=i, path=paths[i], score=s) for i, s in pairs if i in paths]
 
+    def search(
+        self, query: str, mode: str = "hybrid", k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS
+    ) -> list[Hit]:
+        """Text search ranked by embedding similarity, caption match, or both; hits carry their caption.
+
+        Row filters apply in every mode; min_score, a cosine similarity, only in embedding mode.
+        """
+        if mode != "embedding" and filters.min_score is not None:
+            raise BadInputError(f"min_score is a cosine similarity: use it with the embedding mode, not {mode}")
+        if mode == "embedding":
+            hits = self.search_text(query, k, offset, filters)
+        elif mode == "caption":
+            hits = self.search_captions(query, k, offset, filters)
+        elif mode == "hybrid":
+            hits = self.search_hybrid(query, k, offset, filters)
+        else:
+            raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
+        captions = self.captions([hit.id for hit in hits if hit.caption is None])
+        for hit in hits:
+            hit.caption = hit.caption or captions.get(hit.id)
+        return hits
+
+    def search_captions(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """Images whose captions match the query's words, by FTS5 bm25; the score is minus bm25 (higher is better)."""
+        check_page(k, offset)
+        matches = self.match_captions(query, k + offset, filters)[offset:]
+        paths = self.store.paths([image_id for image_id, _, _ in matches])
+        return [Hit(id=i, path=paths[i], score=score, caption=text) for i, score, text in matches if i in paths]
+
+    def search_hybrid(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """Reciprocal rank fusion of the embedding ranking and the caption ranking; the score is the fused one.
+
+        An image only one ranking found gets that ranking's share; equal scores go to the better embedding rank.
+        In a store without captions this is embedding search, with cosine scores.
+        """
+        check_page(k, offset)
+        if not self.store.has_captions():
+            return self.search_text(query, k, offset, filters)
+        depth = max(FUSION_DEPTH, k + offset)
+        rows_only = Filters(filters.folder, filters.taken_from, filters.taken_to, filters.tag)
+        by_embedding = self.search_vector(self.embed_query(query), min(depth, MAX_K), filters=rows_only)
+        by_caption = self.match_captions(query, depth, filters)
+        embedding_rank = {hit.id: rank for rank, hit in enumerate(by_embedding, 1)}
+        caption_rank = {image_id: rank for rank, (image_id, _, _) in enumerate(by_caption, 1)}
+        fused = {
+            image_id: sum(
+                1 / (RRF_K + rank) for rank in (embedding_rank.get(image_id), caption_rank.get(image_id)) if rank
+            )
+            for image_id in embedding_rank | caption_rank
+        }
+        no_rank = depth + 1
+        order = sorted(fused, key=lambda i: (-fused[i], embedding_rank.get(i, no_rank), caption_rank.get(i, no_rank)))
+        page = order[offset : offset + k]
+        paths = self.store.paths(page)
+        captions = {image_id: text for image_id, _, text in by_caption}
+        return [Hit(id=i, path=paths[i], score=fused[i], caption=captions.get(i)) for i in page if i in paths]
+
+    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """(image id, relevance, matching caption) of the images whose captions share words with the query."""
+        query = query.strip()
+        if not query:
+            raise BadInputError("the query text is empty")
+        fts = fts_query(query)
+        if fts is None:
+            return []
+        among = self.filtered_ids(filters) if filters.selects_rows else None
+        return self.store.match_captions(fts, limit, among)
+
     def index(self) -> faiss.Index:
         """The index, reloaded when the indexer has committed since (one cheap version query per call)."""
         if self.store.index is None or self.store.index_version != self.store.data_version():
@@ -262,6 +340,19 @@ class SearchEngine:
             "skipped": counts.get("skipped", 0),
             "roots": self.store.roots(),
         }
+
+
+def fts_query(text: str) -> str | None:
+    """A free-text query as an FTS5 query: its words, quoted (no FTS5 syntax from users), joined by OR."""
+    words = re.findall(r"\w+", text.lower())
+    return " OR ".join(f'"{word}"' for word in words) or None
+
+
+def check_page(k: int, offset: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise BadInputError(f"k must be between 1 and {MAX_K}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise BadInputError(f"offset must be between 0 and {MAX_OFFSET}")
 
 
 def folder_condition(folder: str):

@@ -101,6 +101,13 @@ def test_search_upload_and_similar_in_a_browser(server, browser, tmp_path):
     page.fill("input[name=folder]", "beach")
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('3 results')")
+    # ranking by captions only: the one captioned beach photo matches "sunny"
+    page.fill("#q", "sunny")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('for “sunny”')")
+    page.select_option("select[name=mode]", "caption")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('1 result ')")
+    assert page.locator("#grid .hit .caption").all_inner_texts() == ["a sunny beach"]
     page.fill("input[name=taken_from]", "2024-02-01")
     page.fill("input[name=taken_to]", "2024-01-01")
     page.wait_for_selector("#status.error")

@@ -53,6 +53,7 @@ async function run(append = false) {
   let request;
   if (current.kind === "text") {
     params.set("q", current.q);
+    params.set("mode", form.elements.mode.value);
     request = api(`/api/search?${params}`);
   } else if (current.kind === "image") {
     const body = new FormData();
@@ -170,7 +171,7 @@ $("#clear-filters").addEventListener("click", () => {
   for (const name of ["folder", "tag", "taken_from", "taken_to", "min_score"]) form.elements[name].value = "";
   run();
 });
-for (const name of ["taken_from", "taken_to"]) form.elements[name].addEventListener("change", () => run());
+for (const name of ["taken_from", "taken_to", "mode"]) form.elements[name].addEventListener("change", () => run());
 
 // Drag and drop anywhere on the page.
 const drop = $("#drop");

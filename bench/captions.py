@@ -1,0 +1,115 @@
+"""Captioning speed: captions/s for a captioner architecture (random weights) at 20 new tokens.
+
+Random weights cost the same compute as trained ones. The generation config sets min_new_tokens to the
+token budget, so every caption is exactly that long, as a real caption of that length would be. The
+timed part is `Captioner.caption` on images already decoded (decoding runs in threads beside it in a
+real run), batch 1 and batched.
+
+- blip-base (default): Salesforce/blip-image-captioning-base's architecture, saved and loaded back
+  through clipdex's own loading code; fp32 on CPU.
+- blip2-opt-2.7b: Salesforce/blip2-opt-2.7b's (3.8 billion weights), built in memory on the device, fp16
+  on CUDA; meant for a GPU.
+
+    python -m bench.captions [--arch blip-base] [--images 16] [--batch-size 8] [--max-new-tokens 20]
+        [--beams 1] [--threads N] [--device auto]
+
+On a CPU shared with other busy processes, torch's default of one thread per core can be several times
+slower than one thread (each parallel op waits for a descheduled thread); --threads 1 shows that case.
+"""
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from indexer.caption import Captioner, full_prompt, load_captioner
+from indexer.models import pick_device, read_image_prep
+from tests.conftest import photo
+from tests.model_factory import make_blip2, save_blip
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def machine() -> str:
+    """The CPU (or GPU), its cores, torch's threads and the load when the figures were taken."""
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} threads{gpu}; load {load()}"
+
+
+def load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def blip_base(device: str, max_new_tokens: int) -> Captioner:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_blip(Path(tmp) / "blip-base", size="base", min_new_tokens=max_new_tokens)
+        return load_captioner(str(model_dir), device)
+
+
+def blip2_opt_2_7b(device: str, max_new_tokens: int) -> Captioner:
+    torch_device = pick_device(device)
+    dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+    with torch_device:  # weights are created where they run: 15 GB of fp32 never crosses the bus
+        model, processor = make_blip2("opt-2.7b", min_new_tokens=max_new_tokens)
+    model.to(dtype)
+    prep = read_image_prep(processor.image_processor)
+    return Captioner("blip2-opt-2.7b (random)", "blip-2", model, processor, prep, torch_device, dtype)
+
+
+ARCHITECTURES = {"blip-base": blip_base, "blip2-opt-2.7b": blip2_opt_2_7b}
+
+
+def rate(captioner, pixels: list[np.ndarray], batch_size: int, max_new_tokens: int, beams: int) -> tuple[float, float]:
+    """Captions per wall-clock second and per CPU second of this process, after one warm-up batch."""
+    prompt = full_prompt(captioner.family, None)  # the default one: "a photography of", or a BLIP-2 question
+    captioner.caption(pixels[:batch_size], prompt, max_new_tokens, beams)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for start in range(0, len(pixels), batch_size):
+        captioner.caption(pixels[start : start + batch_size], prompt, max_new_tokens, beams)
+    return len(pixels) / (time.perf_counter() - started), len(pixels) / (time.process_time() - cpu_started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="blip-base")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--beams", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    captioner = ARCHITECTURES[args.arch](args.device, args.max_new_tokens)
+    height, width = captioner.prep.out_size
+    pixels = [np.asarray(photo(seed, (width, height))) for seed in range(args.images)]
+    out.print(f"machine: {machine()}")
+    out.print(
+        f"{args.arch} architecture (random weights) on {captioner.device.type} ({str(captioner.dtype)[6:]}), "
+        f"{args.max_new_tokens} new tokens, {args.beams} beam(s), {args.images} images:"
+    )
+    for batch_size in dict.fromkeys((1, args.batch_size)):
+        per_second, per_cpu_second = rate(captioner, pixels, batch_size, args.max_new_tokens, args.beams)
+        out.print(
+            f"  batch {batch_size:3}: {per_second:6.2f} captions/s ({1000 / per_second:7.1f} ms/caption), "
+            f"{per_cpu_second:6.2f} captions per CPU second"
+        )
+    out.print(f"load after: {load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Follow-up question speed on this machine: time to first token and tokens/s, BLIP-2 and LLaVA architectures.
+
+The models have random weights and are reduced in size (the real blip2-opt-2.7b and llava-1.5-7b are 20-60x
+larger and do not fit this benchmark's budget on a CPU); each is printed with its parameter count. They are
+saved and loaded through clipdex's real loading code and asked through `VisualQA`, as `clipdex ask` does,
+about photos in a real store. Every answer is forced to its full length so tokens/s is measured over it.
+
+    python -m bench.vlm [--tokens 32] [--repeats 3] [--size bench|tiny]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from indexer.pipeline import index_folder
+from indexer.settings import Settings
+from indexer.store import open_store
+from search.vlm import GenerationOptions, VisualQA
+from tests.conftest import write_photos
+from tests.model_factory import save_blip2, save_clip, save_llava
+
+out = Console(highlight=False, soft_wrap=True)  # figures stay on one line when piped
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, load average {load}"
+    )
+
+
+class ExactLength(GenerationOptions):
+    """Greedy answers of exactly max_new_tokens tokens: random weights may otherwise say EOS at once."""
+
+    def generate_kwargs(self) -> dict:
+        return {**super().generate_kwargs(), "min_new_tokens": self.max_new_tokens}
+
+
+def time_answer(qa: VisualQA, refs: list[str], tokens: int) -> float:
+    """Seconds from asking to the end of an answer of exactly `tokens` tokens."""
+    qa.options = ExactLength(max_new_tokens=tokens)
+    started = time.perf_counter()
+    for _ in qa.ask(qa.start(refs), "What is the person in the picture holding?"):
+        pass
+    return time.perf_counter() - started
+
+
+def time_answers(qa: VisualQA, refs: list[str], tokens: int, repeats: int) -> tuple[float, float]:
+    """Median time to first token (a one-token answer, prefill included) and median tokens/s after it.
+
+    Timed at the token, not at the first printed text: the streamer holds text back until a word is complete.
+    """
+    time_answer(qa, refs, tokens)  # warm up
+    firsts, rates = [], []
+    for _ in range(repeats):
+        first = time_answer(qa, refs, 1)
+        whole = time_answer(qa, refs, tokens)
+        firsts.append(first)
+        rates.append((tokens - 1) / max(whole - first, 1e-9))
+    return statistics.median(firsts), statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=32, help="answer length in tokens")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", choices=["bench", "tiny"], default="bench")
+    args = parser.parse_args()
+    out.print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_photos(root / "photos", 2, size=(640, 480))
+        settings = Settings(store=root / "store", model=str(save_clip(root / "clip")), device="cpu", workers=1)
+        index_folder(root / "photos", settings, show_progress=False)
+        if args.size == "bench":
+            out.print("BLIP-2: ViT-B/16, 12-layer Q-Former, 32 queries, OPT-125m; LLaVA: CLIP ViT-B/16, 12x768 Llama")
+        cases = [("BLIP-2, 1 image", save_blip2, ["1"]), ("LLaVA, 1 image", save_llava, ["1"])]
+        cases.append(("LLaVA, 2 images", save_llava, ["1", "2"]))
+        saved: dict = {}
+        for title, save, refs in cases:
+            if save not in saved:
+                saved[save] = save(root / save.__name__, size=args.size)
+            qa = VisualQA(open_store(settings.store), settings.model_copy(update={"vlm": str(saved[save])}))
+            first, rate = time_answers(qa, refs, args.tokens, args.repeats)
+            params = sum(p.numel() for p in qa.load().model.parameters()) / 1e6
+            out.print(
+                f"{title} ({args.size}, {params:.0f}M params, random weights, fp32 CPU): "
+                f"first token {first * 1000:.0f} ms, {rate:.1f} tokens/s over {args.tokens} tokens"
+            )
+
+
+if __name__ == "__main__":
+    main()
