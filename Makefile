@@ -41,5 +41,6 @@ lint: $(BIN)/clipdex ## ruff check and format check
 bench: $(BIN)/clipdex ## Run the benchmarks and print their figures
 	$(BIN)/python -m bench.indexing
 	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.tagging
 	$(BIN)/python -m bench.vlm
 	$(BIN)/python -m bench.captions

@@ -9,6 +9,7 @@ disagree (after a crash, or when another process committed).
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from sqlalchemy import (
+    JSON,
     DateTime,
     ForeignKey,
     Integer,
@@ -156,6 +158,27 @@ class Tag(Base):
     model: Mapped[str]
 
 
+class LabelSet(Base):
+    """A named zero-shot label set, remembered so newly indexed images can be tagged with it.
+
+    `weights` is the classifier (one unit vector per label, float32 blob) with its `scale`, `bias` and
+    `activation`, so tagging new images needs no text model; `tagged_at` marks how far tagging has come.
+    """
+
+    __tablename__ = "label_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    model: Mapped[str]
+    labels: Mapped[list] = mapped_column(JSON)
+    templates: Mapped[list] = mapped_column(JSON)
+    options: Mapped[dict] = mapped_column(JSON)
+    activation: Mapped[str] = mapped_column(String(8))  # "softmax" or "sigmoid"
+    scale: Mapped[float]
+    bias: Mapped[float]
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    tagged_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 @dataclass
 class Hit:
     """One search result: a stored image, its score and its caption when it has one.
@@ -278,12 +301,19 @@ class Store:
         return index
 
     def add_all(self, index: faiss.Index) -> None:
-        with self.session() as s:
-            rows = s.execute(select(Image.id, Image.vector).where(Image.status == INDEXED)).yield_per(10_000)
-            for chunk in rows.partitions():
+        for ids, vecs in self.iter_vectors():
+            index.add_with_ids(vecs, ids)
+
+    def iter_vectors(
+        self, chunk_size: int = 10_000, indexed_after: datetime | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of indexed images in chunks, optionally only those indexed after a time."""
+        query = select(Image.id, Image.vector).where(*indexed_since(indexed_after))
+        with self.engine.connect() as conn:  # Core, not the ORM session: a third faster on millions of rows
+            for chunk in conn.execution_options(yield_per=chunk_size).execute(query).partitions():
                 ids = np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk))
                 vecs = np.frombuffer(b"".join(r[1] for r in chunk), dtype=np.float32).reshape(-1, self.dim)
-                index.add_with_ids(vecs, ids)
+                yield ids, vecs
 
     def save_index(self) -> None:
         """Write the index and its version atomically: temp file, fsync, rename.
@@ -300,6 +330,11 @@ class Store:
         meta_tmp = self.path / (INDEX_META_FILE + ".tmp")
         meta_tmp.write_text(json.dumps({"data_version": self.index_version, "count": self.index.ntotal}))
         os.replace(meta_tmp, self.path / INDEX_META_FILE)
+
+    def count_vectors(self, indexed_after: datetime | None = None) -> int:
+        """How many vectors `iter_vectors` would yield."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Image).where(*indexed_since(indexed_after)))
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -391,6 +426,14 @@ class Store:
         with self.session() as s:
             rows = s.execute(sql, params).all()
         return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+
+
+def indexed_since(indexed_after: datetime | None) -> list:
+    """Conditions selecting indexed images, optionally only those (re)indexed after a time."""
+    conditions = [Image.status == INDEXED]
+    if indexed_after is not None:
+        conditions.append(Image.indexed_at > indexed_after)
+    return conditions
 
 
 def ivf_lists(count: int) -> int:

@@ -129,21 +129,21 @@ class SearchEngine:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return self.search_vector(vector, k, offset, exclude=image_id, filters=filters)
 
-    def similar_to(self, target: str, k: int = 10, offset: int = 0) -> list[Hit]:
+    def similar_to(self, target: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """`similar` for an id or a path: a stored path uses its stored vector, another file is embedded."""
         if target.isdigit():
-            return self.similar(int(target), k, offset)
+            return self.similar(int(target), k, offset, filters)
         path = Path(target).expanduser()
         image_id = self.store.find_path(path)
         if image_id is not None:
-            return self.similar(image_id, k, offset)
+            return self.similar(image_id, k, offset, filters)
         if not path.is_file():
             raise NotFoundError(f"{target} is neither a stored image id nor an image file")
         try:
             data, _ = read_and_hash(path)
         except DecodeError as e:
             raise BadInputError(f"cannot read {path}: {e.reason}") from None
-        return self.search_image(data, k, offset)
+        return self.search_image(data, k, offset, filters)
 
     def search_vector(
         self,
