@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 
-.PHONY: help install index search test lint bench
+.PHONY: help install index search serve test lint bench
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -28,6 +28,9 @@ index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MOD
 
 search: $(BIN)/clipdex ## Search by text: make search Q="a dog on a beach" [MODE=embedding|caption|hybrid]
 	$(BIN)/clipdex search "$(Q)" $(STORE_FLAG) $(if $(MODE),--mode $(MODE),)
+
+serve: $(BIN)/clipdex ## Serve the API and search page: make serve [STORE=path] [HOST=127.0.0.1] [PORT=8000]
+	$(BIN)/clipdex serve $(STORE_FLAG) --host "$(or $(HOST),127.0.0.1)" --port "$(or $(PORT),8000)"
 
 test: $(BIN)/clipdex ## Run the test suite
 	$(BIN)/python -m pytest -q

@@ -29,6 +29,7 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [env CLIPDEX_DEVICE]")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="Only images tagged with this label (see clipdex tags)")]
 CaptionModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -82,6 +83,9 @@ def index(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per inference batch")] = None,
     device: DeviceOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode processes")] = None,
+    retag: Annotated[
+        bool, typer.Option("--retag", help="Then tag new and changed images with the store's saved label sets")
+    ] = False,
     caption: Annotated[bool, typer.Option("--caption", help="Also caption new and changed images")] = False,
     caption_model: CaptionModelOpt = None,
     json_out: JsonOpt = False,
@@ -93,10 +97,22 @@ def index(
         store=store, model=model, batch_size=batch_size, device=device, workers=workers, caption_model=caption_model
     )
     summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
+    # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.
+    tagged = run(retag_saved_sets, settings.store, not json_out and sys.stderr.isatty()) if retag else []
     if json_out:
-        typer.echo(json.dumps({**asdict(summary), "images_per_second": summary.images_per_second}))
+        result = {**asdict(summary), "images_per_second": summary.images_per_second}
+        typer.echo(json.dumps(result | ({"retagged": [asdict(t) for t in tagged]} if retag else {})))
     else:
         out.print(summary.line(), highlight=False)
+        for t in tagged:
+            out.print(t.line(), highlight=False)
+
+
+def retag_saved_sets(store_path: Path, show_progress: bool):
+    from indexer.store import open_store
+    from search.tagging import retag_store
+
+    return retag_store(open_store(store_path), show_progress)
 
 
 def print_hits(hits: list[Hit], json_out: bool) -> None:
@@ -126,6 +142,7 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words")],
     k: KOpt = 10,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    tag: TagOpt = None,
     mode: Annotated[
         SearchMode,
         typer.Option(
@@ -141,8 +158,10 @@ def search(
     vlm: VlmOpt = None,
 ) -> None:
     """Find images matching a text description."""
+    from search.engine import Filters
+
     engine = open_engine(store, device=device)
-    hits = run(engine.search, query, mode.value, k, offset)
+    hits = run(engine.search, query, mode.value, k, offset, Filters(tag=tag))
     print_hits(hits, json_out)
     if ask:
         ask_about_hits(engine.store, hits, ask, make_settings(store=store, device=device, vlm=vlm))
@@ -153,13 +172,16 @@ def similar(
     target: Annotated[str, typer.Argument(help="A stored image id, a stored path, or any image file")],
     k: KOpt = 10,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    tag: TagOpt = None,
     store: StoreOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Find images that look like an image (a stored image is not its own hit)."""
+    from search.engine import Filters
+
     engine = open_engine(store, device=device)
-    print_hits(run(engine.similar_to, target, k, offset), json_out)
+    print_hits(run(engine.similar_to, target, k, offset, Filters(tag=tag)), json_out)
 
 
 @app.command()
@@ -182,6 +204,70 @@ def stats(
         out.print(f"root     {root}", highlight=False)
     for item in info.get("skipped_files", []):
         out.print(f"skipped  {item['path']}: {item['reason']}", highlight=False)
+
+
+@app.command()
+def tag(
+    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels: 'cat,dog,beach'")] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option("--labels-file", help="One label a line; # starts a comment line")
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="Label set name; re-tagging a name replaces it")] = "default",
+    template: Annotated[
+        list[str] | None, typer.Option("--template", help="Prompt template with {} for the label (repeatable)")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep the best N labels per image")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Keep labels scoring at least this")] = None,
+    multi_label: Annotated[
+        bool, typer.Option("--multi-label", help="Score each label on its own instead of a softmax over the set")
+    ] = False,
+    store: StoreOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tag every stored image with zero-shot labels, from the stored vectors (no image is re-embedded).
+
+    Scores: CLIP single-label, the softmax probability among the labels; CLIP --multi-label, the
+    probability that the label beats a label-free prompt; SigLIP, its own sigmoid probability.
+    """
+    from search import tagging
+
+    if (labels is None) == (labels_file is None):
+        err.print("[red]error:[/red] give exactly one of --labels and --labels-file", highlight=False)
+        raise typer.Exit(2)
+    label_list = run(tagging.read_labels_file, labels_file) if labels_file else run(tagging.parse_labels, labels)
+    options = tagging.TagOptions(top_k, threshold, multi_label)
+    # Checked before the store is opened and the model loaded, so a typo fails in a moment.
+    request = run(tagging.check_request, label_list, template, options, name)
+    engine = open_engine(store, device=device)
+    summary = run(tagging.tag_collection, engine, request, not json_out and sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps(asdict(summary)))
+        return
+    out.print(summary.line(), highlight=False)
+
+
+@app.command()
+def tags(
+    name: Annotated[str | None, typer.Option("--name", help="Only this label set")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the tags in use: how many images carry each label, per label set."""
+    from search.tagging import label_counts
+
+    engine = open_engine(store)
+    counts = run(label_counts, engine.store, name)
+    if json_out:
+        typer.echo(json.dumps([{"label_set": s, "label": label, "images": n} for s, label, n in counts]))
+        return
+    if not counts:
+        out.print("no tags yet; tag the store with: clipdex tag --labels 'cat,dog'")
+        return
+    table = Table("set", "label", "images", box=None)
+    for set_name, label, n in counts:
+        table.add_row(set_name, label, str(n))
+    out.print(table)
 
 
 @app.command()

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from functools import lru_cache
@@ -81,6 +82,8 @@ class SearchEngine:
         self.store: Store = open_store(settings.store, model=model)
         self._embedder: Embedder | None = None
         self._index_lock = threading.Lock()
+        # Embeds one query text; the service puts its micro-batcher here. None: the model, directly.
+        self.text_encoder: Callable[[str], np.ndarray] | None = None
         # Paging through a text query re-asks for the same vector: keep the recent ones.
         self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
 
@@ -90,12 +93,12 @@ class SearchEngine:
             self._embedder = make_embedder(self.store.model, self.settings)
         return self._embedder
 
-    def _embed_text(self, query: str) -> np.ndarray:
-        return self.embedder.embed_texts([query])[0]
-
     def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images that best match a description."""
         return self.search_vector(self.embed_query(query), k, offset, filters=filters)
+
+    def _embed_text(self, query: str) -> np.ndarray:
+        return self.text_encoder(query) if self.text_encoder else self.embedder.embed_texts([query])[0]
 
     def embed_query(self, query: str) -> np.ndarray:
         """The unit vector of a query text, after checking it is neither empty nor over-long."""
@@ -121,26 +124,26 @@ class SearchEngine:
 
     def similar(self, image_id: int, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Stored images most like a stored one, leaving out the image itself."""
-        vector = self.store.vector(image_id)
+        vector = self.store.vector(image_id) if 0 < image_id < 2**63 else None  # beyond SQLite's integers
         if vector is None:
             raise NotFoundError(f"no indexed image with id {image_id}")
         return self.search_vector(vector, k, offset, exclude=image_id, filters=filters)
 
-    def similar_to(self, target: str, k: int = 10, offset: int = 0) -> list[Hit]:
+    def similar_to(self, target: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """`similar` for an id or a path: a stored path uses its stored vector, another file is embedded."""
         if target.isdigit():
-            return self.similar(int(target), k, offset)
+            return self.similar(int(target), k, offset, filters)
         path = Path(target).expanduser()
         image_id = self.store.find_path(path)
         if image_id is not None:
-            return self.similar(image_id, k, offset)
+            return self.similar(image_id, k, offset, filters)
         if not path.is_file():
             raise NotFoundError(f"{target} is neither a stored image id nor an image file")
         try:
             data, _ = read_and_hash(path)
         except DecodeError as e:
             raise BadInputError(f"cannot read {path}: {e.reason}") from None
-        return self.search_image(data, k, offset)
+        return self.search_image(data, k, offset, filters)
 
     def search_vector(
         self,
@@ -245,10 +248,14 @@ class SearchEngine:
         return self.store.match_captions(fts, limit, among)
 
     def index(self) -> faiss.Index:
-        """The index, reloaded when the indexer has committed since (one cheap version query per call)."""
-        if self.store.index is None or self.store.index_version != self.store.data_version():
-            with self._index_lock:  # concurrent requests must not each rebuild it
-                self.store.load_index()
+        """The index, caught up when the indexer has committed since (one cheap version query per call)."""
+        if (
+            self.store.index is None
+            or self.store.index_version != self.store.data_version()
+            or self.store.index_partial
+        ):
+            with self._index_lock:  # concurrent requests must not each catch up
+                self.store.refresh_index()
         return self.store.index
 
     def filtered_ids(self, filters: Filters) -> np.ndarray:

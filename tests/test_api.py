@@ -212,3 +212,31 @@ def test_new_images_are_searchable_without_restart(client, planted, tmp_path_fac
         store.bump_version(s)
         s.commit()
     assert client.get("/api/stats").json()["indexed"] == before
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "warned"), [("0.0.0.0", None, True), ("0.0.0.0", "k", False), ("::1", None, False)]
+)
+def test_serve_warns_on_an_open_address_without_a_key(planted, monkeypatch, host, key, warned):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: served.update(host=host, port=port))
+    if key:
+        monkeypatch.setenv("CLIPDEX_API_KEY", key)
+    result = CliRunner().invoke(app, ["serve", "--store", str(planted.store), "--host", host, "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert served == {"host": host, "port": 8123}
+    assert ("without an API key" in result.stderr) is warned
+
+
+def test_serve_without_a_store_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "no clipdex store" in result.stderr

@@ -60,8 +60,9 @@ def browser():
 def test_search_upload_and_similar_in_a_browser(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(server)
-    page.evaluate("document.activeElement.blur()")  # the box has autofocus; "/" brings it back
-    page.keyboard.press("/")
+    page.wait_for_function("document.activeElement.id === 'q'")  # autofocus, applied once the page renders
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("/")  # brings the focus back to the box
     page.keyboard.type("a dog on a beach")
     page.keyboard.press("Enter")
     page.wait_for_selector("#grid .hit img")

@@ -12,6 +12,7 @@ const fileInput = $("#file");
 // What the grid shows: {kind: "text", q} | {kind: "image", file} | {kind: "similar", id, name, thumb}
 let current = null;
 let offset = 0;
+let latest = 0; // the newest run: answers to older ones arrive late and are dropped
 
 function filterParams() {
   const params = new URLSearchParams();
@@ -45,6 +46,7 @@ async function api(url, options = {}) {
 
 async function run(append = false) {
   if (!current) return;
+  const mine = ++latest;
   offset = append ? offset + PAGE : 0;
   const params = filterParams();
   params.set("k", PAGE);
@@ -66,6 +68,7 @@ async function run(append = false) {
   status.textContent = "Searching…";
   try {
     const { hits } = await request;
+    if (mine !== latest) return;
     if (!append) grid.replaceChildren();
     hits.forEach((hit, i) => grid.append(card(hit, offset + i)));
     const ms = Math.round(performance.now() - started);
@@ -75,6 +78,7 @@ async function run(append = false) {
     $("#hint").hidden = true;
     if (!append && shown && current.kind !== "text") grid.querySelector(".hit").focus({ preventScroll: true });
   } catch (error) {
+    if (mine !== latest) return;
     status.classList.add("error");
     status.textContent = error.message;
     more.hidden = true;

@@ -1,0 +1,145 @@
+"""Benchmark zero-shot tagging: 1,000 labels x 5 templates over 100,000 and 1,000,000 stored vectors.
+
+What is timed: `tag_store` on a real store: reading the vectors from SQLite in chunks, one matrix product
+and a softmax per chunk, top-1 selection, and writing every tag row in one transaction. The stores hold
+synthetic unit vectors (512-d, as ViT-B/32) written straight into SQLite beforehand (not timed); the
+classifier is 1,000 random unit label vectors, as label embeddings are to the scoring.
+
+Embedding the 5,000 prompts with a full-size (ViT-B/32, random weights) text tower is timed separately:
+it is paid once per label set, whatever the collection size. Each measurement runs in its own process,
+so the peak memory printed (max RSS, with torch loaded) belongs to that step alone.
+
+    python -m bench.tagging                   # 100k and 1M, plus label embedding
+    python -m bench.tagging --sizes 20000 --no-embed-labels   # quick
+"""
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+DIM, LABELS, TEMPLATES = 512, 1000, 5
+TARGET_SECONDS = {100_000: 2.0, 1_000_000: 20.0}
+TARGET_PEAK_GB = 2.0
+out = Console(highlight=False, soft_wrap=True)
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def machine() -> str:
+    import torch
+
+    load = os.getloadavg()
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average {load[0]:.1f}"
+    )
+
+
+def write_store(path: Path, count: int) -> None:
+    """A store with `count` random unit vectors, written in bulk straight into SQLite."""
+    from indexer.store import INDEXED, get_root, open_store, utcnow
+
+    store = open_store(path, model="bench/random-512", dim=DIM, create=True)
+    rng = np.random.default_rng(0)
+    now = utcnow()
+    with store.session() as s:
+        root_id = get_root(s, path / "photos").id
+        s.commit()
+    for start in range(0, count, 50_000):  # a transaction per batch keeps the write-ahead log small
+        n = min(50_000, count - start)
+        vecs = rng.standard_normal((n, DIM), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO images (root_id, relpath, size, mtime_ns, status, vector, indexed_at) "
+                "VALUES (?, ?, 1, 0, ?, ?, ?)",
+                [(root_id, f"{start + i:07d}.jpg", INDEXED, vecs[i].tobytes(), now) for i in range(n)],
+            )
+    with store.engine.connect() as conn:  # as a store at rest: its write-ahead log folded into the database
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def run_tagging(count: int) -> None:
+    """Time tag_store over a fresh store of `count` vectors (store writing is not timed)."""
+    from indexer.store import open_store
+    from search.tagging import Classifier, TagOptions, tag_store
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        t = time.perf_counter()
+        write_store(Path(tmp) / "store", count)
+        built = time.perf_counter() - t
+        weights = np.random.default_rng(1).standard_normal((LABELS, DIM), dtype=np.float32)
+        weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+        classifier = Classifier([f"label {i}" for i in range(LABELS)], weights, "softmax", 100.0, 0.0)
+        store = open_store(Path(tmp) / "store")
+        t = time.perf_counter()
+        summary = tag_store(store, classifier, ["a photo of a {}."] * TEMPLATES, TagOptions(), "bench")
+        seconds = time.perf_counter() - t
+    rest = seconds - summary.read_seconds - summary.score_seconds - summary.write_seconds
+    target = TARGET_SECONDS.get(count)
+    verdict = f"target < {target:.0f} s: {'met' if seconds < target else 'MISSED'}" if target else ""
+    out.print(
+        f"tagging {count:>9,} vectors x {LABELS} labels: {seconds:6.2f} s ({count / seconds:,.0f} vectors/s), "
+        f"{summary.tags:,} tags written, peak RSS {peak_gb():.2f} GB; {verdict}\n"
+        f"    read {summary.read_seconds:.2f} s, score {summary.score_seconds:.2f} s, "
+        f"write {summary.write_seconds:.2f} s, rest (deletes, commit) {rest:.2f} s; store built in {built:.0f} s"
+    )
+
+
+def run_label_embedding() -> None:
+    """Time embedding 1,000 labels x 5 templates with a ViT-B/32-sized CLIP text tower (random weights)."""
+    from indexer.embed import make_embedder
+    from indexer.settings import Settings
+    from search.tagging import DEFAULT_TEMPLATES, embed_prompts
+    from tests.model_factory import CORPUS, save_clip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_clip(Path(tmp) / "clip-b32", size="vit-b32")
+        embedder = make_embedder(str(Path(tmp) / "clip-b32"), Settings(device="auto"))
+        t = time.perf_counter()
+        # Two-word labels from the tokenizer's own vocabulary: about as many tokens as real labels take
+        # with CLIP's tokenizer (unknown words would be spelled out letter by letter).
+        words = sorted({w.strip(",.:") for line in CORPUS for w in line.split()} - {""})
+        labels = [f"{a} {b}" for a in words for b in words if a != b][:LABELS]
+        vectors = embed_prompts(embedder, labels, DEFAULT_TEMPLATES)
+        seconds = time.perf_counter() - t
+    n = LABELS * len(DEFAULT_TEMPLATES)
+    out.print(
+        f"label embeddings: {n:,} prompts ({LABELS} labels x {len(DEFAULT_TEMPLATES)} templates) on "
+        f"{embedder.loaded.device.type}: {seconds:6.2f} s ({n / seconds:,.0f} prompts/s) -> {vectors.shape}, "
+        f"peak RSS {peak_gb():.2f} GB (paid once per label set)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--no-embed-labels", action="store_true", help="skip timing the text tower")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a single measurement, in this process
+    parser.add_argument("--labels-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return run_tagging(args.one)
+    if args.labels_only:
+        return run_label_embedding()
+    out.print(f"machine: {machine()}")
+    out.print(f"peak memory target at 1,000,000: < {TARGET_PEAK_GB:.0f} GB")
+    for count in args.sizes:
+        subprocess.run([sys.executable, "-m", "bench.tagging", "--one", str(count)], check=True)
+    if not args.no_embed_labels:
+        subprocess.run([sys.executable, "-m", "bench.tagging", "--labels-only"], check=True)
+
+
+if __name__ == "__main__":
+    main()
