@@ -22,11 +22,11 @@ app = typer.Typer(help="Self-hosted image search: index folders, search them by 
 out = Console()
 err = Console(stderr=True)
 
-StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store directory [env CLIPDEX_STORE]")]
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store directory (env CLIPDEX_STORE)")]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Embedding model: hub id or local directory [env CLIPDEX_MODEL]")
+    str | None, typer.Option("--model", help="Embedding model: hub id or local directory (env CLIPDEX_MODEL)")
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [env CLIPDEX_DEVICE]")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (env CLIPDEX_DEVICE)")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Only images tagged with this label (see clipdex tags)")]
@@ -34,8 +34,8 @@ CaptionModelOpt = Annotated[
     str | None,
     typer.Option(
         "--caption-model",
-        help="BLIP or BLIP-2 captioner: hub id or local directory [env CLIPDEX_CAPTION_MODEL; "
-        "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU]",
+        help="BLIP or BLIP-2 captioner: hub id or local directory (env CLIPDEX_CAPTION_MODEL; "
+        "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU)",
     ),
 ]
 
@@ -47,7 +47,7 @@ class SearchMode(StrEnum):
 
 
 VlmOpt = Annotated[
-    str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory [env CLIPDEX_VLM]")
+    str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory (env CLIPDEX_VLM)")
 ]
 
 
@@ -307,8 +307,8 @@ def caption(
         str | None,
         typer.Option(
             "--model",
-            help="BLIP or BLIP-2 captioner: hub id or local directory [env CLIPDEX_CAPTION_MODEL; "
-            "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU]",
+            help="BLIP or BLIP-2 captioner: hub id or local directory (env CLIPDEX_CAPTION_MODEL; "
+            "default blip2-opt-2.7b on CUDA, blip-image-captioning-base on CPU)",
         ),
     ] = None,
     prompt: Annotated[
@@ -316,7 +316,7 @@ def caption(
         typer.Option(
             "--prompt",
             help='Conditional prompt: a prefix for BLIP ("a photography of"); for BLIP-2 a question ending in "?" '
-            'is asked as "Question: ... Answer:" [env CLIPDEX_CAPTION_PROMPT]',
+            'is asked as "Question: ... Answer:" (env CLIPDEX_CAPTION_PROMPT)',
         ),
     ] = None,
     redo: Annotated[bool, typer.Option("--redo", help="Caption every image again, failed ones included")] = False,
