@@ -149,9 +149,10 @@ class Tag(Base):
     """A zero-shot label given to an image from a named label set, with its score."""
 
     __tablename__ = "tags"
+    # The unique index leads with image_id, so it also serves look-ups by image: no second index to update.
     __table_args__ = (UniqueConstraint("image_id", "label_set", "label"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     label_set: Mapped[str]
     label: Mapped[str] = mapped_column(index=True)
     score: Mapped[float]

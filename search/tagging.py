@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 
 from indexer.embed import Embedder, l2_normalize
 from indexer.errors import BadInputError, NotFoundError
@@ -399,11 +399,11 @@ def write_tags(
             clock = time.perf_counter()
             if indexed_after is not None:  # changed files keep their id: drop their old tags
                 session.execute(delete(Tag).where(Tag.label_set == name, Tag.image_id.in_(chunk_ids.tolist())))
-            if len(ids):  # a Core insert: the ORM's per-row bookkeeping would double the time
-                session.connection().execute(
-                    insert(Tag.__table__),
+            if len(ids):  # one executemany of plain tuples: ORM or dict rows cost more than SQLite's own work
+                session.connection().exec_driver_sql(
+                    "INSERT INTO tags (image_id, label_set, label, score, model) VALUES (?, ?, ?, ?, ?)",
                     [
-                        {"image_id": i, "label_set": name, "label": labels[c], "score": sc, "model": store.model}
+                        (i, name, labels[c], sc, store.model)
                         for i, c, sc in zip(ids.tolist(), cols.tolist(), scores.tolist(), strict=True)
                     ],
                 )
