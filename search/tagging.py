@@ -18,7 +18,8 @@ What a score means:
 """
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -366,6 +367,16 @@ def saved_classifier(label_set: LabelSet, dim: int) -> Classifier:
     return Classifier(list(label_set.labels), weights, label_set.activation, label_set.scale, label_set.bias)
 
 
+def read_ahead(chunks: Iterator) -> Iterator:
+    """Yield the chunks while a thread reads the next one: SQLite reads and the scoring both release the GIL,
+    so reading overlaps scoring and writing instead of adding to them."""
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+        upcoming = reader.submit(next, chunks, None)
+        while (chunk := upcoming.result()) is not None:
+            upcoming = reader.submit(next, chunks, None)
+            yield chunk
+
+
 def write_tags(
     session,
     store: Store,
@@ -384,7 +395,7 @@ def write_tags(
     labels, counts = classifier.labels, np.zeros(len(classifier.labels), dtype=np.int64)
     with progress:
         task = progress.add_task("tag", total=total)
-        chunks = store.iter_vectors(CHUNK, indexed_after)
+        chunks = read_ahead(store.iter_vectors(CHUNK, indexed_after))
         while True:
             clock = time.perf_counter()
             chunk = next(chunks, None)
