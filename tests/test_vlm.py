@@ -558,30 +558,16 @@ def test_api_bad_input_is_4xx_before_streaming(client):
 
 @pytest.fixture(scope="module")
 def page_server(store_dir, clip_dir, vlm_dirs):
-    """uvicorn serving the module's store with the tiny LLaVA, in a thread; yields (url, app)."""
-    import socket
-
-    import uvicorn
-
+    """The module's store served over HTTP with the tiny LLaVA; yields (url, app)."""
     from search.api import create_app
+    from tests.test_web import serving
 
     settings = Settings(
         store=store_dir, model=str(clip_dir), device="cpu", vlm=str(vlm_dirs["chat"]), vlm_max_new_tokens=8
     )
     app = create_app(settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url, app
 
 
 def test_page_asks_about_selected_hits_and_streams_the_answer(page_server):
