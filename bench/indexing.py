@@ -11,7 +11,6 @@ machine still slows everything down.
 
 import functools
 import os
-import platform
 import resource
 import shutil
 import threading
@@ -24,7 +23,9 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
+from indexer.cpu import cpu_line
 from indexer.decode import WorkerConfig, load_file, setup_worker
+from indexer.onnx_runtime import AGREEMENT_BAR
 from indexer.settings import Settings, cpu_count
 
 if TYPE_CHECKING:
@@ -40,19 +41,6 @@ RERUN_FILES = 2_000 if QUICK else 10_000
 VIT_B32_GFLOP = 8.8
 SIZES = {"photo 4000x3000": (4000, 3000), "web 1024x768": (1024, 768)}
 console = Console(highlight=False)
-
-
-def machine() -> str:
-    """CPU model and core count."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def load() -> str:
@@ -188,14 +176,16 @@ class WorkerPeaks(threading.Thread):
 
 
 def main() -> None:
-    from indexer.embed import Embedder, make_embedder
     from indexer.models import load_model
     from indexer.onnx_runtime import OnnxEmbedder
     from indexer.pipeline import index_folder
+    from indexer.runtimes import make_embedder
+    from indexer.torch_embed import TorchEmbedder
     from tests.model_factory import save_clip
 
     cores = cpu_count()
-    console.print(f"[bold]indexing benchmark[/bold]{' (quick)' if QUICK else ''}: {machine()}; {load()}")
+    console.print(cpu_line())
+    console.print(f"[bold]indexing benchmark[/bold]{' (quick)' if QUICK else ''}; {load()}")
     model_dir = DATA / "vit-b-32"
     if not (model_dir / "config.json").exists():
         save_clip(model_dir, size="vit-b-32")
@@ -237,16 +227,16 @@ def main() -> None:
             f"{decode_ms + encode_ms:.1f}; other work on the machine takes the rest of the cores)"
         )
         console.print(
-            f"  peak RSS         {vm_hwm_mb():7.0f} MB main process (torch model + ONNX sessions), "
+            f"  peak RSS         {vm_hwm_mb():7.0f} MB main process (ONNX image session, no torch), "
             f"{workers.peak:.0f} MB largest decode worker ({load()})"
         )
 
     console.print(f"\n[bold]encoder alone[/bold] (ViT-B/32 image tower, batch {embedder.batch_size}, {cores} threads)")
-    loaded = load_model(str(model_dir), "cpu")
+    int8 = OnnxEmbedder(embedder.folder, embedder.batch_size, quantize=True) if embedder.runtime == "onnx" else None
     encoders = [
-        ("torch eager fp32", Embedder(loaded, embedder.batch_size)),
+        ("torch eager fp32", TorchEmbedder(load_model(str(model_dir), "cpu"), embedder.batch_size)),
         ("onnx fp32", embedder if isinstance(embedder, OnnxEmbedder) else None),
-        ("onnx int8 (opt-in)", OnnxEmbedder(loaded, embedder.batch_size, settings.cache_dir, quantize=True)),
+        ("onnx int8 (opt-in)", int8),
     ]
     for name, candidate in encoders:
         if candidate is not None:
@@ -259,9 +249,12 @@ def main() -> None:
         f"  fp32 matrix peak measured now: {peak:.0f} GFLOP/s on {cores} threads; the default encoder "
         f"({embedder.runtime}) runs {rate:.1f} images/s x {VIT_B32_GFLOP} GFLOP = {share:.0%} of it"
     )
-    if isinstance(embedder, OnnxEmbedder):
-        fp32, int8 = embedder.embed_pixels(np.stack(pixels)), encoders[2][1].embed_pixels(np.stack(pixels))
-        console.print(f"  int8 vs fp32: cosine >= {(fp32 * int8).sum(axis=1).min():.4f} over {len(pixels)} images")
+    if int8 is not None:
+        cos = (embedder.embed_pixels(np.stack(pixels)) * int8.embed_pixels(np.stack(pixels))).sum(axis=1).min()
+        console.print(
+            f"  int8 vs fp32 on this CPU: cosine >= {cos:.4f} over {len(pixels)} bench images; "
+            f"export-time check {int8.int8_agreement('image'):.4f} (bar {AGREEMENT_BAR})"
+        )
 
     console.print(f"\n[bold]unchanged re-run[/bold] over {RERUN_FILES:,} files")
     small = DATA / f"small-{RERUN_FILES}"

@@ -99,7 +99,7 @@ def run_tagging(count: int) -> None:
 
 def run_label_embedding() -> None:
     """Time embedding 1,000 labels x 5 templates with a ViT-B/32-sized CLIP text tower (random weights)."""
-    from indexer.embed import make_embedder
+    from indexer.runtimes import make_embedder
     from indexer.settings import Settings
     from search.tagging import DEFAULT_TEMPLATES, embed_prompts
     from tests.model_factory import CORPUS, save_clip
@@ -117,7 +117,7 @@ def run_label_embedding() -> None:
     n = LABELS * len(DEFAULT_TEMPLATES)
     out.print(
         f"label embeddings: {n:,} prompts ({LABELS} labels x {len(DEFAULT_TEMPLATES)} templates) on "
-        f"{embedder.loaded.device.type}: {seconds:6.2f} s ({n / seconds:,.0f} prompts/s) -> {vectors.shape}, "
+        f"{embedder.runtime}: {seconds:6.2f} s ({n / seconds:,.0f} prompts/s) -> {vectors.shape}, "
         f"peak RSS {peak_gb():.2f} GB (paid once per label set)"
     )
 

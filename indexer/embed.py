@@ -1,16 +1,17 @@
-"""Batched image and text embedding: L2-normalised float32 vectors out, whatever the runtime."""
+"""Batched image and text embedding: L2-normalised float32 vectors out, whatever the runtime.
 
-import logging
+No torch here: the ONNX Runtime path and the query path import NumPy and `tokenizers` only. The runtimes
+(`indexer/torch_embed.py`, `indexer/onnx_runtime.py`) subclass `Embedder`; `indexer/runtimes.py` picks one.
+"""
+
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-import torch
+from tokenizers import Tokenizer
 
 from indexer.decode import ImagePrep
-from indexer.models import LoadedModel, load_model
-from indexer.settings import Settings
-
-log = logging.getLogger(__name__)
+from indexer.models import ModelInfo
 
 
 def normalize_pixels(pixels: np.ndarray, prep: ImagePrep) -> np.ndarray:
@@ -27,19 +28,31 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-class Embedder:
-    """Embeds images and texts into the model's shared space with the torch model.
+def load_fast_tokenizer(path: Path, info: ModelInfo) -> Tokenizer:
+    """A `tokenizers` tokenizer set to pad and truncate as `Embedder.tokenize` asks transformers to."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(info.text_max_length)
+    pad = tokenizer.id_to_token(info.pad_token_id) or ""
+    length = info.text_max_length if info.family == "siglip" else None  # None: the longest text of the batch
+    tokenizer.enable_padding(pad_id=info.pad_token_id, pad_token=pad, length=length)
+    return tokenizer
 
-    Subclasses run the same towers in another runtime by overriding `image_features` and `text_features`.
+
+class Embedder:
+    """Embeds images and texts into a model's shared space; a runtime implements the two towers.
+
+    `tokenizer` is a `tokenizers.Tokenizer` made by `load_fast_tokenizer` (fast to load, no transformers) or a
+    transformers tokenizer (for models whose tokenizer `tokenizers` cannot express); both give the same ids.
     """
 
-    runtime = "torch"
+    runtime = "none"
 
-    def __init__(self, loaded: LoadedModel, batch_size: int):
-        self.loaded = loaded
-        self.name = loaded.name
-        self.dim = loaded.dim
-        self.prep = loaded.prep
+    def __init__(self, info: ModelInfo, tokenizer, batch_size: int):
+        self.info = info
+        self.tokenizer = tokenizer
+        self.name = info.name
+        self.dim = info.dim
+        self.prep = info.prep
         self.batch_size = batch_size
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -52,45 +65,27 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Token ids (and CLIP's attention mask); SigLIP pads to its fixed length and attends to it, as trained."""
-        siglip = self.loaded.family == "siglip"
-        tokens = self.loaded.tokenizer(
-            list(texts),
-            padding="max_length" if siglip else True,
-            truncation=True,
-            max_length=self.loaded.text_max_length,
-            return_tensors="np",
-        )
-        names = ("input_ids",) if siglip else ("input_ids", "attention_mask")
-        return {k: np.asarray(tokens[k], dtype=np.int64) for k in names}
+        if isinstance(self.tokenizer, Tokenizer):
+            encodings = self.tokenizer.encode_batch(list(texts))
+            tokens = {
+                "input_ids": [e.ids for e in encodings],
+                "attention_mask": [e.attention_mask for e in encodings],
+            }
+        else:
+            siglip = self.info.family == "siglip"
+            tokens = self.tokenizer(
+                list(texts),
+                padding="max_length" if siglip else True,
+                truncation=True,
+                max_length=self.info.text_max_length,
+                return_tensors="np",
+            )
+        return {k: np.asarray(tokens[k], dtype=np.int64) for k in self.info.text_inputs}
 
-    @torch.inference_mode()
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         """Projected, unnormalised image features of normalised float32 (B, 3, H, W) pixels."""
-        x = torch.from_numpy(pixel_values).to(self.loaded.device, self.loaded.dtype)
-        return features(self.loaded.model.get_image_features(pixel_values=x)).float().cpu().numpy()
+        raise NotImplementedError
 
-    @torch.inference_mode()
     def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
         """Projected, unnormalised text features of tokenized texts."""
-        inputs = {k: torch.from_numpy(v).to(self.loaded.device) for k, v in tokens.items()}
-        return features(self.loaded.model.get_text_features(**inputs)).float().cpu().numpy()
-
-
-def features(out) -> torch.Tensor:
-    """transformers 5 returns a model output whose pooler_output holds the projected features."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def make_embedder(name: str, settings: Settings) -> Embedder:
-    """Load `name` and wrap it for its device: torch fp16 on CUDA, the configured runtime on CPU."""
-    loaded = load_model(name, settings.device)
-    batch_size = settings.batch_size or (256 if loaded.device.type == "cuda" else 16)
-    if loaded.device.type == "cuda" or settings.cpu_runtime == "torch":
-        return Embedder(loaded, batch_size)
-    from indexer.onnx_runtime import OnnxEmbedder, OnnxExportError
-
-    try:
-        return OnnxEmbedder(loaded, batch_size, settings.cache_dir, quantize=settings.cpu_runtime == "onnx-int8")
-    except OnnxExportError as e:
-        log.warning("ONNX Runtime is unavailable for %s (%s); embedding with torch instead", loaded.name, e)
-        return Embedder(loaded, batch_size)
+        raise NotImplementedError

@@ -4,8 +4,9 @@ Everything goes through transformers' own `from_pretrained`, so a hub id and a d
 `save_pretrained` take exactly the same path (tests rely on this: they save tiny random models).
 """
 
+import importlib.metadata
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,19 +21,50 @@ SUPPORTED_FAMILIES = ("clip", "siglip", "siglip2")
 SENTENCE_TRANSFORMERS_CLIP = "sentence_transformers.models.CLIPModel"
 
 
-@dataclass
-class LoadedModel:
-    """A dual encoder with what it takes to feed it."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What feeding a dual encoder and reading its scores takes, without its weights (saved beside an export)."""
 
     name: str  # as the store records it: a hub id, or an absolute directory path
     family: str  # "clip" or "siglip": decides text padding and how tag scores are calibrated
+    dim: int
+    prep: ImagePrep
+    text_max_length: int
+    pad_token_id: int  # what texts are padded with (SigLIP: to text_max_length)
+    logit_scale: float  # exp of the model's learned temperature: logits = logit_scale * cosine + logit_bias
+    logit_bias: float  # SigLIP's learned bias; 0 for CLIP
+
+    @property
+    def text_inputs(self) -> tuple[str, ...]:
+        """The text tower's inputs: SigLIP was trained attending to its padding, so it takes no mask."""
+        return ("input_ids",) if self.family == "siglip" else ("input_ids", "attention_mask")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelInfo":
+        p = data["prep"]  # JSON made the tuples lists
+        prep = ImagePrep(
+            resize_to=tuple(p["resize_to"]),
+            crop=tuple(p["crop"]) if p["crop"] else None,
+            resample=p["resample"],
+            mean=tuple(p["mean"]),
+            std=tuple(p["std"]),
+            rescale=p["rescale"],
+        )
+        return cls(**{**data, "prep": prep})
+
+
+@dataclass
+class LoadedModel:
+    """A dual encoder in torch with its transformers tokenizer."""
+
+    info: ModelInfo
     model: "PreTrainedModel"
     tokenizer: object
-    prep: ImagePrep
-    dim: int
     device: "torch.device"
     dtype: "torch.dtype"
-    text_max_length: int
 
 
 def canonical_name(name: str) -> str:
@@ -43,6 +75,22 @@ def canonical_name(name: str) -> str:
     if "/" not in name and name.startswith("clip-"):
         return f"sentence-transformers/{name}"
     return name
+
+
+def cuda_possible() -> bool:
+    """False when no CUDA device can be there (a CPU build of torch, or no NVIDIA device node): no torch import."""
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return "+cpu" not in version and any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def resolve_device(device: str) -> str:
+    """'auto' becomes "cuda" or "cpu" (importing torch only where CUDA is possible at all)."""
+    if device != "auto":
+        return device
+    return pick_device("auto").type if cuda_possible() else "cpu"
 
 
 def pick_device(device: str) -> "torch.device":
@@ -124,14 +172,16 @@ def load_model(name: str, device: str = "auto") -> LoadedModel:
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load model {name!r}: {e}") from None
     model.eval().to(torch_device)
-    return LoadedModel(
+    siglip = config.model_type.startswith("siglip")
+    bias = getattr(model, "logit_bias", None)
+    info = ModelInfo(
         name=name,
-        family="siglip" if config.model_type.startswith("siglip") else "clip",
-        model=model,
-        tokenizer=tokenizer,
-        prep=read_image_prep(processor),
+        family="siglip" if siglip else "clip",
         dim=embedding_dim(config),
-        device=torch_device,
-        dtype=dtype,
+        prep=read_image_prep(processor),
         text_max_length=int(config.text_config.max_position_embeddings),
+        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        logit_scale=float(model.logit_scale.detach().float().exp()),
+        logit_bias=float(bias.detach().float()) if siglip and bias is not None else 0.0,
     )
+    return LoadedModel(info=info, model=model, tokenizer=tokenizer, device=torch_device, dtype=dtype)

@@ -1,167 +1,121 @@
-"""Run an embedding model's image and text towers in ONNX Runtime: exported on first use, cached on disk.
+"""Run an embedding model's image and text towers in ONNX Runtime, from an export cached on disk.
 
 On CPU, ONNX Runtime with its transformer graph optimizer (fused attention) beats torch eager by 1.3x to
 2x on this project's 2-core machine (bench/indexing.py, README.md "Performance"). The towers are exported
-once per model and weights, to `cache_dir/onnx/<key>/`; the key changes with the model name, its weights
-and the exporting versions.
+once per model and weights (`indexer/onnx_export.py`, in a child process) into `cache_dir/onnx/<key>/`;
+the key is computed from the model's files (names, sizes, mtimes and a sample of their bytes) and the tool
+versions, so finding the export costs a few stats, and neither torch nor transformers is imported here.
+
+int8 is opt-in and checked: each quantised tower is compared with its fp32 graph on fixed inputs on the CPU
+at hand, and used only if it agrees (quantised kernels differ per CPU feature set).
 """
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
-import shutil
+import subprocess
+import sys
+import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from indexer.embed import Embedder, features
-from indexer.models import LoadedModel
+from indexer.cpu import cpu_id
+from indexer.decode import ImagePrep
+from indexer.embed import Embedder, l2_normalize, load_fast_tokenizer, normalize_pixels
+from indexer.errors import ModelLoadError
+from indexer.models import ModelInfo
 from indexer.settings import cpu_count
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2  # bump when the exported graphs change, so stale caches are not reused
+EXPORT_VERSION = 3  # bump when the exported graphs or the folder's layout change, so stale caches are not reused
 OPSET = 17
-LARGE_MODEL_BYTES = 1_500_000_000  # protobuf caps a file at 2 GB: larger models keep their weights beside it
+MODEL_FILE = "model.json"
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_LOAD_FAILED = "cannot load the model: "  # how the export process says the model itself is the problem
+SAMPLE_BYTES = 65_536  # read from each end of every model file for the key: a changed file changes it
+# A quantised tower is used only if every check input's vector keeps this cosine to the fp32 one.
+AGREEMENT_BAR = 0.99
+CHECK_TEXTS = (
+    "a photo of a dog",
+    "sunset over the mountains and a lake, with a red car parked by the road",
+    "a receipt",
+    "wedding couple dancing",
+)
 
 
 class OnnxExportError(Exception):
     """The model could not be exported to, optimised for, or loaded by ONNX Runtime."""
 
 
-class ImageTower(torch.nn.Module):
-    """pixel_values -> projected image features, as `Embedder.image_features` computes them."""
+def model_files(name: str) -> Path | None:
+    """The folder holding a model's files: the directory itself, or a hub model's cached snapshot."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values):
-        return features(self.model.get_image_features(pixel_values=pixel_values))
-
-
-class TextTower(torch.nn.Module):
-    """input_ids [, attention_mask] -> projected text features."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask=None):
-        return features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not downloaded yet: the export downloads it
+        return None
 
 
-def model_key(loaded: LoadedModel) -> str:
-    """A short hash of the model name, config, a strided sample of every weight tensor, and the tool versions.
-
-    Sampling (about a thousand values per tensor) costs milliseconds where hashing 600 MB of weights costs
-    seconds on every start, and any retraining or fine-tune changes the sampled values.
-    """
-    import onnxruntime
-
+def export_key(name: str) -> str:
+    """A short hash of the model's name and files and of the versions that shape the exported graphs."""
     h = hashlib.blake2b(digest_size=12)
-    versions = (EXPORT_VERSION, OPSET, torch.__version__, onnxruntime.__version__)
-    h.update(json.dumps([loaded.name, *map(str, versions)]).encode())
-    h.update(loaded.model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(loaded.model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
-        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        h.update(sample.tobytes())
+    versions = [EXPORT_VERSION, OPSET]
+    for package in ("torch", "transformers", "onnxruntime"):
+        try:
+            versions.append(importlib.metadata.version(package))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(None)
+    h.update(json.dumps([name, versions]).encode())
+    folder = model_files(name)
+    for path in sorted(folder.rglob("*")) if folder else ():
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        stat = path.stat()
+        h.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        with path.open("rb") as f:
+            h.update(f.read(SAMPLE_BYTES))
+            if stat.st_size > 2 * SAMPLE_BYTES:
+                f.seek(-SAMPLE_BYTES, os.SEEK_END)
+                h.update(f.read())
     return h.hexdigest()
 
 
-def export_towers(loaded: LoadedModel, folder: Path) -> None:
-    """Export and optimise image/model.onnx and text/model.onnx into `folder`, atomically (temp folder, rename).
-
-    Each tower has its own folder: a model over 2 GB keeps its weights in files beside the graph.
-    """
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for tower in ("image", "text"):
-        (tmp / tower).mkdir(parents=True)
-    model = loaded.model
-    attn = model.config._attn_implementation
-    # ONNX Runtime's optimizer fuses the eager attention pattern into one Attention op; SDPA's export it cannot.
-    model.set_attn_implementation("eager")
-    try:
-        height, width = loaded.prep.out_size
-        tokens = loaded.tokenizer(
-            ["a photo of a dog", "a cat"],
-            padding="max_length" if loaded.family == "siglip" else True,
-            truncation=True,
-            max_length=loaded.text_max_length,
-            return_tensors="pt",
-        )
-        text_inputs = ("input_ids",) if loaded.family == "siglip" else ("input_ids", "attention_mask")
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # tracer warnings about shape checks baked in as constants
-            pixels = (torch.zeros(2, 3, height, width),)
-            export(ImageTower(model), pixels, ("pixel_values",), tmp / "image" / "raw.onnx")
-            args = tuple(tokens[k] for k in text_inputs)
-            export(TextTower(model), args, text_inputs, tmp / "text" / "raw.onnx")
-    finally:
-        model.set_attn_implementation(attn)
-    vision, text = model.config.vision_config, model.config.text_config
-    optimize(tmp / "image", vision.num_attention_heads, vision.hidden_size)
-    optimize(tmp / "text", text.num_attention_heads, text.hidden_size)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished the same export first: theirs is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
+def export_folder(name: str, cache_dir: Path) -> Path:
+    """Where the export of `name` as its files are now lives (it may not exist yet)."""
+    return Path(cache_dir) / "onnx" / export_key(name)
 
 
-def export(module: torch.nn.Module, args: tuple, input_names: tuple, path: Path) -> None:
-    """TorchScript-trace `module` to ONNX with a dynamic batch axis (and sequence axis for tokens)."""
-    axes = {name: {0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"} for name in input_names}
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=list(input_names),
-        output_names=["features"],
-        dynamic_axes={**axes, "features": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,  # the TorchScript exporter needs no onnxscript and exports these towers in seconds
-    )
+def run_export(name: str, cache_dir: Path) -> Path:
+    """Export `name` in a child process (torch and the weights never enter this one); the export's folder."""
+    command = [sys.executable, "-m", "indexer.onnx_export", name, str(cache_dir)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        if last.startswith(MODEL_LOAD_FAILED):  # no runtime can load it: say so, do not fall back to torch
+            raise ModelLoadError(last.removeprefix(MODEL_LOAD_FAILED))
+        raise OnnxExportError(last)
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
-def optimize(tower: Path, num_heads: int, hidden_size: int) -> None:
-    """raw.onnx -> model.onnx with attention, LayerNorm and GELU fused by onnxruntime.transformers' optimizer.
-
-    The optimizer is a best-effort speed-up: if it fails, the raw graph, still correct, is used as it is.
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    raw, out = tower / "raw.onnx", tower / "model.onnx"
-    large = sum(p.stat().st_size for p in tower.iterdir()) > LARGE_MODEL_BYTES
-    try:
-        optimized = optimize_model(str(raw), model_type="clip", num_heads=num_heads, hidden_size=hidden_size)
-        optimized.save_model_to_file(str(out), use_external_data_format=large)
-        raw.unlink()
-    except Exception as e:
-        log.warning("ONNX graph optimizer failed on the %s tower (%s); using the unfused graph", tower.name, e)
-        raw.rename(out)
-
-
-def quantize_int8(fp32: Path, int8: Path) -> None:
-    """Dynamic int8 quantization of the weights (activations quantized per batch at run time)."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    tmp = int8.with_name(f"{int8.name}.tmp-{os.getpid()}")
-    # Shape inference cannot type the fused (com.microsoft) ops' outputs: they are all float32.
-    extra = {"DefaultTensorType": TensorProto.FLOAT}
-    logging.disable(logging.WARNING)  # the quantizer logs every tensor it cannot type to the root logger
-    try:
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, extra_options=extra)
-    finally:
-        logging.disable(logging.NOTSET)
-    os.replace(tmp, int8)
+def find_or_export(name: str, cache_dir: Path) -> Path:
+    """The export folder of `name`, exporting it first (once, logged) when there is none."""
+    folder = export_folder(name, cache_dir)
+    if (folder / MODEL_FILE).exists():
+        return folder
+    started = time.perf_counter()
+    log.warning("first use of %s on CPU: exporting it to ONNX Runtime (once) into %s", name, folder.parent)
+    folder = run_export(name, cache_dir)
+    log.warning("ONNX export done in %.0f s", time.perf_counter() - started)
+    return folder
 
 
 def open_session(path: Path, threads: int):
@@ -177,37 +131,122 @@ def open_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxEmbedder(Embedder):
-    """The model's towers in ONNX Runtime; `quantize` runs the image tower in dynamic int8 (opt-in, approximate).
+def quantize_int8(fp32: Path, int8: Path) -> None:
+    """Dynamic int8 quantisation: int8 weights per output channel, uint8 activations per batch at run time.
 
-    The text tower stays fp32 either way: queries come a few at a time, so exact text vectors cost little.
+    reduce_range (7-bit weights) is what keeps it right on every CPU: x86 CPUs without VNNI multiply
+    uint8 x int8 with vpmaddubsw, whose 16-bit pair sums saturate at full range (measured on an AVX2-only
+    Zen 3: cosine 0.907 to fp32 on a SigLIP; 0.998 with reduce_range, at the same speed on ViT-B/32).
+    Per-channel scales win back the bit that reduce_range gives up.
+    """
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = int8.with_name(f"{int8.name}.tmp-{os.getpid()}")
+    # Shape inference cannot type the fused (com.microsoft) ops' outputs: they are all float32.
+    extra = {"DefaultTensorType": TensorProto.FLOAT}
+    logging.disable(logging.WARNING)  # the quantizer logs every tensor it cannot type to the root logger
+    try:
+        quantize_dynamic(
+            str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True, extra_options=extra
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    os.replace(tmp, int8)
+
+
+def check_pixels(prep: ImagePrep, count: int = 8) -> np.ndarray:
+    """Fixed photo-like model inputs: smooth random colour fields with edges and noise, the same every time."""
+    rng = np.random.default_rng(20261201)
+    height, width = prep.out_size
+    images = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, (4, 4, 3))
+        field = np.kron(coarse, np.ones((height // 4 + 1, width // 4 + 1, 1)))[:height, :width]
+        images.append(np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8))
+    return normalize_pixels(np.stack(images), prep)
+
+
+def agreement(session, reference, inputs: dict[str, np.ndarray]) -> float:
+    """The lowest cosine between two sessions' outputs over the same inputs."""
+    (a,) = session.run(None, inputs)
+    (b,) = reference.run(None, inputs)
+    return float((l2_normalize(a) * l2_normalize(b)).sum(axis=1).min())
+
+
+class OnnxEmbedder(Embedder):
+    """The model's towers in ONNX Runtime, each session opened on first use (a text query never opens the image one).
+
+    `quantize` asks for dynamic int8 towers (opt-in, approximate); a tower whose int8 graph does not agree with
+    its fp32 graph on this CPU runs in fp32, with one line logged.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int, cache_dir: Path, quantize: bool = False):
-        super().__init__(loaded, batch_size)
-        self.runtime = "onnx-int8" if quantize else "onnx"
-        threads = cpu_count()
+    def __init__(self, folder: Path, batch_size: int, quantize: bool = False):
+        self.folder = Path(folder)
         try:
-            folder = Path(cache_dir) / "onnx" / model_key(loaded)
-            if not folder.exists():
-                started = time.perf_counter()
-                log.warning("first use of %s on CPU: exporting it to ONNX Runtime (once) into %s", self.name, folder)
-                export_towers(loaded, folder)
-                log.warning("ONNX export done in %.0f s", time.perf_counter() - started)
-            image = folder / "image" / "model.onnx"
-            if quantize:
-                image = folder / "image" / "model.int8.onnx"
-                if not image.exists():
-                    quantize_int8(folder / "image" / "model.onnx", image)
-            self.image_session = open_session(image, threads)
-            self.text_session = open_session(folder / "text" / "model.onnx", threads)
-        except Exception as e:  # export, optimisation, quantization or loading: never fatal, torch still works
-            raise OnnxExportError(f"{type(e).__name__}: {e}") from e
+            meta = json.loads((self.folder / MODEL_FILE).read_text())
+            info = ModelInfo.from_json(meta["info"])
+            if meta["tokenizer"]:
+                tokenizer = load_fast_tokenizer(self.folder / meta["tokenizer"], info)
+            else:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(info.name)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise OnnxExportError(f"the ONNX export in {self.folder} cannot be read ({e}); delete it") from e
+        super().__init__(info, tokenizer, batch_size)
+        self.quantize = quantize
+        self.runtime = "onnx-int8" if quantize else "onnx"
+        self.sessions: dict[str, object] = {}
+        self.lock = threading.Lock()
+
+    def session(self, tower: str):
+        """The tower's session, opened once (by the first of concurrent callers)."""
+        with self.lock:
+            if tower not in self.sessions:
+                fp32 = self.folder / tower / "model.onnx"
+                self.sessions[tower] = (self.checked_int8(tower) if self.quantize else None) or open_session(
+                    fp32, cpu_count()
+                )
+            return self.sessions[tower]
+
+    def checked_int8(self, tower: str):
+        """The tower's int8 session if it agrees with fp32 on this CPU (checked once per CPU), else None."""
+        fp32, int8 = self.folder / tower / "model.onnx", self.folder / tower / "model.int8.onnx"
+        record_file = int8.with_suffix(".check.json")
+        if not int8.exists():
+            quantize_int8(fp32, int8)
+        session = open_session(int8, cpu_count())
+        record = json.loads(record_file.read_text()) if record_file.exists() else {}
+        if record.get("cpu") != cpu_id():  # never checked, or checked on another CPU: check here
+            inputs = self.check_inputs(tower)
+            record = {"cpu": cpu_id(), "agreement": agreement(session, open_session(fp32, cpu_count()), inputs)}
+            tmp = record_file.with_name(f"{record_file.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, record_file)
+        if record["agreement"] < AGREEMENT_BAR:
+            log.warning(
+                "int8 %s tower of %s agrees with fp32 only to cosine %.3f on this CPU (bar %.2f): using fp32",
+                tower, self.name, record["agreement"], AGREEMENT_BAR,
+            )  # fmt: skip
+            return None
+        return session
+
+    def check_inputs(self, tower: str) -> dict[str, np.ndarray]:
+        if tower == "image":
+            return {"pixel_values": check_pixels(self.prep)}
+        return self.tokenize(CHECK_TEXTS)
+
+    def int8_agreement(self, tower: str) -> float | None:
+        """The recorded int8-vs-fp32 cosine of a tower on this CPU, once it was checked."""
+        record_file = self.folder / tower / "model.int8.check.json"
+        record = json.loads(record_file.read_text()) if record_file.exists() else {}
+        return record.get("agreement") if record.get("cpu") == cpu_id() else None
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        (out,) = self.image_session.run(None, {"pixel_values": pixel_values})
+        (out,) = self.session("image").run(None, {"pixel_values": pixel_values})
         return out
 
     def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
-        (out,) = self.text_session.run(None, tokens)
+        (out,) = self.session("text").run(None, tokens)
         return out

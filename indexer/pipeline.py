@@ -54,8 +54,8 @@ class IndexSummary:
 
 
 def load_embedder(name: str, settings: Settings) -> "Embedder":
-    """Imported here, not at the top: torch takes seconds to import and unchanged re-runs never need it."""
-    from indexer.embed import make_embedder
+    """Imported here, not at the top: unchanged re-runs never need a model."""
+    from indexer.runtimes import make_embedder
 
     return make_embedder(name, settings)
 

@@ -187,7 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = SearchEngine(settings)
-        _ = engine.embedder  # load the model now, not on the first query
+        engine.embedder.embed_texts(["warm-up"])  # load the text tower now, not on the first query
         engine.index()
         # One thread per model call and per FAISS search; parallelism comes from serving several requests
         # at once. Each call is small, and OpenMP's barrier waits make 2-thread calls on a busy 2-core
@@ -374,7 +374,7 @@ async def classify(
     label_list = tagging.parse_labels(labels)
     tagging.check_templates(template)
     ranked = await run_in_threadpool(tagging.classify_image, engine, data, label_list, template, multi_label)
-    scoring = tagging.activation(engine.embedder.loaded.family, multi_label)
+    scoring = tagging.activation(engine.embedder.info.family, multi_label)
     return ClassifyResults(labels=[TagPublic(label=r.label, score=r.score) for r in ranked], scoring=scoring)
 
 

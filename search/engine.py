@@ -20,7 +20,7 @@ from PIL import ImageOps
 from sqlalchemy import func, select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
-from indexer.embed import Embedder, make_embedder
+from indexer.embed import Embedder
 from indexer.errors import BadInputError, NotFoundError
 from indexer.models import canonical_name
 from indexer.settings import Settings
@@ -90,6 +90,8 @@ class SearchEngine:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
+            from indexer.runtimes import make_embedder
+
             self._embedder = make_embedder(self.store.model, self.settings)
         return self._embedder
 

@@ -230,12 +230,11 @@ def activation(family: str, multi_label: bool) -> str:
 def build_classifier(
     embedder: Embedder, labels: Sequence[str], templates: Sequence[str], multi_label: bool = False
 ) -> Classifier:
-    """Embed the prompts and take the scale (and SigLIP's bias) from the loaded model."""
-    model = embedder.loaded.model
-    scale = float(model.logit_scale.detach().exp())
+    """Embed the prompts and take the model's scale (and SigLIP's bias)."""
+    scale = embedder.info.logit_scale
     weights = embed_prompts(embedder, labels, templates)
-    if embedder.loaded.family == "siglip":
-        return Classifier(list(labels), weights, "sigmoid", scale, float(model.logit_bias.detach()))
+    if embedder.info.family == "siglip":
+        return Classifier(list(labels), weights, "sigmoid", scale, embedder.info.logit_bias)
     if multi_label:
         baseline = embed_prompts(embedder, [BASELINE_LABEL], templates)
         return Classifier(list(labels), weights - baseline, "sigmoid", scale, 0.0)

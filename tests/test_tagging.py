@@ -181,8 +181,8 @@ def test_retag_store_tags_only_images_indexed_since(planted):
 
 def engine_for(model_dir, tmp_path) -> SearchEngine:
     """A search engine over an empty store for the model: enough to classify uploaded images."""
-    loaded = load_model(str(model_dir), "cpu")
-    open_store(tmp_path / "store", model=loaded.name, dim=loaded.dim, create=True)
+    info = load_model(str(model_dir), "cpu").info
+    open_store(tmp_path / "store", model=info.name, dim=info.dim, create=True)
     return SearchEngine(Settings(store=tmp_path / "store", device="cpu"))
 
 
@@ -195,14 +195,15 @@ def jpeg(seed: int) -> bytes:
 @torch.inference_mode()
 def model_logits(engine: SearchEngine, data: bytes, texts: list[str]) -> np.ndarray:
     """logits_per_image from the transformers model's own forward pass, the zero-shot pipeline's numbers."""
-    loaded = engine.embedder.loaded
-    pixels = normalize_pixels(decode_image(data, loaded.prep, 10**8).pixels[None], loaded.prep)
-    tokenizer = AutoTokenizer.from_pretrained(loaded.name)
-    siglip = loaded.family == "siglip"
+    info = engine.embedder.info
+    model = AutoModel.from_pretrained(info.name).eval()
+    pixels = normalize_pixels(decode_image(data, info.prep, 10**8).pixels[None], info.prep)
+    tokenizer = AutoTokenizer.from_pretrained(info.name)
+    siglip = info.family == "siglip"
     padding = "max_length" if siglip else True
-    tokens = tokenizer(texts, padding=padding, truncation=True, max_length=loaded.text_max_length, return_tensors="pt")
+    tokens = tokenizer(texts, padding=padding, truncation=True, max_length=info.text_max_length, return_tensors="pt")
     kwargs = {"input_ids": tokens["input_ids"]} if siglip else dict(tokens)
-    return loaded.model(pixel_values=torch.from_numpy(pixels), **kwargs).logits_per_image[0].numpy()
+    return model(pixel_values=torch.from_numpy(pixels), **kwargs).logits_per_image[0].numpy()
 
 
 @pytest.fixture(scope="module")
