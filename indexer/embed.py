@@ -82,6 +82,9 @@ class Embedder:
             )
         return {k: np.asarray(tokens[k], dtype=np.int64) for k in self.info.text_inputs}
 
+    def load_image_tower(self) -> None:
+        """Get the image tower ready now rather than on the first batch (for runtimes that load it lazily)."""
+
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         """Projected, unnormalised image features of normalised float32 (B, 3, H, W) pixels."""
         raise NotImplementedError

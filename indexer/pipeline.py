@@ -2,6 +2,7 @@
 
 import logging
 import multiprocessing
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -161,6 +162,8 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
         transient=False,
     )
     context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe
+    # The image session opens (0.5-0.8 s for ViT-B/32, mostly outside the GIL) while the workers start and decode.
+    threading.Thread(target=embedder.load_image_tower, daemon=True).start()
     started = time.perf_counter()
     with (
         progress,

@@ -9,10 +9,11 @@ from indexer.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def make_embedder(name: str, settings: Settings) -> Embedder:
+def make_embedder(name: str, settings: Settings, serving: bool = False) -> Embedder:
     """An embedder for `name`: torch fp16 on CUDA; on CPU the configured runtime, torch if ONNX Runtime fails.
 
-    The ONNX path imports neither torch nor transformers once the model's export is cached.
+    The ONNX path imports neither torch nor transformers once the model's export is cached. `serving`: it
+    will answer many text queries (a server), so start-up may take longer for faster answers.
     """
     name, device = canonical_name(name), resolve_device(settings.device)
     if device == "cpu" and settings.cpu_runtime != "torch":
@@ -20,7 +21,8 @@ def make_embedder(name: str, settings: Settings) -> Embedder:
 
         try:
             folder = find_or_export(name, settings.cache_dir)
-            return OnnxEmbedder(folder, settings.batch_size or 16, quantize=settings.cpu_runtime == "onnx-int8")
+            quantize = settings.cpu_runtime == "onnx-int8"
+            return OnnxEmbedder(folder, settings.batch_size or 16, quantize=quantize, serving=serving)
         except OnnxExportError as e:
             log.warning("ONNX Runtime is unavailable for %s (%s); embedding with torch instead", name, e)
     return torch_embedder(name, device, settings)

@@ -186,7 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = SearchEngine(settings)
+        engine = SearchEngine(settings, serving=True)
         engine.embedder.embed_texts(["warm-up"])  # load the text tower now, not on the first query
         engine.index()
         # One thread per model call and per FAISS search; parallelism comes from serving several requests

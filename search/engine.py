@@ -74,10 +74,14 @@ class ImageInfo:
 
 
 class SearchEngine:
-    """Queries over one store; the embedding model loads on the first query that needs it."""
+    """Queries over one store; the embedding model loads on the first query that needs it.
 
-    def __init__(self, settings: Settings):
+    `serving`: the engine of a long-running service, which trades start-up time for faster answers.
+    """
+
+    def __init__(self, settings: Settings, serving: bool = False):
         self.settings = settings
+        self.serving = serving
         model = canonical_name(settings.model) if settings.model else None
         self.store: Store = open_store(settings.store, model=model)
         self._embedder: Embedder | None = None
@@ -92,7 +96,7 @@ class SearchEngine:
         if self._embedder is None:
             from indexer.runtimes import make_embedder
 
-            self._embedder = make_embedder(self.store.model, self.settings)
+            self._embedder = make_embedder(self.store.model, self.settings, self.serving)
         return self._embedder
 
     def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
