@@ -215,8 +215,8 @@ class Store:
         return Session(self.engine, expire_on_commit=False)
 
     def data_version(self) -> int:
-        with self.session() as s:
-            return s.scalar(select(Manifest.data_version))
+        with self.engine.connect() as conn:  # Core, not an ORM session: asked once per query by the service
+            return conn.scalar(select(Manifest.data_version))
 
     def bump_version(self, session: Session) -> None:
         """Call inside the transaction that changes vectors."""
@@ -344,8 +344,8 @@ class Store:
             return s.get(Image, image_id)
 
     def vector(self, image_id: int) -> np.ndarray | None:
-        with self.session() as s:
-            blob = s.scalar(select(Image.vector).where(Image.id == image_id, Image.status == INDEXED))
+        with self.engine.connect() as conn:
+            blob = conn.scalar(select(Image.vector).where(Image.id == image_id, Image.status == INDEXED))
         return None if blob is None else np.frombuffer(blob, dtype=np.float32)
 
     def paths(self, ids: list[int]) -> dict[int, str]:
@@ -353,6 +353,19 @@ class Store:
         with self.session() as s:
             rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
         return {i: str(Path(root) / rel) for i, root, rel in rows}
+
+    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
+        """(absolute path, newest caption or None) of the given image ids: one query for a page of hits."""
+        newest = (
+            select(Caption.text)
+            .where(Caption.image_id == Image.id)
+            .order_by(Caption.created_at.desc(), Caption.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(Image.id, Root.path, Image.relpath, newest).join(Root).where(Image.id.in_(ids))
+        with self.engine.connect() as conn:
+            return {i: (str(Path(root) / rel), caption) for i, root, rel, caption in conn.execute(query)}
 
     def find_path(self, path: Path) -> int | None:
         """The id of an indexed image by its absolute path, if it lies under a known root."""

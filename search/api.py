@@ -244,22 +244,21 @@ async def read_upload(file: UploadFile) -> bytes:
     return data
 
 
-def hit_public(hit: Hit, caption: str | None) -> HitPublic:
+def hit_public(hit: Hit) -> HitPublic:
     return HitPublic(
         id=hit.id,
         path=hit.path,
         name=Path(hit.path).name,
         score=hit.score,
-        caption=caption,
+        caption=hit.caption,
         thumbnail_url=f"/api/images/{hit.id}/thumbnail",
         image_url=f"/api/images/{hit.id}/file",
     )
 
 
-def results(engine: SearchEngine, hits: list[Hit], k: int, offset: int) -> SearchResults:
+def results(hits: list[Hit], k: int, offset: int) -> SearchResults:
     """Hits as the API shows them; a hit found by its caption shows that caption, others their newest."""
-    captions = engine.captions([h.id for h in hits if h.caption is None])
-    return SearchResults(hits=[hit_public(h, h.caption or captions.get(h.id)) for h in hits], k=k, offset=offset)
+    return SearchResults(hits=[hit_public(h) for h in hits], k=k, offset=offset)
 
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
@@ -295,7 +294,7 @@ async def search_text(
 ) -> SearchResults:
     """Images that best match a description."""
     hits = await run_in_threadpool(engine.search, q, mode, k, offset, filters)
-    return await run_in_threadpool(results, engine, hits, k, offset)
+    return results(hits, k, offset)
 
 
 @router.post(
@@ -313,7 +312,7 @@ async def search_image(
     data = await read_upload(file)
     vector = await run_in_threadpool(engine.embed_image, data)
     hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
-    return await run_in_threadpool(results, engine, hits, k, offset)
+    return results(hits, k, offset)
 
 
 @router.get("/images/{image_id}/similar", responses={404: {"model": ErrorPublic}})
@@ -321,7 +320,7 @@ def similar(
     engine: EngineDep, filters: FiltersDep, image_id: ImageId, k: KQuery = 24, offset: OffsetQuery = 0
 ) -> SearchResults:
     """Stored images most like a stored one (not itself)."""
-    return results(engine, engine.similar(image_id, k, offset, filters=filters), k, offset)
+    return results(engine.similar(image_id, k, offset, filters=filters), k, offset)
 
 
 @router.get("/images/{image_id}", responses={404: {"model": ErrorPublic}})

@@ -182,13 +182,23 @@ class SearchEngine:
         pairs = pairs[offset : offset + k]
         if filters.min_score is not None:
             pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
-        paths = self.store.paths([i for i, _ in pairs])
-        return [Hit(id=i, path=paths[i], score=s) for i, s in pairs if i in paths]
+        return self.hits(pairs)
+
+    def hits(self, ranked: list[tuple[int, float]], matched: dict[int, str] | None = None) -> list[Hit]:
+        """Hits for ranked (id, score) pairs, with paths and captions from one query; `matched` are captions
+        that matched the query, shown instead of an image's newest one. Ids gone from the store are left out."""
+        rows = self.store.hit_rows([i for i, _ in ranked])
+        matched = matched or {}
+        return [
+            Hit(id=i, path=rows[i][0], score=score, caption=matched.get(i) or rows[i][1])
+            for i, score in ranked
+            if i in rows
+        ]
 
     def search(
         self, query: str, mode: str = "hybrid", k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS
     ) -> list[Hit]:
-        """Text search ranked by embedding similarity, caption match, or both; hits carry their caption.
+        """Text search ranked by embedding similarity, caption match, or both; hits carry a caption when they have one.
 
         Row filters apply in every mode; min_score, a cosine similarity, only in embedding mode.
         """
@@ -202,17 +212,13 @@ class SearchEngine:
             hits = self.search_hybrid(query, k, offset, filters)
         else:
             raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
-        captions = self.captions([hit.id for hit in hits if hit.caption is None])
-        for hit in hits:
-            hit.caption = hit.caption or captions.get(hit.id)
         return hits
 
     def search_captions(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images whose captions match the query's words, by FTS5 bm25; the score is minus bm25 (higher is better)."""
         check_page(k, offset)
         matches = self.match_captions(query, k + offset, filters)[offset:]
-        paths = self.store.paths([image_id for image_id, _, _ in matches])
-        return [Hit(id=i, path=paths[i], score=score, caption=text) for i, score, text in matches if i in paths]
+        return self.hits([(i, score) for i, score, _ in matches], {i: text for i, _, text in matches})
 
     def search_hybrid(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Reciprocal rank fusion of the embedding ranking and the caption ranking; the score is the fused one.
@@ -238,9 +244,7 @@ class SearchEngine:
         no_rank = depth + 1
         order = sorted(fused, key=lambda i: (-fused[i], embedding_rank.get(i, no_rank), caption_rank.get(i, no_rank)))
         page = order[offset : offset + k]
-        paths = self.store.paths(page)
-        captions = {image_id: text for image_id, _, text in by_caption}
-        return [Hit(id=i, path=paths[i], score=fused[i], caption=captions.get(i)) for i in page if i in paths]
+        return self.hits([(i, fused[i]) for i in page], {image_id: text for image_id, _, text in by_caption})
 
     def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
         """(image id, relevance, matching caption) of the images whose captions share words with the query."""
@@ -305,14 +309,6 @@ class SearchEngine:
             captions=list(captions),
             tags=[(label, float(score)) for label, score in tags],
         )
-
-    def captions(self, ids: list[int]) -> dict[int, str]:
-        """The newest caption of each of these images that has one."""
-        with self.store.session() as s:
-            rows = s.execute(
-                select(Caption.image_id, Caption.text).where(Caption.image_id.in_(ids)).order_by(Caption.created_at)
-            ).all()
-        return dict(rows)  # later rows win: the newest caption
 
     def image_file(self, image_id: int) -> Path:
         """The file of an indexed image; only ids are accepted, so no other file can be reached."""
