@@ -7,11 +7,16 @@ TORCH_SPEC ?= torch==2.13.0
 STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 
-.PHONY: help install index search serve test lint bench
+# The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
+BENCHES := startup indexing api tagging captions vlm
+# A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize]"): for make bench-gpu.
+GPU_PYTHON ?= $(BIN)/python
+
+.PHONY: help install index search serve test lint bench bench-gpu bench-rclip
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/clipdex: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,5 +43,12 @@ test: $(BIN)/clipdex ## Run the test suite
 lint: $(BIN)/clipdex ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: $(BIN)/clipdex ## Run every bench/*.py and print its figures (BENCH_QUICK=1: a short run)
-	@for f in bench/[a-z]*.py; do echo "== $$f"; $(BIN)/python -m bench.$$(basename $$f .py) || exit 1; done
+bench: $(BIN)/clipdex ## Run the CPU benchmarks and print their figures (BENCH_QUICK=1: a short run)
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
+
+bench-gpu: ## On a CUDA machine: every CUDA path once, full-size random weights (GPU_PYTHON=python3)
+	$(GPU_PYTHON) -m bench.gpu
+
+bench-rclip: $(BIN)/clipdex ## clipdex and rclip side by side, offline, same-size random-weight models
+	test -x data/rclip-venv/bin/rclip || bash bench/rclip_env.sh
+	$(BIN)/python -m bench.rclip

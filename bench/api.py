@@ -12,7 +12,6 @@ held-out vectors from the same distribution and for stored vectors (what similar
 import argparse
 import asyncio
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import faiss
 import httpx
 import numpy as np
 
+from indexer.cpu import cpu_line
 from indexer.store import open_store, recall_at
 from tests.model_factory import save_clip
 from tests.planted import clustered_vectors, plant_vectors
@@ -61,14 +61,14 @@ def recall(store_dir: Path, held_out: np.ndarray) -> tuple[str, float, float, fl
     )
 
 
-def start_server(store_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(store_dir: Path, runtime: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-c", "from search.cli import app; app()", "serve", "--store", str(store_dir)]
-        + ["--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "search", "serve", "--store", str(store_dir), "--port", str(port), "--device", "cpu"],
         stdout=subprocess.DEVNULL,
+        env={**os.environ, "CLIPDEX_CPU_RUNTIME": runtime},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -110,7 +110,7 @@ def measure(url: str, name: str, paths: list[str], clients: int) -> None:
     single, _ = asyncio.run(load(url, paths[20:split], 1))
     many, seconds = asyncio.run(load(url, paths[split:], clients))
     print(
-        f"    {name:8} 1 client p50 {np.percentile(single, 50):6.2f} ms  p95 {np.percentile(single, 95):6.2f} ms"
+        f"    {name:18} 1 client p50 {np.percentile(single, 50):6.2f} ms  p95 {np.percentile(single, 95):6.2f} ms"
         f"  | {clients} clients p50 {np.percentile(many, 50):6.2f} ms  p95 {np.percentile(many, 95):6.2f} ms"
         f"  {len(many) / seconds:6.1f} requests/s",
         flush=True,
@@ -122,9 +122,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated stored vector counts")
     parser.add_argument("--requests", type=int, default=300, help="requests per query kind and size")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--runtimes", default="onnx,onnx-int8", help="CLIPDEX_CPU_RUNTIME values to serve with")
     args = parser.parse_args()
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load_avg}")
+    print(f"{cpu_line()}; load {load_avg}")
     print("query latency over HTTP (clipdex serve, ViT-B/32 text tower, random weights, CPU)")
     with tempfile.TemporaryDirectory(prefix="clipdex-bench-api-") as tmp:
         model_dir = save_clip(Path(tmp) / "clip-vit-b-32", size="vit-b-32")
@@ -140,15 +141,17 @@ def main() -> None:
                 f"{recall_new:.3f} (held-out queries), {recall_stored:.3f} (stored, as similar-by-id)",
                 flush=True,
             )
-            server, url = start_server(store_dir)
-            try:
-                rng = np.random.default_rng(2)
-                measure(url, "text", [f"/api/search?k=10&q={q}" for q in text_queries(args.requests)], args.clients)
-                ids = rng.integers(1, count + 1, args.requests)
-                measure(url, "similar", [f"/api/images/{i}/similar?k=10" for i in ids], args.clients)
-            finally:
-                server.terminate()
-                server.wait()
+            for runtime in args.runtimes.split(","):
+                server, url = start_server(store_dir, runtime)
+                try:
+                    rng = np.random.default_rng(2)
+                    queries = [f"/api/search?k=10&q={q}" for q in text_queries(args.requests)]
+                    measure(url, f"text {runtime}", queries, args.clients)
+                    ids = rng.integers(1, count + 1, args.requests)
+                    measure(url, f"similar {runtime}", [f"/api/images/{i}/similar?k=10" for i in ids], args.clients)
+                finally:
+                    server.terminate()
+                    server.wait()
 
 
 if __name__ == "__main__":

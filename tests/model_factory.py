@@ -47,6 +47,8 @@ TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 VIT_B32_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
 VIT_B32_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+VIT_L14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+VIT_L14_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
 
 
 def make_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> PreTrainedTokenizerFast:
@@ -69,10 +71,13 @@ def make_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> PreTrainedTok
 
 
 def save_clip(out: Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight CLIP (tiny, or ViT-B/32 sized) with tokenizer and image processor to `out`."""
+    """Save a random-weight CLIP (tiny, "vit-l-14", or else ViT-B/32 sized) with tokenizer and image processor."""
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
-    text, vision, proj = (TINY_TEXT, TINY_VISION, 16) if size == "tiny" else (VIT_B32_TEXT, VIT_B32_VISION, 512)
+    text, vision, proj, patch = {
+        "tiny": (TINY_TEXT, TINY_VISION, 16, 32),
+        "vit-l-14": (VIT_L14_TEXT, VIT_L14_VISION, 768, 14),
+    }.get(size, (VIT_B32_TEXT, VIT_B32_VISION, 512, 32))
     config = CLIPConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -82,7 +87,7 @@ def save_clip(out: Path, size: str = "tiny", seed: int = 0) -> Path:
             pad_token_id=tokenizer.pad_token_id,
             **text,
         ),
-        vision_config=dict(image_size=224, patch_size=32, **vision),
+        vision_config=dict(image_size=224, patch_size=patch, **vision),
         projection_dim=proj,
     )
     CLIPModel(config).eval().save_pretrained(out)
@@ -214,11 +219,17 @@ def save_blip2(out: Path, size: str = "tiny", seed: int = 0, min_new_tokens: int
 
 
 def save_llava(out: Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight LLaVA (CLIP vision tower + Llama) with processor and chat template; tiny or `bench`."""
+    """Save a random-weight LLaVA (CLIP vision tower + Llama) with processor and chat template.
+
+    Sizes: tiny, `bench`, or `7b` (llava-1.5-7b: CLIP ViT-L/14-336 and Llama-2-7B; built on CUDA in fp16).
+    """
     torch.manual_seed(seed)
     tokenizer = make_vlm_tokenizer(extra_special=(IMAGE_TOKEN,))
     if size == "tiny":
         vision, image_size, patch, lm, vocab = dict(TINY_VISION), 32, 8, dict(TINY_LM), len(tokenizer)
+    elif size == "7b":
+        vision, image_size, patch, vocab = dict(VIT_L14_VISION), 336, 14, 32064
+        lm = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32)
     else:  # ViT-B/16 vision tower (196 image tokens), a 12-layer 768-wide Llama with Llama's 32k vocabulary
         vision, image_size, patch, vocab = dict(VIT_B32_VISION), 224, 16, 32064
         lm = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12)
@@ -237,7 +248,11 @@ def save_llava(out: Path, size: str = "tiny", seed: int = 0) -> Path:
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    LlavaForConditionalGeneration(config).eval().save_pretrained(out)
+    if size == "7b":  # 7 billion weights: made where they run, in the dtype they run in
+        with torch.device("cuda"):
+            LlavaForConditionalGeneration(config).half().eval().save_pretrained(out)
+    else:
+        LlavaForConditionalGeneration(config).eval().save_pretrained(out)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )

@@ -1,0 +1,120 @@
+"""Every CUDA path once, full-size architectures with random weights: `make bench-gpu` on a CUDA machine.
+
+- embedding: ViT-B/32 and ViT-L/14 in fp16 through `index_folder` (decode workers included), batch 256;
+- captions: BLIP-2 OPT-2.7B in fp16, captions/s;
+- questions: LLaVA-1.5-7B in fp16 and in 4-bit (bitsandbytes), first-token latency and tokens/s.
+
+It fails loudly (non-zero exit, the traceback) when a path is broken or there is no CUDA device: a skipped
+path would read as a passed one. Models are saved with `save_pretrained` and loaded through clipdex's own
+loading code, as a hub id would be. Budget: about 8 minutes on one H200 (most of it saving and loading the
+7B model twice).
+
+    python -m bench.gpu [--images 2048] [--only embed,caption,vlm]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.captions import blip2_opt_2_7b, rate
+from bench.vlm import time_answers
+from indexer.cpu import cpu_line
+from indexer.decode import decode_image
+from indexer.pipeline import index_folder
+from indexer.runtimes import make_embedder
+from indexer.settings import Settings
+from indexer.store import open_store
+from search.vlm import VisualQA
+from tests.conftest import write_photos
+from tests.model_factory import save_clip, save_llava
+
+
+def embedding(root: Path, images: int) -> None:
+    """images/s of `index_folder` (decode in workers + fp16 embedding at batch 256) for ViT-B/32 and ViT-L/14."""
+    photos = root / "photos"
+    write_photos(photos, images, size=(1024, 768))
+    for name, size in (("ViT-B/32", "vit-b-32"), ("ViT-L/14", "vit-l-14")):
+        model_dir = save_clip(root / name.replace("/", ""), size=size)
+        settings = Settings(store=root / f"store-{name[-2:]}", model=str(model_dir), device="cuda", batch_size=256)
+        embedder = make_embedder(str(model_dir), settings)
+        assert embedder.runtime == "torch" and embedder.loaded.dtype == torch.float16, "CUDA must embed in fp16"
+        summary = index_folder(photos, settings, show_progress=False, embedder=embedder)
+        assert summary.indexed == images, summary.line()
+        pixels = [decode_image(p.read_bytes(), embedder.prep, 10**8).pixels for p in sorted(photos.iterdir())[:256]]
+        batch = np.stack(pixels)
+        embedder.embed_pixels(batch)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(5):
+            embedder.embed_pixels(batch)
+        torch.cuda.synchronize()
+        alone = 5 * len(pixels) / (time.perf_counter() - started)
+        print(
+            f"embedding {name} fp16: {summary.images_per_second:,.0f} images/s end to end with decoding "
+            f"({summary.line()}); encoder alone {alone:,.0f} images/s at batch 256",
+            flush=True,
+        )
+
+
+def captions(images: int = 64, batch_size: int = 16, tokens: int = 20) -> None:
+    """BLIP-2 OPT-2.7B fp16 captions/s at batch 16, 20 new tokens (beam 1)."""
+    from indexer.decode import resize_and_crop
+    from tests.conftest import photo
+
+    captioner = blip2_opt_2_7b("cuda", tokens)
+    pixels = [resize_and_crop(photo(seed, (640, 480)), captioner.prep) for seed in range(images)]
+    per_second, _ = rate(captioner, pixels, batch_size, tokens, beams=1)
+    print(f"captions BLIP-2 OPT-2.7B fp16: {per_second:.1f} captions/s (batch {batch_size}, {tokens} tokens)")
+    del captioner
+    torch.cuda.empty_cache()
+
+
+def questions(root: Path, tokens: int = 64, repeats: int = 3) -> None:
+    """LLaVA-1.5-7B first token and tokens/s, fp16 and 4-bit, through `VisualQA` as `clipdex ask` runs it."""
+    write_photos(root / "vlm-photos", 2, size=(640, 480))
+    clip_dir = save_clip(root / "clip-tiny")
+    settings = Settings(store=root / "vlm-store", model=str(clip_dir), device="cuda", workers=2)
+    index_folder(root / "vlm-photos", settings, show_progress=False)
+    llava = save_llava(root / "llava-7b", size="7b")
+    for quantize in ("none", "4bit"):
+        vlm_settings = settings.model_copy(update={"vlm": str(llava), "vlm_quantize": quantize})
+        qa = VisualQA(open_store(settings.store), vlm_settings)
+        first, per_second = time_answers(qa, ["1"], tokens, repeats)
+        memory = qa.load().model.get_memory_footprint() / 2**30
+        print(
+            f"questions LLaVA-1.5-7B {'fp16' if quantize == 'none' else quantize}: first token "
+            f"{first * 1000:.0f} ms, {per_second:.1f} tokens/s over {tokens} tokens, weights {memory:.1f} GiB",
+            flush=True,
+        )
+        del qa
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--only", default="embed,caption,vlm")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench.gpu needs a CUDA device and torch built with CUDA: none is visible here")
+    print(cpu_line())
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="clipdex-bench-gpu-") as tmp:
+        root = Path(tmp)
+        if "embed" in args.only:
+            embedding(root, args.images)
+        if "caption" in args.only:
+            captions()
+        if "vlm" in args.only:
+            questions(root)
+    print(f"bench-gpu done in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
