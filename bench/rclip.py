@@ -18,7 +18,8 @@ clipdex runs `clipdex index DIR --store STORE --model MODEL` and `clipdex search
 CLIPDEX_CACHE_DIR=data/bench/cache. Its default MODEL is data/bench/models/vit-b32-256, the very weights rclip
 runs (256x256, 65 tokens per image, CLIP's 49,408-token vocabulary): like for like.
 BENCH_RCLIP_CLIPDEX_MODEL=data/bench/models/vit-b32 runs the tests' random ViT-B/32 (224x224, 50 tokens per
-image, a 300-token vocabulary) instead, which favours clipdex. Both tools' first run (clipdex's one-off ONNX export, page cache) is an untimed warm-up.
+image, a 300-token vocabulary) instead, which favours clipdex. Both tools' first run (clipdex's one-off ONNX
+export, page cache) is an untimed warm-up.
 
 Environment: BENCH_RCLIP_DIRS (folders, separated by ":"; default: 150 web-sized 1024x768 JPEGs and 5 small
 ones, generated once under data/bench/rclip/), BENCH_RCLIP_QUERIES (default 5), BENCH_RCLIP_CLIPDEX_MODEL.

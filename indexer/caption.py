@@ -23,6 +23,7 @@ from indexer.errors import ModelLoadError
 from indexer.models import canonical_name, pick_device, read_image_prep
 from indexer.settings import Settings
 from indexer.store import INDEXED, Caption, CaptionFailure, Image, Store, utcnow
+from indexer.store_lock import store_writer
 
 log = logging.getLogger(__name__)
 
@@ -204,38 +205,39 @@ def caption_store(
 
     `root_id` limits the work to one indexed folder. The model is loaded only when there is work.
     """
-    started = time.perf_counter()
-    name, prompt = resolve_captioner(settings)
-    todo, total = images_to_caption(store, name, prompt, redo, root_id)
-    summary = CaptionSummary(model=name, prompt=prompt, done_before=total - len(todo))
-    if todo:
-        captioner = load_captioner(name, settings.device)
-        batch_size = settings.caption_batch_size or (16 if captioner.device.type == "cuda" else 4)
-        progress = Progress(
-            TextColumn("captioning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.2f} captions/s"),
-            TimeRemainingColumn(),
-            disable=not show_progress,
-        )
-        loaded = time.perf_counter()
-        with progress:
-            task = progress.add_task("caption", total=len(todo), rate=0.0)
-            for batch in decoded_batches(store, todo, batch_size, captioner.prep, settings.max_pixels):
-                decoded = {i: pixels for i, pixels in batch.items() if not isinstance(pixels, str)}
-                captions, failures = caption_batch(captioner, decoded, prompt, settings) if decoded else ({}, {})
-                failures.update({i: reason for i, reason in batch.items() if isinstance(reason, str)})
-                write_batch(store, name, prompt, captions, failures)
-                paths = store.paths(list(failures)) if failures else {}
-                for image_id, reason in failures.items():
-                    log.warning("not captioning %s: %s", paths.get(image_id, f"image {image_id}"), reason)
-                summary.captioned += len(captions)
-                summary.failed += len(failures)
-                done = summary.captioned + summary.failed
-                progress.update(task, completed=done, rate=summary.captioned / (time.perf_counter() - loaded))
-    summary.seconds = time.perf_counter() - started
-    return summary
+    with store_writer(store.path, settings.lock_timeout):  # one writer at a time (re-entrant: index holds it)
+        started = time.perf_counter()
+        name, prompt = resolve_captioner(settings)
+        todo, total = images_to_caption(store, name, prompt, redo, root_id)
+        summary = CaptionSummary(model=name, prompt=prompt, done_before=total - len(todo))
+        if todo:
+            captioner = load_captioner(name, settings.device)
+            batch_size = settings.caption_batch_size or (16 if captioner.device.type == "cuda" else 4)
+            progress = Progress(
+                TextColumn("captioning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.2f} captions/s"),
+                TimeRemainingColumn(),
+                disable=not show_progress,
+            )
+            loaded = time.perf_counter()
+            with progress:
+                task = progress.add_task("caption", total=len(todo), rate=0.0)
+                for batch in decoded_batches(store, todo, batch_size, captioner.prep, settings.max_pixels):
+                    decoded = {i: pixels for i, pixels in batch.items() if not isinstance(pixels, str)}
+                    captions, failures = caption_batch(captioner, decoded, prompt, settings) if decoded else ({}, {})
+                    failures.update({i: reason for i, reason in batch.items() if isinstance(reason, str)})
+                    write_batch(store, name, prompt, captions, failures)
+                    paths = store.paths(list(failures)) if failures else {}
+                    for image_id, reason in failures.items():
+                        log.warning("not captioning %s: %s", paths.get(image_id, f"image {image_id}"), reason)
+                    summary.captioned += len(captions)
+                    summary.failed += len(failures)
+                    done = summary.captioned + summary.failed
+                    progress.update(task, completed=done, rate=summary.captioned / (time.perf_counter() - loaded))
+        summary.seconds = time.perf_counter() - started
+        return summary
 
 
 def decoded_batches(

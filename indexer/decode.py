@@ -4,8 +4,11 @@ Everything here is plain Pillow + NumPy so worker processes start fast and never
 Each failure becomes a `DecodeError` whose reason is recorded in the store as "code: detail".
 """
 
+import ctypes
 import hashlib
 import io
+import os
+import signal
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +27,9 @@ MAGIC = (
     b"II*\x00",  # TIFF little-endian
     b"MM\x00*",  # TIFF big-endian
 )
+# Skip reasons that can heal without the file changing (a chmod, a remount, a less busy machine): retried every run.
+HEALABLE_REASONS = ("permission denied", "unreadable", "timeout")
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
 
@@ -101,8 +107,19 @@ def setup_heif() -> None:
 def setup_worker(config: WorkerConfig) -> None:
     """Run once in each decode process."""
     global _config
+    die_with_parent()
     setup_heif()
     _config = config
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux): a kill -9'd indexer left its workers."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers still end once the parent's pipe closes
+        return
+    if os.getppid() == 1:  # the parent died before the call: nobody would send the signal
+        os._exit(1)
 
 
 def read_and_hash(path: Path) -> tuple[bytes, str]:

@@ -13,6 +13,10 @@ class StoreFormatError(ClipdexError):
     """The store was written by a newer clipdex, or is damaged."""
 
 
+class StoreBusyError(ClipdexError):
+    """Another process kept the store's writer lock for longer than the timeout."""
+
+
 class ModelMismatchError(ClipdexError):
     """A store was opened with another embedding model than the one it was built with."""
 
@@ -27,6 +31,10 @@ class NotFoundError(ClipdexError):
 
 class BadInputError(ClipdexError):
     """A query or argument is malformed (empty text, bad k, unreadable query image...)."""
+
+
+class StorageFullError(ClipdexError):
+    """The disk has no room for what had to be written; nothing stored was lost."""
 
 
 class GenerationError(ClipdexError):

@@ -14,12 +14,13 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import select
 
-from indexer.decode import LoadResult, WorkerConfig, load_file, setup_worker
+from indexer.decode import HEALABLE_REASONS, LoadResult, WorkerConfig, load_file, setup_worker
 from indexer.errors import BadInputError, StoreNotFoundError
 from indexer.models import canonical_name
 from indexer.scan import FileStat, diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
 from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+from indexer.store_lock import store_writer
 
 if TYPE_CHECKING:
     from indexer.caption import CaptionSummary
@@ -94,6 +95,20 @@ def index_folder(
         from indexer.caption import resolve_captioner
 
         resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
+    with store_writer(settings.store, settings.lock_timeout):
+        store, root_id, summary = update_store(root, settings, show_progress, embedder)
+        summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
+        if caption:
+            from indexer.caption import caption_store
+
+            summary.captions = caption_store(store, settings, root_id=root_id, show_progress=show_progress)
+    return summary
+
+
+def update_store(
+    root: Path, settings: Settings, show_progress: bool, embedder: "Embedder | None"
+) -> tuple[Store, int, IndexSummary]:
+    """The indexing itself, under the writer lock: (the store, the folder's root id, what was done)."""
     requested = canonical_name(settings.model) if settings.model else None
     try:
         store = open_store(settings.store, model=requested)
@@ -106,11 +121,14 @@ def index_folder(
     with store.session() as s:
         root_id = get_root(s, root).id
         s.commit()
-        known = {
-            relpath: (image_id, size, mtime)
-            for image_id, relpath, size, mtime in s.execute(
-                select(Image.id, Image.relpath, Image.size, Image.mtime_ns).where(Image.root_id == root_id)
+        rows = s.execute(
+            select(Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.skip_reason).where(
+                Image.root_id == root_id
             )
+        )
+        known = {
+            relpath: (image_id, size, mtime, (reason or "").split(":")[0] in HEALABLE_REASONS)
+            for image_id, relpath, size, mtime, reason in rows
         }
     scan = diff_against_store(root, known)
     summary.unchanged = scan.unchanged
@@ -134,12 +152,7 @@ def index_folder(
         store.index_version = store.data_version()
         summary.removed = len(scan.deleted)
     store.save_index()
-    summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
-    if caption:
-        from indexer.caption import caption_store
-
-        summary.captions = caption_store(store, settings, root_id=root_id, show_progress=show_progress)
-    return summary
+    return store, root_id, summary
 
 
 def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):

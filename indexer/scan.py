@@ -88,8 +88,11 @@ def is_candidate(entry: os.DirEntry) -> bool:
         return False
 
 
-def diff_against_store(root: Path, known: dict[str, tuple[int, int, int]]) -> ScanResult:
-    """Compare files under root with known {relpath: (id, size, mtime_ns)} from the store."""
+def diff_against_store(root: Path, known: dict[str, tuple[int, int, int, bool]]) -> ScanResult:
+    """Compare files under root with known {relpath: (id, size, mtime_ns, retry)} from the store.
+
+    `retry` marks a file skipped for a reason that can heal with the file unchanged: it counts as changed.
+    """
     result = ScanResult()
     seen: set[str] = set()
     for stat in walk_images(root, result.unreadable_dirs):
@@ -97,7 +100,7 @@ def diff_against_store(root: Path, known: dict[str, tuple[int, int, int]]) -> Sc
         old = known.get(stat.relpath)
         if old is None:
             result.new.append(stat)
-        elif (old[1], old[2]) == (stat.size, stat.mtime_ns):
+        elif (old[1], old[2]) == (stat.size, stat.mtime_ns) and not old[3]:
             result.unchanged += 1
         else:
             result.changed.append((old[0], stat))
@@ -106,8 +109,6 @@ def diff_against_store(root: Path, known: dict[str, tuple[int, int, int]]) -> Sc
     if root.as_posix() in result.unreadable_dirs:
         return result
     result.deleted = [
-        image_id
-        for relpath, (image_id, _, _) in known.items()
-        if relpath not in seen and not relpath.startswith(hidden)
+        image_id for relpath, (image_id, *_) in known.items() if relpath not in seen and not relpath.startswith(hidden)
     ]
     return result

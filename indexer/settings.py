@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -42,11 +43,19 @@ class Settings(BaseSettings):
     workers: int | None = None
     # Rows are committed (and made crash-safe) at least this often.
     commit_every: int = 512
+    # Seconds a writer (index, caption, tag) waits for another writer of the same store before giving up.
+    lock_timeout: float = 3600.0
     # Images with more pixels than this are skipped instead of decoded (decompression-bomb guard).
     max_pixels: int = 200_000_000
     cache_dir: Path = default_cache()
     # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
     api_key: str | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def no_empty_key(cls, key: str | None) -> str | None:
+        """An empty CLIPDEX_API_KEY= means no key, so `serve` warns as it does when none is set."""
+        return key or None
 
     # Vision-language model for follow-up questions on hits (search/vlm.py): hub id or local directory.
     vlm: str = DEFAULT_VLM

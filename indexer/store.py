@@ -7,6 +7,7 @@ disagree (after a crash, or when another process committed).
 """
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from indexer.errors import ModelMismatchError, StoreFormatError, StoreNotFoundError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DB_FILE = "clipdex.db"
@@ -235,20 +238,50 @@ class Store:
             return self.index
         with self.session() as s:
             self.index_max_id, self.index_partial = s.scalar(select(func.max(Image.id))) or 0, False
-        index_file = self.path / INDEX_FILE
-        if index_file.exists() and self.saved_version() == version:
-            index = faiss.read_index(str(index_file))
-            if index_suits(index):
-                self.index, self.index_version = index, version
-                return self.index
+        index = self.read_saved_index(version)
+        if index is not None:
+            self.index, self.index_version = index, version
+            return self.index
         self.index, self.index_version = self.build_index(), version
         self.save_index()
         return self.index
 
+    def read_saved_index(self, version: int) -> faiss.Index | None:
+        """The index file, if it is readable, of the right kind, and holds exactly the stored vectors' ids.
+
+        The version alone is not proof (two writers once saved an index under a version whose rows it lacked),
+        so the ids are checked against the database: their count and their sum. SQLite is the truth; a
+        damaged, stale or mismatched file is logged and rebuilt from it.
+        """
+        index_file = self.path / INDEX_FILE
+        if not index_file.exists() or self.saved_version() != version:
+            return None
+        try:
+            index = faiss.read_index(str(index_file))
+        except RuntimeError as e:
+            log.warning("the index file %s is damaged (%s); rebuilding it from the database", index_file, e)
+            return None
+        if not index_suits(index):
+            return None
+        with self.engine.connect() as conn:
+            count, id_sum = conn.execute(
+                select(func.count(), func.coalesce(func.sum(Image.id), 0)).where(Image.status == INDEXED)
+            ).one()
+        ids = index_ids(index)
+        if len(ids) != count or int(ids.sum()) != id_sum:
+            log.warning(
+                "the index file %s holds %d vectors, the database %d; rebuilding it from the database",
+                index_file, len(ids), count,
+            )  # fmt: skip
+            return None
+        return index
+
     def saved_version(self) -> int | None:
-        """The data version of the index file on disk."""
-        meta_file = self.path / INDEX_META_FILE
-        return json.loads(meta_file.read_text()).get("data_version") if meta_file.exists() else None
+        """The data version of the index file on disk (None when missing or unreadable)."""
+        try:
+            return json.loads((self.path / INDEX_META_FILE).read_text()).get("data_version")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def refresh_index(self) -> faiss.Index:
         """For a reader while an indexer runs: the index brought up to the database without a full rebuild.
@@ -450,6 +483,19 @@ def indexed_since(indexed_after: datetime | None) -> list:
     return conditions
 
 
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id an IDMap or IVF index holds."""
+    if isinstance(index, faiss.IndexIVF):
+        lists = index.invlists
+        chunks = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(index.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+    return faiss.vector_to_array(index.id_map)
+
+
 def ivf_lists(count: int) -> int:
     """IVF list count for `count` vectors: 0 (exact) up to EXACT_LIMIT, then about 2 sqrt(count)."""
     return 0 if count <= EXACT_LIMIT else int(2 * math.sqrt(count))
@@ -509,7 +555,7 @@ def open_store(path: Path, model: str | None = None, dim: int | None = None, cre
     """
     path = Path(path).expanduser()
     db_file = path / DB_FILE
-    if not db_file.exists():
+    if not db_file.exists() or db_file.stat().st_size == 0:  # an empty file (a reader's stray connect) is no store
         if not create:
             raise StoreNotFoundError(f"no clipdex store at {path}; index a folder first (clipdex index DIR)")
         if model is None or dim is None:

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from indexer.decode import looks_like_image
-from indexer.errors import BadInputError, ClipdexError, NotFoundError
+from indexer.errors import BadInputError, ClipdexError, NotFoundError, StorageFullError
 from indexer.settings import Settings
 from indexer.store import Hit
 from search import tagging, vlm_api
@@ -36,6 +36,8 @@ from search.vlm import Conversations, VisualQA
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 API_KEY_HEADER = "X-API-Key"
+# Each clipdex error's HTTP status; any other is a 400. A full disk is the server's trouble, not the request's.
+ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
 API_KEY_COOKIE = "clipdex_api_key"  # lets <img> tags on the page, which cannot send headers, carry the key
 
 
@@ -221,7 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ClipdexError)
     async def clipdex_error(_request: Request, e: ClipdexError) -> JSONResponse:
-        status = 404 if isinstance(e, NotFoundError) else 422 if isinstance(e, BadInputError) else 400
+        status = next((code for kind, code in ERROR_STATUS.items() if isinstance(e, kind)), 400)
         return JSONResponse({"detail": str(e)}, status_code=status)
 
     app.include_router(router)

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict
 from enum import StrEnum
@@ -12,15 +13,26 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from indexer.errors import ClipdexError
 from indexer.settings import Settings
 from indexer.store import Hit
 
+UNWRAPPED = 100_000
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 app = typer.Typer(help="Self-hosted image search: index folders, search them by text or by image.")
-out = Console()
-err = Console(stderr=True)
+# On a terminal rich fits output to its width; piped, lines are never wrapped (a wrapped path is two lines).
+out = Console(width=None if sys.stdout.isatty() else UNWRAPPED)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else UNWRAPPED)
+
+
+def printable(name: str) -> str:
+    """A file name to print: control characters escaped (a newline in a name cannot split or forge a line),
+    and rich markup too (a name with "[red]" in it stays as it is)."""
+    return escape(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name))
+
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store directory (env CLIPDEX_STORE)")]
 ModelOpt = Annotated[
@@ -70,9 +82,9 @@ def main() -> None:
     # Set, not imported: importing transformers here would slow down commands that never load a model.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
-    )
+    # Piped, log lines are plain text: the rich handler's columns would wrap them.
+    handler = RichHandler(console=err, show_path=False) if sys.stderr.isatty() else logging.StreamHandler()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
 
 
 @app.command()
@@ -100,7 +112,8 @@ def index(
     # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.
     tagged = run(retag_saved_sets, settings.store, not json_out and sys.stderr.isatty()) if retag else []
     if json_out:
-        result = {**asdict(summary), "images_per_second": summary.images_per_second}
+        # asdict would rebuild the Counter of skip reasons from its (reason, count) pairs, keyed by the pairs.
+        result = {**asdict(summary), "skipped": dict(summary.skipped), "images_per_second": summary.images_per_second}
         typer.echo(json.dumps(result | ({"retagged": [asdict(t) for t in tagged]} if retag else {})))
     else:
         out.print(summary.line(), highlight=False)
@@ -126,7 +139,11 @@ def print_hits(hits: list[Hit], json_out: bool) -> None:
     table = Table("rank", "score", "id", "path", *(["caption"] if with_captions else []), box=None)
     for rank, hit in enumerate(hits, 1):
         table.add_row(
-            str(rank), f"{hit.score:.4f}", str(hit.id), hit.path, *([hit.caption or ""] if with_captions else [])
+            str(rank),
+            f"{hit.score:.4f}",
+            str(hit.id),
+            printable(hit.path),
+            *([hit.caption or ""] if with_captions else []),
         )
     out.print(table)
 
@@ -201,9 +218,9 @@ def stats(
     for key in ("store", "model", "dim", "indexed", "skipped"):
         out.print(f"{key:8} {info[key]}", highlight=False)
     for root in info["roots"]:
-        out.print(f"root     {root}", highlight=False)
+        out.print(f"root     {printable(root)}", highlight=False)
     for item in info.get("skipped_files", []):
-        out.print(f"skipped  {item['path']}: {item['reason']}", highlight=False)
+        out.print(f"skipped  {printable(item['path'])}: {item['reason']}", highlight=False)
 
 
 @app.command()

@@ -3,9 +3,11 @@
 Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by both fused (hybrid).
 """
 
+import errno
 import math
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from sqlalchemy import func, select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
 from indexer.embed import Embedder
-from indexer.errors import BadInputError, NotFoundError
+from indexer.errors import BadInputError, NotFoundError, StorageFullError
 from indexer.models import canonical_name
 from indexer.settings import Settings
 from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, open_store
@@ -37,6 +39,10 @@ RRF_K = 60
 FUSION_DEPTH = 100
 THUMB_DIR = "thumbs"
 THUMB_EDGE = 384  # pixels on the long side: sharp in a ~190 px grid cell on a 2x screen
+# What one request may decode (an upload, a thumbnail), far below the indexer's limit: a 24 KB 1-bit PNG can
+# be 14,000 x 14,000 pixels, 590 MB as RGB. JPEGs decode at reduced size (draft) before this is counted.
+REQUEST_MAX_PIXELS = 40_000_000
+DECODES_AT_ONCE = 2  # decodes for requests in flight at once, so concurrent uploads cannot add up
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class SearchEngine:
         self.store: Store = open_store(settings.store, model=model)
         self._embedder: Embedder | None = None
         self._index_lock = threading.Lock()
+        self._decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Embeds one query text; the service puts its micro-batcher here. None: the model, directly.
         self.text_encoder: Callable[[str], np.ndarray] | None = None
         # Paging through a text query re-asks for the same vector: keep the recent ones.
@@ -119,7 +126,8 @@ class SearchEngine:
         """The unit vector of an image file's content; a file that is not a usable image is BadInputError."""
         setup_heif()
         try:
-            decoded = decode_image(data, self.embedder.prep, self.settings.max_pixels)
+            with self._decode_slots:
+                decoded = decode_image(data, self.embedder.prep, min(self.settings.max_pixels, REQUEST_MAX_PIXELS))
         except DecodeError as e:
             raise BadInputError(f"the query image cannot be used: {e.reason}") from None
         return self.embedder.embed_pixels(decoded.pixels[None])[0]
@@ -311,10 +319,33 @@ class SearchEngine:
         )
 
     def image_file(self, image_id: int) -> Path:
-        """The file of an indexed image; only ids are accepted, so no other file can be reached."""
-        path = Path(self.image_info(image_id).path)
-        if not path.is_file():
-            raise NotFoundError(f"image {image_id} is in the store but its file {path} is gone; re-index its folder")
+        """The file of an indexed image, if it is still the file that was indexed (only ids are accepted).
+
+        A file swapped since (for a symlink to /etc/passwd, or a 400 MP picture) is not served: it must be a
+        regular file with the size and mtime the store recorded, and open as an image. The row stays for
+        the next index run to fix.
+        """
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(Root.path, Image.relpath, Image.size, Image.mtime_ns)
+                .join(Root)
+                .where(Image.id == image_id, Image.status == INDEXED)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"no indexed image with id {image_id}")
+        path = Path(row.path) / row.relpath
+        try:
+            st = path.stat()
+        except OSError:
+            raise NotFoundError(f"image {image_id}'s file {path} is gone; re-index its folder") from None
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            raise NotFoundError(f"image {image_id}'s file {path} changed since it was indexed; re-index its folder")
+        setup_heif()
+        try:
+            with PILImage.open(path):  # reads the header only
+                pass
+        except (OSError, ValueError, PILImage.DecompressionBombError):
+            raise NotFoundError(f"image {image_id}'s file {path} is no longer an image; re-index its folder") from None
         return path
 
     def thumbnail(self, image_id: int) -> Path:
@@ -324,19 +355,34 @@ class SearchEngine:
             content_hash = s.scalar(select(Image.hash).where(Image.id == image_id))
         thumb = self.store.path / THUMB_DIR / f"{content_hash or image_id}.jpg"
         if not thumb.exists():
-            setup_heif()
-            try:
-                with PILImage.open(source) as img:
-                    img.draft("RGB", (THUMB_EDGE, THUMB_EDGE))
-                    small = ImageOps.exif_transpose(img).convert("RGB")
-                    small.thumbnail((THUMB_EDGE, THUMB_EDGE))
-            except OSError as e:
-                raise BadInputError(f"image {image_id} can no longer be read ({e}); re-index its folder") from None
+            small = self.decode_thumbnail(image_id, source)
             thumb.parent.mkdir(exist_ok=True)
             tmp = thumb.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            small.save(tmp, "JPEG", quality=82)
-            os.replace(tmp, thumb)
+            try:  # written whole under a temporary name, then renamed: never a truncated thumbnail
+                small.save(tmp, "JPEG", quality=82)
+                os.replace(tmp, thumb)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StorageFullError(f"no room for thumbnails in {thumb.parent}: {e.strerror}") from None
+                raise
         return thumb
+
+    def decode_thumbnail(self, image_id: int, source: Path) -> PILImage.Image:
+        """The image at thumbnail size, decoded within REQUEST_MAX_PIXELS (JPEGs at reduced size)."""
+        try:
+            with self._decode_slots, PILImage.open(source) as img:
+                img.draft("RGB", (THUMB_EDGE, THUMB_EDGE))
+                if img.width * img.height > REQUEST_MAX_PIXELS:
+                    raise BadInputError(
+                        f"image {image_id} is {img.width}x{img.height} pixels, too large for a thumbnail "
+                        f"(at most {REQUEST_MAX_PIXELS:,} pixels); open the file itself"
+                    )
+                small = ImageOps.exif_transpose(img).convert("RGB")
+                small.thumbnail((THUMB_EDGE, THUMB_EDGE))
+                return small
+        except (OSError, PILImage.DecompressionBombError) as e:
+            raise BadInputError(f"image {image_id} can no longer be read ({e}); re-index its folder") from None
 
     def stats(self) -> dict:
         """Counts, model and roots of the store."""

@@ -240,3 +240,11 @@ def test_serve_without_a_store_is_a_clear_error(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no clipdex store" in result.stderr
+
+
+def test_an_empty_api_key_means_no_key(monkeypatch):
+    """CLIPDEX_API_KEY= turned authentication off without the warning `serve` prints off loopback when no key is set."""
+    monkeypatch.setenv("CLIPDEX_API_KEY", "")
+    assert Settings().api_key is None
+    monkeypatch.setenv("CLIPDEX_API_KEY", "s3cret")
+    assert Settings().api_key == "s3cret"

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +21,23 @@ INDEXER = "from search.cli import app; app()"
 
 def indexed_rows(store) -> int:
     try:
-        with sqlite3.connect(store / "clipdex.db", timeout=5) as db:
+        with sqlite3.connect(f"file:{store / 'clipdex.db'}?mode=ro", uri=True, timeout=5) as db:  # never creates it
             return db.execute("select count(*) from images where status = 'indexed'").fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of a process (Linux /proc)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 @pytest.mark.slow
@@ -38,8 +52,15 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, clip_dir):
     while indexed_rows(killed.store) < 16 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the indexer finished before it could be killed: " + proc.stderr.read().decode()
+    children = child_pids(proc.pid)
+    assert children, "the indexer runs its decode workers as child processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # Its decode workers and multiprocessing's resource tracker die with it.
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if alive(pid)], "processes outlived the killed indexer"
     partial = indexed_rows(killed.store)
     assert 16 <= partial < 240
 

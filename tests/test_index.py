@@ -109,6 +109,34 @@ def test_bad_files_are_skipped_with_reasons_and_listed(tmp_path, settings):
     assert index_folder(photos, settings, show_progress=False).reused == 1
 
 
+def test_a_file_skipped_for_a_reason_that_heals_is_retried(tmp_path, settings):
+    """Skipped as `permission denied`, then chmod 644: size and mtime are the same, yet the next run indexes it."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 2)
+    index_folder(photos, settings, show_progress=False)
+    store = open_store(settings.store)
+    with store.session() as s:  # what a run that could not read img001.jpg left (root ignores chmod)
+        row = s.scalar(select(Image).where(Image.relpath == "img001.jpg"))
+        row.status, row.skip_reason, row.vector = "skipped", "permission denied: Permission denied", None
+        s.commit()
+    summary = index_folder(photos, settings, show_progress=False)
+    assert (summary.indexed + summary.reused, summary.unchanged, dict(summary.skipped)) == (1, 1, {})
+    assert sorted(stored(settings)) == ["img000.jpg", "img001.jpg"]
+
+
+def test_index_json_counts_skip_reasons(tmp_path, settings):
+    """`index --json` with skipped files printed a TypeError (tuple keys) instead of its summary."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 2)
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "text.jpg").write_text("I am not a picture")
+    args = ["index", str(photos), "--store", str(settings.store), "--model", settings.model, "--json"]
+    result = CliRunner().invoke(app, args, env={"CLIPDEX_WORKERS": "1"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["indexed"], summary["skipped"]) == (2, {"empty file": 1, "not an image": 1})
+
+
 def test_planted_vectors_come_back_in_exact_order(tmp_path):
     store = open_store(tmp_path / "store", model="planted", dim=4, create=True)
     planted = {

@@ -43,7 +43,7 @@ def test_unreadable_folder_is_reported_and_its_files_are_not_deleted(tmp_path, m
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    known = {"locked/y.jpg": (7, 1, 1), "gone.jpg": (8, 1, 1)}
+    known = {"locked/y.jpg": (7, 1, 1, False), "gone.jpg": (8, 1, 1, False)}
     result = diff_against_store(tmp_path, known)
     assert [s.relpath for s in result.new] == ["open/x.jpg"]
     assert result.unreadable_dirs == [str(tmp_path / "locked")]
@@ -53,15 +53,19 @@ def test_unreadable_folder_is_reported_and_its_files_are_not_deleted(tmp_path, m
 def test_diff_uses_stats(tmp_path):
     photo(1).save(tmp_path / "same.jpg")
     photo(2).save(tmp_path / "changed.jpg")
+    photo(3).save(tmp_path / "was-denied.jpg")
     st_same, st_changed = (tmp_path / "same.jpg").stat(), (tmp_path / "changed.jpg").stat()
+    st_denied = (tmp_path / "was-denied.jpg").stat()
     known = {
-        "same.jpg": (1, st_same.st_size, st_same.st_mtime_ns),
-        "changed.jpg": (2, st_changed.st_size, st_changed.st_mtime_ns - 1),
-        "deleted.jpg": (3, 10, 10),
+        "same.jpg": (1, st_same.st_size, st_same.st_mtime_ns, False),
+        "changed.jpg": (2, st_changed.st_size, st_changed.st_mtime_ns - 1, False),
+        "deleted.jpg": (3, 10, 10, False),
+        # skipped for a reason that can heal (a chmod keeps size and mtime): retried though unchanged
+        "was-denied.jpg": (4, st_denied.st_size, st_denied.st_mtime_ns, True),
     }
     shutil.copy(tmp_path / "same.jpg", tmp_path / "new.jpg")
     result = diff_against_store(tmp_path, known)
     assert result.unchanged == 1
     assert [s.relpath for s in result.new] == ["new.jpg"]
-    assert [(i, s.relpath) for i, s in result.changed] == [(2, "changed.jpg")]
+    assert sorted((i, s.relpath) for i, s in result.changed) == [(2, "changed.jpg"), (4, "was-denied.jpg")]
     assert result.deleted == [3]

@@ -1,0 +1,107 @@
+"""Two writers never corrupt a store, and a saved index must prove it matches the database or be rebuilt.
+
+Real `clipdex index` processes race on one store (different folders; both creating it); a held lock makes
+a writer wait and then give up with a clear message; saved index files that lie (missing vectors under the
+current version), are garbage, or come with a garbage index.json are rebuilt from SQLite.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer.pipeline import index_folder
+from indexer.store import INDEX_FILE, INDEX_META_FILE, open_store
+from indexer.store_lock import store_writer
+from search.engine import SearchEngine
+from tests.conftest import write_photos
+from tests.test_index import faiss_ids, stored
+
+
+def indexer(folder, store, model, **env) -> subprocess.Popen:
+    """A real `clipdex index` process, committing every 5 images so two runs interleave their chunks."""
+    env = {**os.environ, "CLIPDEX_WORKERS": "1", "CLIPDEX_BATCH_SIZE": "4", "CLIPDEX_COMMIT_EVERY": "5", **env}
+    command = [sys.executable, "-m", "search", "index", str(folder), "--store", str(store), "--model", str(model)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=180)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("same_folder", [False, True], ids=["two-folders", "same-folder"])
+def test_two_indexers_at_once_lose_nothing(tmp_path, clip_dir, settings, same_folder):
+    """Both start on a store that does not exist yet; every image ends up in the database and in the index."""
+    first, second = tmp_path / "a", tmp_path / ("a" if same_folder else "b")
+    write_photos(first, 30, size=(160, 120))
+    if not same_folder:
+        write_photos(second, 30, start=100, size=(160, 120))
+    runs = [indexer(folder, settings.store, clip_dir) for folder in (first, second)]
+    results = [finish(proc) for proc in runs]
+    assert [code for code, _ in results] == [0, 0], [err for _, err in results]
+    assert not any("Traceback" in err for _, err in results)
+    assert any("being written by pid" in err for _, err in results)  # one waited for the other, and said so
+    rows = stored(settings)
+    assert len(rows) == (30 if same_folder else 60)
+    assert faiss_ids(settings) == sorted(i for i, _ in rows.values())
+
+
+def test_a_writer_waits_for_the_lock_then_gives_up_clearly(tmp_path, clip_dir, settings):
+    write_photos(tmp_path / "photos", 2)
+    with store_writer(settings.store, timeout=5):
+        code, err = finish(indexer(tmp_path / "photos", settings.store, clip_dir, CLIPDEX_LOCK_TIMEOUT="1"))
+    assert code == 2
+    assert "still being written by another clipdex process after 1 s" in err and "Traceback" not in err
+    summary = index_folder(tmp_path / "photos", settings, show_progress=False)  # the lock went with its holder
+    assert summary.indexed == 2
+
+
+def test_the_writer_lock_is_reentrant_and_released(tmp_path):
+    with store_writer(tmp_path / "store", timeout=1), store_writer(tmp_path / "store", timeout=1):
+        pass
+    with store_writer(tmp_path / "store", timeout=1):  # free again
+        pass
+
+
+@pytest.fixture
+def indexed(tmp_path, settings):
+    write_photos(tmp_path / "photos", 6)
+    index_folder(tmp_path / "photos", settings, show_progress=False)
+    return settings
+
+
+def test_a_saved_index_missing_vectors_is_rebuilt(indexed, caplog):
+    """What two writers used to leave: an index file short of rows, saved under the current data version."""
+    store = open_store(indexed.store)
+    index = store.load_index()
+    index.remove_ids(np.asarray([2, 5], dtype=np.int64))
+    store.save_index()
+    with caplog.at_level(logging.WARNING):
+        assert open_store(indexed.store).load_index().ntotal == 6
+    assert "holds 4 vectors, the database 6; rebuilding it" in caplog.text
+    assert faiss_ids(indexed) == list(range(1, 7))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "zeroed", "meta-garbage"])
+def test_damaged_index_files_are_rebuilt(indexed, damage, caplog):
+    index_file, meta_file = indexed.store / INDEX_FILE, indexed.store / INDEX_META_FILE
+    if damage == "truncated":
+        index_file.write_bytes(index_file.read_bytes()[:100])
+    elif damage == "garbage":
+        index_file.write_bytes(os.urandom(4096))
+    elif damage == "zeroed":
+        index_file.write_bytes(bytes(index_file.stat().st_size))
+    else:
+        meta_file.write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        hits = SearchEngine(indexed).similar(1, k=5)
+    assert len(hits) == 5
+    assert faiss.read_index(str(index_file)).ntotal == 6  # the rebuilt file is whole again
+    if damage != "meta-garbage":
+        assert "is damaged" in caplog.text
