@@ -32,7 +32,7 @@ from indexer.settings import cpu_count
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 3  # bump when the exported graphs or the folder's layout change, so stale caches are not reused
+EXPORT_VERSION = 4  # bump when the exported graphs or the folder's layout change, so stale caches are not reused
 OPSET = 17
 MODEL_FILE = "model.json"
 TOKENIZER_FILE = "tokenizer.json"

@@ -19,7 +19,7 @@ from indexer.errors import BadInputError, StoreNotFoundError
 from indexer.models import canonical_name
 from indexer.scan import FileStat, diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
-from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, reporting_full_disk, utcnow
 from indexer.store_lock import store_writer
 
 if TYPE_CHECKING:
@@ -96,7 +96,8 @@ def index_folder(
 
         resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
     with store_writer(settings.store, settings.lock_timeout):
-        store, root_id, summary = update_store(root, settings, show_progress, embedder)
+        with reporting_full_disk(settings.store):
+            store, root_id, summary = update_store(root, settings, show_progress, embedder)
         summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
         if caption:
             from indexer.caption import caption_store
@@ -151,7 +152,8 @@ def update_store(
         index.remove_ids(np.asarray(scan.deleted, dtype=np.int64))
         store.index_version = store.data_version()
         summary.removed = len(scan.deleted)
-    store.save_index()
+    if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
+        store.save_index()
     return store, root_id, summary
 
 

@@ -6,11 +6,13 @@ is derived: it is saved with the data version it reflects and rebuilt from SQLit
 disagree (after a crash, or when another process committed).
 """
 
+import errno
 import json
 import logging
 import math
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,9 +35,10 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from indexer.errors import ModelMismatchError, StoreFormatError, StoreNotFoundError
+from indexer.errors import ModelMismatchError, StorageFullError, StoreFormatError, StoreNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -358,12 +361,15 @@ class Store:
             return
         if not index_suits(self.index) and self.index_version == self.data_version():
             self.index = self.build_index()
-        tmp = self.path / (INDEX_FILE + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, self.path / INDEX_FILE)
-        meta_tmp = self.path / (INDEX_META_FILE + ".tmp")
-        meta_tmp.write_text(json.dumps({"data_version": self.index_version, "count": self.index.ntotal}))
-        os.replace(meta_tmp, self.path / INDEX_META_FILE)
+        tmp, meta_tmp = self.path / (INDEX_FILE + ".tmp"), self.path / (INDEX_META_FILE + ".tmp")
+        try:
+            faiss.write_index(self.index, str(tmp))
+            os.replace(tmp, self.path / INDEX_FILE)
+            meta_tmp.write_text(json.dumps({"data_version": self.index_version, "count": self.index.ntotal}))
+            os.replace(meta_tmp, self.path / INDEX_META_FILE)
+        finally:  # a half-written temp file must not fill what little room a full disk has left
+            tmp.unlink(missing_ok=True)
+            meta_tmp.unlink(missing_ok=True)
 
     def count_vectors(self, indexed_after: datetime | None = None) -> int:
         """How many vectors `iter_vectors` would yield."""
@@ -473,6 +479,28 @@ class Store:
         with self.session() as s:
             rows = s.execute(sql, params).all()
         return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error from SQLite, FAISS or the filesystem means the disk (or quota) is full."""
+    message = str(e).lower()
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        words in message for words in ("disk is full", "no space left", "quota exceeded")
+    )
+
+
+@contextmanager
+def reporting_full_disk(path: Path) -> Iterator[None]:
+    """A full disk while writing the store at `path` becomes one clear StorageFullError."""
+    try:
+        yield
+    except (OperationalError, OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        raise StorageFullError(
+            f"the disk holding {path} is full; nothing committed is lost (the last chunk was not written): "
+            "free some space and run again to finish"
+        ) from None
 
 
 def indexed_since(indexed_after: datetime | None) -> list:

@@ -35,6 +35,7 @@ from search.vlm import Conversations, VisualQA
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # an upload plus its multipart headers and form fields
 API_KEY_HEADER = "X-API-Key"
 # Each clipdex error's HTTP status; any other is a 400. A full disk is the server's trouble, not the request's.
 ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
@@ -220,6 +221,16 @@ def create_app(settings: Settings) -> FastAPI:
         responses={422: {"model": ErrorPublic}},
     )
     app.state.settings = settings
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        """413 from the Content-Length header, before any of the body is read (a 1 GiB upload was spooled
+        whole to disk first). A body sent without a length is cut at MAX_UPLOAD_BYTES by `read_upload`."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            limit = MAX_UPLOAD_BYTES // 2**20
+            return JSONResponse({"detail": f"the request body is over the {limit} MiB limit"}, status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(ClipdexError)
     async def clipdex_error(_request: Request, e: ClipdexError) -> JSONResponse:

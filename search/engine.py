@@ -3,7 +3,6 @@
 Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by both fused (hybrid).
 """
 
-import errno
 import math
 import os
 import re
@@ -26,7 +25,7 @@ from indexer.embed import Embedder
 from indexer.errors import BadInputError, NotFoundError, StorageFullError
 from indexer.models import canonical_name
 from indexer.settings import Settings
-from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, open_store
+from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, is_disk_full, open_store
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
@@ -363,7 +362,7 @@ class SearchEngine:
                 os.replace(tmp, thumb)
             except OSError as e:
                 tmp.unlink(missing_ok=True)
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                if is_disk_full(e):
                     raise StorageFullError(f"no room for thumbnails in {thumb.parent}: {e.strerror}") from None
                 raise
         return thumb

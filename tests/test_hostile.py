@@ -66,6 +66,15 @@ def test_a_small_upload_that_decodes_huge_is_refused_before_decoding(service):
         assert "too large" in response.json()["detail"]
 
 
+def test_an_upload_over_the_limit_is_refused_by_its_length_before_it_is_read(service):
+    """A 1 GiB upload was spooled whole to a temp file before the 413 came; the declared length is enough."""
+    client = service
+    headers = {"content-length": str(2**30), "content-type": "multipart/form-data; boundary=x"}
+    response = client.post("/api/search/image", content=b"x" * 65536, headers=headers)
+    assert response.status_code == 413
+    assert "over the 20 MiB limit" in response.json()["detail"]
+
+
 def test_a_thumbnail_over_the_request_pixel_budget_is_refused(service, monkeypatch):
     client = service
     monkeypatch.setattr(search.engine, "REQUEST_MAX_PIXELS", 320 * 240 - 1)  # the photos are 320 x 240
@@ -74,24 +83,64 @@ def test_a_thumbnail_over_the_request_pixel_budget_is_refused(service, monkeypat
     assert "too large for a thumbnail" in response.json()["detail"]
 
 
-def test_thumbnails_on_a_full_disk_answer_503_and_cache_nothing(tmp_path, clip_dir):
-    """A real small filesystem (tmpfs), filled up after indexing."""
+def test_thumbnails_on_a_full_disk_answer_503_and_cache_nothing(tmp_path, clip_dir, small_disk):
+    with serve(tmp_path, clip_dir, small_disk / "store") as client:
+        filler = fill(small_disk)
+        response = client.get("/api/images/1/thumbnail")
+        assert response.status_code == 503
+        assert "no room for thumbnails" in response.json()["detail"]
+        assert not list((small_disk / "store" / "thumbs").glob("*"))  # nothing half-written left behind
+        filler.unlink()
+        assert client.get("/api/images/1/thumbnail").status_code == 200
+
+
+def fill(disk, leave: int = 0):
+    """Fill the filesystem at `disk`, then give back `leave` bytes."""
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    with filler.open("r+b") as f:
+        f.truncate(max(0, filler.stat().st_size - leave))
+    return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB filesystem (tmpfs) mounted for the test."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("mounting a tmpfs needs root")
-    try:
-        with serve(tmp_path, clip_dir, disk / "store") as client:
-            filler = disk / "filler"
-            with filler.open("wb") as f, pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            response = client.get("/api/images/1/thumbnail")
-            assert response.status_code == 503
-            assert "no room for thumbnails" in response.json()["detail"]
-            assert not list((disk / "store" / "thumbs").glob("*"))  # nothing half-written left behind
-            filler.unlink()
-            assert client.get("/api/images/1/thumbnail").status_code == 200
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_indexing_on_a_full_disk_says_so_loses_nothing_and_resumes(tmp_path, clip_dir, small_disk):
+    from typer.testing import CliRunner
+
+    from search.cli import app
+    from tests.test_index import faiss_ids, stored
+
+    settings = Settings(store=small_disk / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    write_photos(tmp_path / "photos", 10)
+    index_folder(tmp_path / "photos", settings, show_progress=False)
+    write_photos(tmp_path / "photos", 60, start=10, size=(640, 480))
+    filler = fill(small_disk, leave=96 * 1024)
+    args = ["index", str(tmp_path / "photos"), "--store", str(settings.store), "--model", str(clip_dir)]
+    env = {"CLIPDEX_WORKERS": "1", "CLIPDEX_BATCH_SIZE": "4", "CLIPDEX_COMMIT_EVERY": "5"}
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "is full; nothing committed is lost" in result.output and "Traceback" not in result.output
+    kept = stored(settings)
+    assert 10 <= len(kept) < 70
+    filler.unlink()
+    resumed = index_folder(tmp_path / "photos", settings, show_progress=False)
+    assert resumed.unchanged == len(kept) and len(stored(settings)) == 70
+    assert faiss_ids(settings) == sorted(i for i, _ in stored(settings).values())
+    fill(small_disk)  # an unchanged re-run writes nothing, so a full disk does not stop it
+    assert index_folder(tmp_path / "photos", settings, show_progress=False).unchanged == 70
