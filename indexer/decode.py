@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 # The first bytes of the formats we read, for finding images whose name does not say so.
 MAGIC = (
@@ -29,6 +29,11 @@ MAGIC = (
 )
 # Skip reasons that can heal without the file changing (a chmod, a remount, a less busy machine): retried every run.
 HEALABLE_REASONS = ("permission denied", "unreadable", "timeout")
+# What Pillow says when a file needs something this build lacks (a library, a helper program).
+UNSUPPORTED_MESSAGES = ("ghostscript", "cannot find loader", "not configured", "not supported", "not implemented")
+BMP_EMBEDDED = {4: "JPEG", 5: "PNG"}  # BITMAPINFOHEADER compression values that wrap another format
+# TIFF compressions every libtiff build decodes: none, CCITT (RLE, G3, G4), LZW, JPEG, deflate, PackBits.
+BASIC_TIFF_COMPRESSIONS = {1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946}
 PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
@@ -160,9 +165,36 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
         raise DecodeError("not an image", "no known image format in the file's content") from None
     except Exception as e:  # Pillow raises many types on hostile input
         message = str(e) or type(e).__name__
+        missing = unsupported_feature(data, e)
+        if missing:
+            raise DecodeError("unsupported", missing) from None
         code = "truncated" if "truncated" in message.lower() or "broken data stream" in message else "corrupt"
         raise DecodeError(code, message) from None
     return Decoded(pixels=pixels, width=width, height=height, format=fmt, taken_at=taken_at)
+
+
+def unsupported_feature(data: bytes, e: Exception) -> str | None:
+    """What this build cannot read in a valid file (so the file is `unsupported`, not `corrupt`), if that is it.
+
+    Pillow says "decoder error -2" for a TIFF whose compression libtiff lacks (the real cause, "WEBP compression
+    support is not configured", goes to stderr) and "Unsupported BMP pixel depth (0)" for a BMP with a JPEG
+    or PNG inside, so those two are read from the file's own header.
+    """
+    if isinstance(e, NotImplementedError):
+        return str(e) or "a feature this build of Pillow lacks"
+    if any(words in str(e).lower() for words in UNSUPPORTED_MESSAGES):
+        return str(e)
+    if data[:2] == b"BM" and len(data) >= 34 and int.from_bytes(data[30:34], "little") in BMP_EMBEDDED:
+        return f"BMP holding a {BMP_EMBEDDED[int.from_bytes(data[30:34], 'little')]} image"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                compression = img.tag_v2.get(259, 1)
+        except Exception:  # the header itself is damaged: corrupt after all
+            return None
+        if compression not in BASIC_TIFF_COMPRESSIONS:
+            return f"TIFF compression {TiffImagePlugin.COMPRESSION_INFO.get(compression, compression)}"
+    return None
 
 
 def draft_request(size: tuple[int, int], prep: ImagePrep) -> tuple[int, int]:

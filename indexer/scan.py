@@ -12,10 +12,21 @@ from indexer.decode import looks_like_image
 
 log = logging.getLogger(__name__)
 
+# Every still-image extension Pillow and pillow-heif open (Image.registered_extensions() with an opener;
+# tests/test_formats.py keeps this in step), plus MPO, which Pillow reads through its JPEG plugin. A file
+# with one of these names gets a row, indexed or skipped with its reason; other names are sniffed.
 IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
-    ".tif", ".tiff", ".heic", ".heif", ".avif",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
+    ".tif", ".tiff", ".heic", ".heics", ".heif", ".heifs", ".hif", ".avif", ".avifs",
+    ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".tga", ".icb", ".vda", ".vst", ".dds", ".psd",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".ico", ".cur", ".icns", ".sgi", ".rgb", ".rgba", ".bw",
+    ".pcx", ".dcx", ".qoi", ".blp", ".xbm", ".xpm", ".im", ".msp", ".ras", ".pcd", ".pxr", ".iim",
+    ".ftc", ".ftu", ".gbr", ".fli", ".flc", ".fit", ".fits",
 }  # fmt: skip
+# Extensions Pillow registers that clipdex leaves alone: PostScript needs Ghostscript (an external
+# process per file), the stub plugins (BUFR, GRIB, HDF5, WMF/EMF) identify files they cannot decode, and
+# MPEG only identifies video.
+PILLOW_EXTENSIONS_LEFT_OUT = {".eps", ".ps", ".bufr", ".grib", ".h5", ".hdf", ".emf", ".wmf", ".mpeg", ".mpg"}
 # Never images: skip without opening them, so big non-image folders scan fast.
 NOT_IMAGE_SUFFIXES = {
     ".txt", ".md", ".json", ".xml", ".xmp", ".csv", ".html", ".pdf", ".db", ".sqlite", ".py",
