@@ -8,6 +8,7 @@ import ctypes
 import hashlib
 import io
 import os
+import resource
 import signal
 import warnings
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ class WorkerConfig:
     max_pixels: int
     # Content hashes already embedded in the store: such files are hashed but not decoded.
     known_hashes: frozenset[str]
+    # Bounds on one worker: its heap (bytes) and the seconds one file may take; None for no bound.
+    memory_limit: int | None = None
+    timeout: float | None = None
 
 
 _config: WorkerConfig | None = None  # set once per worker process by setup_worker
@@ -113,8 +117,32 @@ def setup_worker(config: WorkerConfig) -> None:
     """Run once in each decode process."""
     global _config
     die_with_parent()
+    if config.memory_limit:  # a fuzzed ICNS named .png once took a worker to 8 GB: past this it gets MemoryError
+        limit = data_segment_bytes() + config.memory_limit  # on top of what the worker's imports already hold
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if config.timeout:
+        signal.signal(signal.SIGALRM, raise_timeout)
     setup_heif()
     _config = config
+
+
+def data_segment_bytes() -> int:
+    """This process's data segment now (VmData: heap and private mappings, what RLIMIT_DATA counts)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # an upper bound elsewhere
+
+
+def raise_timeout(_signum, _frame) -> None:
+    raise DecodeTimeout()
+
+
+class DecodeTimeout(Exception):  # noqa: N818 - raised by the alarm, turned into the `timeout` reason
+    """One file took longer than the worker's timeout."""
 
 
 def die_with_parent() -> None:
@@ -157,7 +185,7 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
             img.draft("RGB", draft_request(img.size, prep))
         img = to_rgb(ImageOps.exif_transpose(img))
         pixels = resize_and_crop(img, prep)
-    except DecodeError:
+    except (DecodeError, DecodeTimeout, MemoryError):
         raise
     except UnidentifiedImageError:
         if looks_like_image(data[:16]):
@@ -274,7 +302,16 @@ def load_file(path: Path) -> LoadResult:
         return LoadResult(hash=None, skip_reason=e.reason)
     if digest in _config.known_hashes:
         return LoadResult(hash=digest)
+    if _config.timeout:  # the alarm fires between Pillow's decode steps, which come every block of the file
+        signal.setitimer(signal.ITIMER_REAL, _config.timeout)
     try:
         return LoadResult(hash=digest, decoded=decode_image(data, _config.prep, _config.max_pixels))
     except DecodeError as e:
         return LoadResult(hash=digest, skip_reason=e.reason)
+    except DecodeTimeout:
+        return LoadResult(hash=digest, skip_reason=f"timeout: not decoded within {_config.timeout:g} s")
+    except MemoryError:
+        limit = f"{(_config.memory_limit or 0) / 2**30:.1f} GiB"
+        return LoadResult(hash=digest, skip_reason=f"too large: decoding needs more than the {limit} a decode may use")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)

@@ -161,7 +161,13 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
     """Decode in a process pool while this process embeds; yields Pending files in order."""
     with store.session() as s:
         known_hashes = dict(s.execute(select(Image.hash, Image.id).where(Image.status == INDEXED)).all())
-    config = WorkerConfig(prep=embedder.prep, max_pixels=settings.max_pixels, known_hashes=frozenset(known_hashes))
+    config = WorkerConfig(
+        prep=embedder.prep,
+        max_pixels=settings.max_pixels,
+        known_hashes=frozenset(known_hashes),
+        memory_limit=settings.decode_memory,
+        timeout=settings.decode_timeout,
+    )
     workers = settings.workers or cpu_count()
     batch_size = embedder.batch_size
     # Enough decoded work queued to keep every worker busy while a batch is in inference, and no more.

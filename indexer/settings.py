@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     lock_timeout: float = 3600.0
     # Images with more pixels than this are skipped instead of decoded (decompression-bomb guard).
     max_pixels: int = 200_000_000
+    # Memory one decode worker may take beyond its start (bytes; a 200 MP image needs about 1.2 GB), and the
+    # seconds one file may take; past either the file is skipped as `too large` or `timeout`.
+    decode_memory: int = 3 * 2**30
+    decode_timeout: float = 60.0
     cache_dir: Path = default_cache()
     # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
     api_key: str | None = None

@@ -8,6 +8,7 @@ import io
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
@@ -15,6 +16,7 @@ from PIL import Image as PILImage
 import search.engine
 from indexer.pipeline import index_folder
 from indexer.settings import Settings
+from indexer.store import open_store
 from search.api import create_app
 from tests.conftest import write_photos
 
@@ -144,3 +146,28 @@ def test_indexing_on_a_full_disk_says_so_loses_nothing_and_resumes(tmp_path, cli
     assert faiss_ids(settings) == sorted(i for i, _ in stored(settings).values())
     fill(small_disk)  # an unchanged re-run writes nothing, so a full disk does not stop it
     assert index_folder(tmp_path / "photos", settings, show_progress=False).unchanged == 70
+
+
+def test_a_decode_past_the_worker_memory_budget_is_skipped_as_too_large(tmp_path, settings):
+    """A 20 KB PNG of 12,000 x 12,000 1-bit pixels needs 430 MB as RGB; with a 200 MB budget it is skipped
+    and the run goes on (the worker survives its MemoryError)."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 2)
+    PILImage.new("1", (12_000, 12_000)).save(photos / "bomb.png")
+    budget = settings.model_copy(update={"decode_memory": 200 * 2**20})
+    summary = index_folder(photos, budget, show_progress=False)
+    assert (summary.indexed, dict(summary.skipped)) == (2, {"too large": 1})
+    reason = dict(open_store(settings.store).skipped())[str(photos / "bomb.png")]
+    assert reason == "too large: decoding needs more than the 0.2 GiB a decode may use"
+
+
+def test_a_decode_past_the_timeout_is_skipped_and_retried_next_run(tmp_path, settings):
+    photos = tmp_path / "photos"
+    write_photos(photos, 2)
+    noise = np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8)
+    PILImage.fromarray(noise).save(photos / "slow.png", compress_level=1)
+    hurried = settings.model_copy(update={"decode_timeout": 0.01})
+    summary = index_folder(photos, hurried, show_progress=False)
+    assert (summary.indexed, dict(summary.skipped)) == (2, {"timeout": 1})
+    again = index_folder(photos, settings, show_progress=False)  # `timeout` can heal: retried, unchanged
+    assert (again.indexed, again.unchanged, dict(again.skipped)) == (1, 2, {})
