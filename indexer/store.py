@@ -35,7 +35,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from indexer.errors import ModelMismatchError, StorageFullError, StoreFormatError, StoreNotFoundError
@@ -479,6 +479,18 @@ class Store:
         with self.session() as s:
             rows = s.execute(sql, params).all()
         return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+
+
+def damage_message(e: BaseException) -> str | None:
+    """What to tell the user when SQLite reports the store's database as damaged; None for other errors."""
+    if isinstance(e, DatabaseError) and any(
+        words in str(e) for words in ("malformed", "not a database", "disk I/O error", "file is not")
+    ):
+        return (
+            f"the store's database is damaged ({str(e.orig) if e.orig else e}): restore clipdex.db from a "
+            "backup, or index the folders again into a new --store"
+        )
+    return None
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -23,11 +23,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyCookie, APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DatabaseError
 
 from indexer.decode import looks_like_image
 from indexer.errors import BadInputError, ClipdexError, NotFoundError, StorageFullError
 from indexer.settings import Settings
-from indexer.store import Hit
+from indexer.store import Hit, damage_message
 from search import tagging, vlm_api
 from search.batching import TextBatcher
 from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
@@ -231,6 +232,13 @@ def create_app(settings: Settings) -> FastAPI:
             limit = MAX_UPLOAD_BYTES // 2**20
             return JSONResponse({"detail": f"the request body is over the {limit} MiB limit"}, status_code=413)
         return await call_next(request)
+
+    @app.exception_handler(DatabaseError)
+    async def database_error(_request: Request, e: DatabaseError) -> JSONResponse:
+        message = damage_message(e)
+        if message is None:
+            raise e
+        return JSONResponse({"detail": message}, status_code=503)
 
     @app.exception_handler(ClipdexError)
     async def clipdex_error(_request: Request, e: ClipdexError) -> JSONResponse:

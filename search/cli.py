@@ -75,6 +75,14 @@ def run(fn, *args):
     except ClipdexError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
+    except Exception as e:
+        from indexer.store import damage_message
+
+        message = damage_message(e)
+        if message is None:
+            raise
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.callback()

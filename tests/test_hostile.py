@@ -171,3 +171,29 @@ def test_a_decode_past_the_timeout_is_skipped_and_retried_next_run(tmp_path, set
     assert (summary.indexed, dict(summary.skipped)) == (2, {"timeout": 1})
     again = index_folder(photos, settings, show_progress=False)  # `timeout` can heal: retried, unchanged
     assert (again.indexed, again.unchanged, dict(again.skipped)) == (1, 2, {})
+
+
+def test_a_damaged_database_page_is_a_clear_error(tmp_path, settings):
+    """One zeroed page (the images table's root) let `stats` work and crashed `search` with a traceback."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    write_photos(tmp_path / "photos", 40)
+    index_folder(tmp_path / "photos", settings, show_progress=False)
+    db = settings.store / "clipdex.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'images'").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(db.read_bytes())
+    data[(page - 1) * size : page * size] = bytes(size)
+    db.write_bytes(data)
+    for path in settings.store.glob("index.*"):
+        path.unlink()  # so the search must read the vectors
+    result = CliRunner().invoke(app, ["search", "a dog", "--store", str(settings.store)])
+    assert result.exit_code == 2, result.output
+    assert "the store's database is damaged" in result.output and "restore clipdex.db" in result.output
+    assert "Traceback" not in result.output
