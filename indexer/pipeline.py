@@ -133,6 +133,7 @@ def update_store(
         }
     scan = diff_against_store(root, known)
     summary.unchanged = scan.unchanged
+    record_unreadable_folders(store, root_id, root, scan.unreadable_dirs, known, summary)
     index = store.load_index()
     todo = [(stat, None) for stat in scan.new] + [(stat, image_id) for image_id, stat in scan.changed]
     if todo:
@@ -155,6 +156,31 @@ def update_store(
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
         store.save_index()
     return store, root_id, summary
+
+
+def record_unreadable_folders(
+    store: Store, root_id: int, root: Path, folders: list[str], known: dict, summary: IndexSummary
+) -> None:
+    """A folder that could not be listed gets a skipped row ("sub/dir/"), so `stats --skipped` shows it.
+
+    Its row lies under the folder, so the scan keeps it while the folder stays unreadable and deletes it, like
+    a vanished file, once the folder can be listed again.
+    """
+    rows = [Path(folder).relative_to(root).as_posix() + "/" for folder in folders if Path(folder) != root]
+    if rows:
+        summary.skipped["unreadable folder"] += len(rows)
+    new = [relpath for relpath in rows if relpath not in known]
+    if not new:
+        return
+    with store.session() as s:
+        for relpath in new:
+            s.add(
+                Image(
+                    root_id=root_id, relpath=relpath, size=0, mtime_ns=0, status=SKIPPED, indexed_at=utcnow(),
+                    skip_reason="unreadable folder: its files cannot be listed; they are kept as they were",
+                )
+            )  # fmt: skip
+        s.commit()
 
 
 def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):

@@ -225,3 +225,27 @@ def test_cli_json_outputs(tmp_path, settings):
     assert (stats["indexed"], stats["roots"]) == (4, [str(photos)])
     bad = runner.invoke(app, ["similar", "12345", *store])
     assert bad.exit_code == 2 and "no indexed image with id 12345" in bad.stderr
+
+
+def test_an_unreadable_folder_is_listed_as_skipped_until_it_can_be_read(tmp_path, settings, monkeypatch):
+    photos = tmp_path / "photos"
+    write_photos(photos / "open", 2)
+    write_photos(photos / "locked", 1, start=5)
+    real_scandir = os.scandir
+
+    def scandir(path):  # root ignores permissions, so the OS refusing to list a folder is simulated
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for _ in range(2):  # recorded once, kept while it stays unreadable
+        summary = index_folder(photos, settings, show_progress=False)
+        assert dict(summary.skipped) == {"unreadable folder": 1}
+    skipped = open_store(settings.store).skipped()
+    assert [(path, reason.split(":")[0]) for path, reason in skipped] == [(f"{photos}/locked", "unreadable folder")]
+    monkeypatch.undo()
+    summary = index_folder(photos, settings, show_progress=False)
+    assert (summary.indexed, dict(summary.skipped)) == (1, {})
+    assert open_store(settings.store).skipped() == []
+    assert sorted(stored(settings)) == ["locked/img005.jpg", "open/img000.jpg", "open/img001.jpg"]
