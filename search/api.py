@@ -10,7 +10,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -75,7 +75,12 @@ class ImagePublic(BaseModel):
     width: int | None
     height: int | None
     format: str | None
-    taken_at: datetime | None
+    # EXIF capture times carry no time zone: the camera's local time, so no offset is claimed (RFC 3339's
+    # date-time needs one, and this is not one).
+    taken_at: str | None = Field(
+        description="capture time as the camera recorded it, local time without offset",
+        examples=["2024-06-01T12:00:00"],
+    )
     captions: list[str]
     tags: list[TagPublic]
     thumbnail_url: str
@@ -219,7 +224,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="clipdex",
         summary="Search a folder of images by text, by image, or by a stored image.",
         lifespan=lifespan,
-        responses={422: {"model": ErrorPublic}},
+        responses={400: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
     )
     app.state.settings = settings
 
@@ -356,7 +361,7 @@ def image_info(engine: EngineDep, image_id: ImageId) -> ImagePublic:
         width=info.width,
         height=info.height,
         format=info.format,
-        taken_at=info.taken_at,
+        taken_at=info.taken_at.isoformat() if info.taken_at else None,
         captions=info.captions,
         tags=[TagPublic(label=label, score=score) for label, score in info.tags],
         thumbnail_url=f"/api/images/{info.id}/thumbnail",
@@ -448,4 +453,5 @@ def tags(
     return [LabelCountPublic(label_set=s, label=label, images=n) for s, label, n in counts]
 
 
-router.include_router(vlm_api.router)  # /api/conversations: follow-up questions with a VLM
+# /api/conversations: follow-up questions with a VLM; an unknown conversation or image is a 404
+router.include_router(vlm_api.router, responses={404: {"model": ErrorPublic}})

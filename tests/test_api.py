@@ -248,3 +248,15 @@ def test_an_empty_api_key_means_no_key(monkeypatch):
     assert Settings().api_key is None
     monkeypatch.setenv("CLIPDEX_API_KEY", "s3cret")
     assert Settings().api_key == "s3cret"
+
+
+def test_openapi_says_what_the_service_answers(client):
+    """taken_at was sent without an offset against its own date-time schema; 404s and 400s were undocumented."""
+    spec = client.get("/openapi.json").json()
+    taken_at = spec["components"]["schemas"]["ImagePublic"]["properties"]["taken_at"]
+    assert all(option.get("format") != "date-time" for option in taken_at.get("anyOf", [taken_at]))
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            assert "400" in operation["responses"], path
+            if path.startswith("/api/conversations/{conversation_id}"):
+                assert "404" in operation["responses"], path
