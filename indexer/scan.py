@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.decode import looks_like_image
+from indexer.decode import RAW_SUFFIXES, looks_like_image
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = {
     ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".ico", ".cur", ".icns", ".sgi", ".rgb", ".rgba", ".bw",
     ".pcx", ".dcx", ".qoi", ".blp", ".xbm", ".xpm", ".im", ".msp", ".ras", ".pcd", ".pxr", ".iim",
     ".ftc", ".ftu", ".gbr", ".fli", ".flc", ".fit", ".fits",
-}  # fmt: skip
+} | RAW_SUFFIXES  # fmt: skip
 # Extensions Pillow registers that clipdex leaves alone: PostScript needs Ghostscript (an external
 # process per file), the stub plugins (BUFR, GRIB, HDF5, WMF/EMF) identify files they cannot decode, and
 # MPEG only identifies video.
