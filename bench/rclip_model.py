@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from indexer.onnx_export import ImageTower, TextTower  # the towers clipdex exports; rclip names the graph inputs
+
 MODEL_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip.model_download.MODEL_SUBDIR
 VISUAL_ONNX, TEXTUAL_ONNX = "visual.onnx", "textual.onnx"
 TOKENIZER_VOCAB = "tokenizer/bpe_simple_vocab_16e6.txt.gz"
@@ -132,28 +134,6 @@ def build_model(seed: int) -> CLIPModel:
     return model
 
 
-class Visual(torch.nn.Module):
-    """input [N, 3, 256, 256] -> output [N, 512] (unnormalised projected image features)."""
-
-    def __init__(self, model: CLIPModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.get_image_features(pixel_values=x).pooler_output
-
-
-class Textual(torch.nn.Module):
-    """input int64 [N, 77] (zero padded, no attention mask: the causal mask hides the padding) -> output [N, 512]."""
-
-    def __init__(self, model: CLIPModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.get_text_features(input_ids=x).pooler_output
-
-
 def sample_tokens() -> torch.Tensor:
     """Two token rows as rclip makes them: <start>, a few ids, <end>, zeros."""
     tokens = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.long)
@@ -231,8 +211,8 @@ def main() -> None:
     model = build_model(args.seed)
     images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     for module, example, path, dtype in (
-        (Visual(model), images, visual, "tensor(float)"),
-        (Textual(model), sample_tokens(), textual, "tensor(int64)"),
+        (ImageTower(model), images, visual, "tensor(float)"),
+        (TextTower(model), sample_tokens(), textual, "tensor(int64)"),  # no mask: rclip sends none
     ):
         export(module, example, path)
         check(module, example, path, dtype)

@@ -179,8 +179,7 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
-        if width * height > max_pixels:
-            raise DecodeError("too large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+        refuse_too_large(width, height, max_pixels)
         fmt = img.format or "unknown"
         taken_at = read_capture_time(img)
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated 90 degrees: stored dims are swapped
@@ -206,6 +205,12 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
     return Decoded(pixels=pixels, width=width, height=height, format=fmt, taken_at=taken_at)
 
 
+def refuse_too_large(width: int, height: int, max_pixels: int) -> None:
+    """The decompression-bomb guard, checked on the header's size before anything is decoded."""
+    if width * height > max_pixels:
+        raise DecodeError("too large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+
+
 def decode_raw(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
     """A camera RAW file through LibRaw: its embedded preview when it has one (the camera's own rendering, and a
     JPEG that decodes at reduced size), else a half-size demosaic with the camera's white balance."""
@@ -214,8 +219,7 @@ def decode_raw(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             width, height = raw.sizes.width, raw.sizes.height
-            if width * height > max_pixels:
-                raise DecodeError("too large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+            refuse_too_large(width, height, max_pixels)
             if raw.sizes.flip in (5, 6):  # LibRaw's codes for a 90-degree turn: the picture is upright after it
                 width, height = height, width
             try:
@@ -248,8 +252,9 @@ def unsupported_feature(data: bytes, e: Exception) -> str | None:
         return str(e) or "a feature this build of Pillow lacks"
     if any(words in str(e).lower() for words in UNSUPPORTED_MESSAGES):
         return str(e)
-    if data[:2] == b"BM" and len(data) >= 34 and int.from_bytes(data[30:34], "little") in BMP_EMBEDDED:
-        return f"BMP holding a {BMP_EMBEDDED[int.from_bytes(data[30:34], 'little')]} image"
+    bmp_compression = int.from_bytes(data[30:34], "little") if data[:2] == b"BM" and len(data) >= 34 else None
+    if bmp_compression in BMP_EMBEDDED:
+        return f"BMP holding a {BMP_EMBEDDED[bmp_compression]} image"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         try:
             with Image.open(io.BytesIO(data)) as img:
@@ -340,9 +345,8 @@ def load_file(path: Path) -> LoadResult:
         return LoadResult(hash=digest)
     if _config.timeout:  # the alarm fires between Pillow's decode steps, which come every block of the file
         signal.setitimer(signal.ITIMER_REAL, _config.timeout)
-    raw = path.suffix.lower() in RAW_SUFFIXES
+    decode = decode_raw if path.suffix.lower() in RAW_SUFFIXES else decode_image
     try:
-        decode = decode_raw if raw else decode_image
         return LoadResult(hash=digest, decoded=decode(data, _config.prep, _config.max_pixels))
     except DecodeError as e:
         return LoadResult(hash=digest, skip_reason=e.reason)
