@@ -42,6 +42,7 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from indexer.onnx_export import ImageTower, TextTower  # the towers clipdex exports; rclip names the graph inputs
+from tests.model_factory import VIT_B32_TEXT, VIT_B32_VISION  # ViT-B/32's widths and depths
 
 MODEL_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip.model_download.MODEL_SUBDIR
 VISUAL_ONNX, TEXTUAL_ONNX = "visual.onnx", "textual.onnx"
@@ -109,10 +110,7 @@ def build_model(seed: int) -> CLIPModel:
         text_config=dict(
             vocab_size=VOCAB_SIZE,
             max_position_embeddings=CONTEXT_LENGTH,
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
+            **VIT_B32_TEXT,
             hidden_act="gelu",
             bos_token_id=SOT,
             eos_token_id=EOT,  # the text is pooled at the first end token, as OpenCLIP's argmax over ids does
@@ -121,10 +119,7 @@ def build_model(seed: int) -> CLIPModel:
         vision_config=dict(
             image_size=IMAGE_SIZE,
             patch_size=32,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
+            **VIT_B32_VISION,
             hidden_act="gelu",
         ),
         projection_dim=EMBED_DIM,
