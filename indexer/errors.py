@@ -1,5 +1,12 @@
 """Errors a user can cause. Each message says what to do; the CLI and API translate them at the edge."""
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy.exc import DatabaseError, OperationalError
+
 
 class ClipdexError(Exception):
     """Base class for errors caused by input, configuration or the state of a store."""
@@ -39,3 +46,37 @@ class StorageFullError(ClipdexError):
 
 class GenerationError(ClipdexError):
     """A vision-language model failed while answering; the conversation stays as it was."""
+
+
+def damage_message(e: BaseException) -> str | None:
+    """What to tell the user when SQLite reports the store's database as damaged; None for other errors."""
+    if isinstance(e, DatabaseError) and any(
+        words in str(e) for words in ("malformed", "not a database", "disk I/O error", "file is not")
+    ):
+        return (
+            f"the store's database is damaged ({str(e.orig) if e.orig else e}): restore clipdex.db from a "
+            "backup, or index the folders again into a new --store"
+        )
+    return None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error from SQLite, FAISS or the filesystem means the disk (or quota) is full."""
+    message = str(e).lower()
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        words in message for words in ("disk is full", "no space left", "quota exceeded")
+    )
+
+
+@contextmanager
+def reporting_full_disk(path: Path) -> Iterator[None]:
+    """A full disk while writing the store at `path` becomes one clear StorageFullError."""
+    try:
+        yield
+    except (OperationalError, OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        raise StorageFullError(
+            f"the disk holding {path} is full; nothing committed is lost (the last chunk was not written): "
+            "free some space and run again to finish"
+        ) from None

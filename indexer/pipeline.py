@@ -15,11 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import select
 
 from indexer.decode import HEALABLE_REASONS, LoadResult, WorkerConfig, load_file, setup_worker
-from indexer.errors import BadInputError, StoreNotFoundError
+from indexer.errors import BadInputError, StoreNotFoundError, reporting_full_disk
 from indexer.models import canonical_name
+from indexer.probes import PROBE_QUERIES
 from indexer.scan import FileStat, diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
-from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, reporting_full_disk, utcnow
+from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+from indexer.store.ann import EXACT_LIMIT
 from indexer.store_lock import store_writer
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ class Pending:
     stat: FileStat
     image_id: int | None  # set for a changed file: its row is updated in place
     result: LoadResult
-    vector: bytes | None = None
+    vector: np.ndarray | None = None
     source: Image | None = None  # the stored image whose vector and metadata a reused file copies
 
 
@@ -111,12 +113,13 @@ def update_store(
 ) -> tuple[Store, int, IndexSummary]:
     """The indexing itself, under the writer lock: (the store, the folder's root id, what was done)."""
     requested = canonical_name(settings.model) if settings.model else None
+    options = {"index_memory": settings.index_memory, "lock_timeout": settings.lock_timeout}
     try:
-        store = open_store(settings.store, model=requested)
+        store = open_store(settings.store, model=requested, **options)
     except StoreNotFoundError:
         # The model is loaded only when there is work, so unchanged re-runs stay fast; a new store needs its dim.
         embedder = embedder or load_embedder(requested or DEFAULT_MODEL, settings)
-        store = open_store(settings.store, model=embedder.name, dim=embedder.dim, create=True)
+        store = open_store(settings.store, model=embedder.name, dim=embedder.dim, create=True, **options)
 
     summary = IndexSummary()
     with store.session() as s:
@@ -134,7 +137,6 @@ def update_store(
     scan = diff_against_store(root, known)
     summary.unchanged = scan.unchanged
     record_unreadable_folders(store, root_id, root, scan.unreadable_dirs, known, summary)
-    index = store.load_index()
     todo = [(stat, None) for stat in scan.new] + [(stat, image_id) for image_id, stat in scan.changed]
     if todo:
         embedder = embedder or load_embedder(store.model, settings)
@@ -146,14 +148,12 @@ def update_store(
         writer.commit()
     # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
     if scan.deleted:
-        with store.session() as s:
-            store.delete_images(s, scan.deleted)
-            store.bump_version(s)
-            s.commit()
-        index.remove_ids(np.asarray(scan.deleted, dtype=np.int64))
-        store.index_version = store.data_version()
+        store.delete_images(scan.deleted)
         summary.removed = len(scan.deleted)
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
+        if store.probes() is None and store.count_vectors() > EXACT_LIMIT:
+            embedder = embedder or load_embedder(store.model, settings)
+            store.save_probes(embedder.embed_texts(list(PROBE_QUERIES)))
         store.save_index()
     return store, root_id, summary
 
@@ -232,7 +232,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
             if batch:
                 vectors = embedder.embed_pixels(np.stack([p.result.decoded.pixels for p in batch]))
                 for p, vector in zip(batch, vectors, strict=True):
-                    p.vector = vector.tobytes()
+                    p.vector = vector
             done += len(batch)
             progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
             yield from batch
@@ -246,7 +246,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
             if pending.result.decoded is None:
                 if pending.result.skip_reason is None:  # known content: reuse the stored vector
                     pending.source = store.image(known_hashes[pending.result.hash])
-                    pending.vector = pending.source.vector
+                    pending.vector = store.vector(pending.source.id)
                 done += 1
                 yield pending
                 continue
@@ -267,10 +267,9 @@ class ChunkWriter:
         self.rows.append(pending)
 
     def commit(self) -> None:
-        """Write the collected rows and their vectors in one transaction, then mirror them in the index."""
+        """Write the collected rows and their vectors in one transaction; the index catches up from them."""
         if not self.rows:
             return
-        index = self.store.load_index()
         with self.store.session() as s:
             rows = []
             for p in self.rows:
@@ -280,29 +279,21 @@ class ChunkWriter:
                     s.add(row)
                 self.fill_row(row, p)
                 rows.append(row)
-            s.flush()  # assigns ids to new rows
             # A changed file's captions describe its old content.
             self.store.delete_captions(s, [p.image_id for p in self.rows if p.image_id is not None])
-            self.store.bump_version(s)
-            s.commit()
-        # A changed file keeps its id: drop its old vector before adding the new one.
-        index.remove_ids(np.asarray([p.image_id for p in self.rows if p.image_id is not None], dtype=np.int64))
-        added = [row for row in rows if row.status == INDEXED]
-        if added:
-            vectors = np.frombuffer(b"".join(row.vector for row in added), dtype=np.float32)
-            index.add_with_ids(vectors.reshape(len(added), -1), np.asarray([r.id for r in added], dtype=np.int64))
-        self.store.index_version = self.store.data_version()
+            self.store.commit_images(s, rows, {n: p.vector for n, p in enumerate(self.rows) if p.vector is not None})
+        self.store.save_if_due()
         self.rows.clear()
 
     def fill_row(self, row: Image, p: Pending) -> None:
         decoded, result = p.result.decoded, p.result
         row.size, row.mtime_ns, row.hash, row.indexed_at = p.stat.size, p.stat.mtime_ns, result.hash, utcnow()
         if result.skip_reason is not None:
-            row.status, row.skip_reason, row.vector = SKIPPED, result.skip_reason, None
+            row.status, row.skip_reason = SKIPPED, result.skip_reason
             self.summary.skipped[result.skip_reason.split(":")[0]] += 1
             log.warning("skipping %s: %s", p.stat.relpath, result.skip_reason)
             return
-        row.status, row.skip_reason, row.vector = INDEXED, None, p.vector
+        row.status, row.skip_reason = INDEXED, None
         meta = decoded if decoded is not None else p.source
         row.width, row.height, row.format, row.taken_at = meta.width, meta.height, meta.format, meta.taken_at
         if decoded is not None:

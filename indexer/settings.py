@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import ByteSize, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # seconds one file may take; past either the file is skipped as `too large` or `timeout`.
     decode_memory: int = 3 * 2**30
     decode_timeout: float = 60.0
+    # RAM the search index may take (bytes, or "2GB", "512MiB"): it picks the most accurate index that fits
+    # (indexer/store/ann.py). 1 GiB holds 10 million 512-d vectors as 4-bit codes re-ranked from disk.
+    index_memory: ByteSize = ByteSize(2**30)
     cache_dir: Path = default_cache()
     # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
     api_key: str | None = None

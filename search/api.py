@@ -26,9 +26,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DatabaseError
 
 from indexer.decode import looks_like_image
-from indexer.errors import BadInputError, ClipdexError, NotFoundError, StorageFullError
+from indexer.errors import BadInputError, ClipdexError, NotFoundError, StorageFullError, damage_message
 from indexer.settings import Settings
-from indexer.store import Hit, damage_message
+from indexer.store import Hit
 from search import tagging, vlm_api
 from search.batching import TextBatcher
 from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
@@ -197,7 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = SearchEngine(settings, serving=True)
         engine.embedder.embed_texts(["warm-up"])  # load the text tower now, not on the first query
-        engine.index()
+        engine.store.sync_index()  # open (or catch up) the index now, not on the first query
         # One thread per model call and per FAISS search; parallelism comes from serving several requests
         # at once. Each call is small, and OpenMP's barrier waits make 2-thread calls on a busy 2-core
         # machine about 10x slower (measured: a text query 900 ms instead of 80 ms, a 10k search 27 ms vs 3).

@@ -76,7 +76,7 @@ def run(fn, *args):
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     except Exception as e:
-        from indexer.store import damage_message
+        from indexer.errors import damage_message
 
         message = damage_message(e)
         if message is None:

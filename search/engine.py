@@ -3,29 +3,27 @@
 Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by both fused (hybrid).
 """
 
-import math
 import os
 import re
 import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-import faiss
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
 from indexer.embed import Embedder
-from indexer.errors import BadInputError, NotFoundError, StorageFullError
+from indexer.errors import BadInputError, NotFoundError, StorageFullError, is_disk_full
 from indexer.models import canonical_name
 from indexer.settings import Settings
-from indexer.store import INDEXED, Caption, Hit, Image, Root, Store, Tag, is_disk_full, open_store
+from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, open_store
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
@@ -42,25 +40,6 @@ THUMB_EDGE = 384  # pixels on the long side: sharp in a ~190 px grid cell on a 2
 # be 14,000 x 14,000 pixels, 590 MB as RGB. JPEGs decode at reduced size (draft) before this is counted.
 REQUEST_MAX_PIXELS = 40_000_000
 DECODES_AT_ONCE = 2  # decodes for requests in flight at once, so concurrent uploads cannot add up
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Conditions a hit must meet besides its score; None means no condition."""
-
-    folder: str | None = None  # an absolute folder, or a folder relative to an indexed root
-    taken_from: date | None = None  # capture date, inclusive; images without one are left out
-    taken_to: date | None = None
-    tag: str | None = None  # a zero-shot label given to the image (case-insensitive)
-    min_score: float | None = None
-
-    @property
-    def selects_rows(self) -> bool:
-        """True when the filters narrow the set of images (min_score only cuts the ranked list)."""
-        return any(v is not None for v in (self.folder, self.taken_from, self.taken_to, self.tag))
-
-
-NO_FILTERS = Filters()
 
 
 @dataclass
@@ -88,9 +67,10 @@ class SearchEngine:
         self.settings = settings
         self.serving = serving
         model = canonical_name(settings.model) if settings.model else None
-        self.store: Store = open_store(settings.store, model=model)
+        self.store: Store = open_store(
+            settings.store, model=model, index_memory=settings.index_memory, lock_timeout=settings.lock_timeout
+        )
         self._embedder: Embedder | None = None
-        self._index_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Embeds one query text; the service puts its micro-batcher here. None: the model, directly.
         self.text_encoder: Callable[[str], np.ndarray] | None = None
@@ -166,30 +146,9 @@ class SearchEngine:
         exclude: int | None = None,
         filters: Filters = NO_FILTERS,
     ) -> list[Hit]:
-        """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits.
-
-        Row filters become an IDSelector inside the FAISS search, so k hits come back whenever k images
-        match, however few do; min_score cuts the ranked list, which is exact because it is sorted.
-        """
-        if not 1 <= k <= MAX_K:
-            raise BadInputError(f"k must be between 1 and {MAX_K}")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise BadInputError(f"offset must be between 0 and {MAX_OFFSET}")
-        index = self.index()
-        params = None
-        if filters.selects_rows:
-            allowed = self.filtered_ids(filters)
-            if len(allowed) == 0 or index.ntotal == 0:
-                return []
-            params = search_params(index, faiss.IDSelectorBatch(allowed), len(allowed) / index.ntotal)
-        want = min(k + offset + (exclude is not None), max(index.ntotal, 1))
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        scores, ids = index.search(query, want, params=params)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1 and i != exclude]
-        pairs = pairs[offset : offset + k]
-        if filters.min_score is not None:
-            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
-        return self.hits(pairs)
+        """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits."""
+        check_page(k, offset)
+        return self.hits(self.store.search(vector, k, offset, filters, exclude))
 
     def hits(self, ranked: list[tuple[int, float]], matched: dict[int, str] | None = None) -> list[Hit]:
         """Hits for ranked (id, score) pairs, with paths and captions from one query; `matched` are captions
@@ -237,8 +196,7 @@ class SearchEngine:
         if not self.store.has_captions():
             return self.search_text(query, k, offset, filters)
         depth = max(FUSION_DEPTH, k + offset)
-        rows_only = Filters(filters.folder, filters.taken_from, filters.taken_to, filters.tag)
-        by_embedding = self.search_vector(self.embed_query(query), min(depth, MAX_K), filters=rows_only)
+        by_embedding = self.search_vector(self.embed_query(query), min(depth, MAX_K), filters=filters.rows_only)
         by_caption = self.match_captions(query, depth, filters)
         embedding_rank = {hit.id: rank for rank, hit in enumerate(by_embedding, 1)}
         caption_rank = {image_id: rank for rank, (image_id, _, _) in enumerate(by_caption, 1)}
@@ -261,34 +219,7 @@ class SearchEngine:
         fts = fts_query(query)
         if fts is None:
             return []
-        among = self.filtered_ids(filters) if filters.selects_rows else None
-        return self.store.match_captions(fts, limit, among)
-
-    def index(self) -> faiss.Index:
-        """The index, caught up when the indexer has committed since (one cheap version query per call)."""
-        if (
-            self.store.index is None
-            or self.store.index_version != self.store.data_version()
-            or self.store.index_partial
-        ):
-            with self._index_lock:  # concurrent requests must not each catch up
-                self.store.refresh_index()
-        return self.store.index
-
-    def filtered_ids(self, filters: Filters) -> np.ndarray:
-        """Ids of indexed images that meet the row filters, straight from SQL."""
-        query = select(Image.id).where(Image.status == INDEXED)
-        if filters.folder is not None:
-            query = query.join(Root).where(folder_condition(filters.folder))
-        if filters.taken_from is not None:
-            query = query.where(Image.taken_at >= datetime.combine(filters.taken_from, time.min))
-        if filters.taken_to is not None:
-            query = query.where(Image.taken_at <= datetime.combine(filters.taken_to, time.max))
-        if filters.tag is not None:
-            tagged = select(Tag.image_id).where(func.lower(Tag.label) == filters.tag.strip().lower())
-            query = query.where(Image.id.in_(tagged))
-        with self.store.session() as s:
-            return np.fromiter(s.scalars(query), dtype=np.int64)
+        return self.store.match_captions(fts, limit, filters)
 
     def image_info(self, image_id: int) -> ImageInfo:
         """Path, file facts, captions and tags of an indexed image."""
@@ -407,22 +338,3 @@ def check_page(k: int, offset: int) -> None:
         raise BadInputError(f"k must be between 1 and {MAX_K}")
     if not 0 <= offset <= MAX_OFFSET:
         raise BadInputError(f"offset must be between 0 and {MAX_OFFSET}")
-
-
-def folder_condition(folder: str):
-    """SQL condition: the image lies under `folder`, an absolute path or a path relative to its root."""
-    prefix = folder.strip().rstrip("/") + "/"
-    column = Root.path + "/" + Image.relpath if prefix.startswith("/") else Image.relpath
-    return column.startswith(prefix, autoescape=True)
-
-
-def search_params(index: faiss.Index, selector: faiss.IDSelector, fraction: float) -> faiss.SearchParameters:
-    """Search parameters restricted to `selector`, which admits `fraction` of the index.
-
-    An IVF index probes proportionally more lists, so as many admitted vectors are compared as
-    without a filter and recall holds; the selector is checked before any distance is computed.
-    """
-    if isinstance(index, faiss.IndexIVF):
-        nprobe = min(index.nlist, math.ceil(index.nprobe / max(fraction, 1e-9)))
-        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-    return faiss.SearchParameters(sel=selector)

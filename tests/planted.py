@@ -8,31 +8,60 @@ from sqlalchemy import insert
 from indexer.store import INDEXED, Image, Store, get_root, open_store, utcnow
 
 
-def clustered_vectors(count: int, dim: int = 512, clusters: int = 1000, seed: int = 0) -> np.ndarray:
-    """Unit vectors around random cluster centres, like image embeddings (which cluster by subject).
+class ClipLike:
+    """Synthetic embeddings shaped like CLIP's, for index tests and the scale benchmark.
 
-    Each vector's cosine to its centre is about 0.6; uniform random vectors would have no neighbours
-    worth finding, which no real collection looks like.
+    Image vectors sit in a narrow cone around a shared mean direction (random CLIP image pairs have cosine
+    ~0.5), clustered by subject with heavy-tailed cluster sizes (a few subjects fill most of a collection).
+    Text-like queries come from a shifted cone (the modality gap): a mean of their own, leaning on one
+    subject, so their best matches score ~0.3 and lie close together, which is what makes IVF miss them.
     """
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((count, dim), dtype=np.float32)
-    for start in range(0, count, 100_000):
-        n = min(100_000, count - start)
-        noise = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
-        chunk = centres[rng.integers(0, clusters, n)] + np.float32(1.3) * noise
-        out[start : start + n] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
-    return out
+
+    def __init__(self, dim: int = 512, clusters: int = 1000, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.dim = dim
+        self.image_mean = unit(rng.standard_normal(dim))
+        self.text_mean = unit(0.3 * self.image_mean + unit(rng.standard_normal(dim)))
+        self.centres = unit(rng.standard_normal((clusters, dim)))
+        weights = 1 / np.arange(1, clusters + 1) ** 1.1  # Zipf-like cluster sizes
+        self.weights = weights / weights.sum()
+
+    def images(self, count: int, seed: int = 1) -> np.ndarray:
+        return self._draw(count, seed, self.image_mean, mean_weight=0.7, centre_weight=0.45, noise_weight=0.55)
+
+    def texts(self, count: int, seed: int = 2) -> np.ndarray:
+        return self._draw(count, seed, self.text_mean, mean_weight=0.6, centre_weight=0.35, noise_weight=0.7)
+
+    def _draw(self, count, seed, mean, mean_weight, centre_weight, noise_weight) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.empty((count, self.dim), dtype=np.float32)
+        for start in range(0, count, 100_000):
+            n = min(100_000, count - start)
+            centres = self.centres[rng.choice(len(self.centres), n, p=self.weights)]
+            noise = rng.standard_normal((n, self.dim), dtype=np.float32) / np.float32(np.sqrt(self.dim))
+            out[start : start + n] = unit(mean_weight * mean + centre_weight * centres + noise_weight * noise)
+        return out
 
 
-def plant_vectors(path: Path, vectors: np.ndarray, model: str = "synthetic") -> Store:
-    """A store at `path` whose images 1..N are rows with these vectors, under a fake root /planted."""
-    store = open_store(path, model=model, dim=vectors.shape[1], create=True)
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def plant_vectors(path: Path, vectors: np.ndarray, model: str = "synthetic", **options) -> Store:
+    """A store at `path` whose images 1..N are rows with these vectors, under a fake root /planted.
+
+    Rows go in with Core bulk inserts (the indexer's ORM path is too slow for millions), vectors first, as
+    Store.commit_images orders them.
+    """
+    store = open_store(path, model=model, dim=vectors.shape[1], create=True, **options)
     now = utcnow()
     with store.session() as s:
         root_id = get_root(s, Path("/planted")).id
+        version = store.bump_version(s)
+        writable = store.writable_vectors()
         for start in range(0, len(vectors), 20_000):
+            writable.write(np.arange(start + 1, min(start + 20_000, len(vectors)) + 1), vectors[start : start + 20_000])
             rows = [
                 dict(
                     id=i + 1,
@@ -42,12 +71,12 @@ def plant_vectors(path: Path, vectors: np.ndarray, model: str = "synthetic") -> 
                     mtime_ns=0,
                     hash=f"{i:032x}",
                     status=INDEXED,
-                    vector=vectors[i].tobytes(),
+                    vector_version=version,
                     indexed_at=now,
                 )
                 for i in range(start, min(start + 20_000, len(vectors)))
             ]
             s.execute(insert(Image), rows)
-        store.bump_version(s)
+        writable.sync()
         s.commit()
     return store

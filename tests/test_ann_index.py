@@ -1,101 +1,134 @@
-"""The index kind follows the store's size: exact up to EXACT_LIMIT, IVF above, with recall held and ids kept."""
+"""The index follows the collection and the memory budget, keeps recall on text-like queries, and catches up.
+
+Kinds: exact up to EXACT_LIMIT, IVF-flat while full vectors fit the budget, then compressed codes re-ranked
+from the vector file. Readers and writers bring a saved index up to the database without rebuilding it.
+"""
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
-import indexer.store as store_module
+import indexer.store.ann as ann
 from indexer.settings import Settings
-from indexer.store import INDEXED, Image, Tag, open_store, utcnow
+from indexer.store import Tag, open_store
+from indexer.store.ann import Kind, choose, outgrown
 from search.engine import Filters, SearchEngine
-from tests.planted import clustered_vectors, plant_vectors
+from tests.planted import ClipLike, plant_vectors
 
 
 @pytest.fixture
 def small_limit(monkeypatch):
-    monkeypatch.setattr(store_module, "EXACT_LIMIT", 1000)
+    monkeypatch.setattr(ann, "EXACT_LIMIT", 1000)
 
 
 def exact_top(vectors: np.ndarray, query: np.ndarray, k: int, allowed=None) -> list[int]:
     """Ids (row + 1, as planted) of the k best rows by inner product."""
-    scores = vectors @ query
-    order = [int(i) + 1 for i in np.argsort(-scores)]
+    order = [int(i) + 1 for i in np.argsort(-(vectors @ query), kind="stable")]
     return [i for i in order if allowed is None or i in allowed][:k]
 
 
-def test_large_store_gets_ivf_with_recall_and_id_semantics(tmp_path, small_limit):
-    vectors = clustered_vectors(6000, dim=64, clusters=40)
-    store = plant_vectors(tmp_path / "s", vectors[:5000])
-    index = store.load_index()
-    assert isinstance(index, store_module.faiss.IndexIVF) and index.nprobe < index.nlist
-    held_out = vectors[5000:5100]
-    _, found = index.search(held_out, 10)
-    truth = np.array([exact_top(vectors[:5000], q, 10) for q in held_out])
-    assert store_module.recall_at(found, truth) >= 0.95
-
-    # reopened from disk: same kind, same calibrated nprobe
-    again = open_store(tmp_path / "s").load_index()
-    assert (type(again), again.nprobe, again.ntotal) == (type(index), index.nprobe, 5000)
-
-    # the pipeline's id operations work on it
-    index.remove_ids(np.arange(1, 11, dtype=np.int64))
-    index.add_with_ids(vectors[5000:5001], np.array([9999], dtype=np.int64))
-    _, ids = index.search(vectors[:10], 5)
-    assert not set(ids.ravel()) & set(range(1, 11))
-    assert index.search(vectors[5000:5001], 1)[1][0, 0] == 9999
+def recall(store, vectors: np.ndarray, queries: np.ndarray, k: int = 10, **search) -> float:
+    found = [[i for i, _ in store.search(q, k, **search)] for q in queries]
+    return ann.recall_at(found, [exact_top(vectors, q, k) for q in queries])
 
 
-def test_a_few_allowed_ids_are_all_found_through_ivf(tmp_path, small_limit):
-    vectors = clustered_vectors(5000, dim=64, clusters=40)
-    store = plant_vectors(tmp_path / "s", vectors)
-    allowed = set(range(100, 4000, 250))  # 16 ids scattered over every cluster
+def test_the_budget_picks_the_most_accurate_kind_that_fits():
+    mb = 1_000_000
+    assert choose(10_000, 512, 1024 * mb).spec == "Flat"
+    assert choose(100_000, 512, 1024 * mb).spec == "IVF632,Flat"  # 206 MB of float32 vectors
+    assert choose(1_000_000, 512, 1024 * mb).spec == "IVF2000,SQ8"  # 2 GB as float32, 520 MB as bytes
+    assert choose(10_000_000, 512, 1024 * mb).spec == "IVF4096,PQ128x4fsr"  # 720 MB of 4-bit codes and ids
+    assert choose(10_000_000, 512, 500 * mb).spec == "IVF4096,PQ64x4fsr"
+    assert choose(10_000_000, 512, 10 * mb).spec == "IVF4096,PQ32x4fsr"  # nothing fits: the smallest
+    assert Kind.parse("IVF4096,PQ64x4fsr", 512).memory(10_000_000) == 4096 * 512 * 4 + 40 * 10_000_000
+
+
+def test_rebuilds_wait_for_real_growth_or_a_broken_budget():
+    gb = 2**30
+    assert not outgrown("Flat", 0, 30_000, 512, gb)  # twice EXACT_LIMIT before a flat index goes
+    assert outgrown("Flat", 0, 50_000, 512, gb)
+    assert not outgrown("IVF632,Flat", 100_000, 390_000, 512, gb)  # under 4x growth: same quantiser
+    assert outgrown("IVF632,Flat", 100_000, 410_000, 512, gb)
+    assert outgrown("IVF632,Flat", 100_000, 300_000, 512, 100_000_000)  # no longer fits a smaller budget
+    assert outgrown("IVF2000,SQ8", 1_000_000, 1_000_000, 512, 8 * gb)  # a raised budget fits IVF-flat twice
+
+
+def test_a_compressed_index_keeps_recall_on_text_like_and_image_like_queries(tmp_path, small_limit):
+    model = ClipLike(dim=64, clusters=200)
+    vectors = model.images(30_000)
+    store = plant_vectors(tmp_path / "s", vectors, index_memory=30_000 * 24)  # room for 4-bit codes only
+    store.save_probes(model.texts(200, seed=3))  # what the indexer embeds from indexer/probes.py
+    store.save_index()
+    assert store.kind.compressed and store.kind.family.startswith("PQ") and store.tuning.rerank > 1
+    assert recall(store, vectors, model.texts(100, seed=4)) >= 0.95  # held-out text-like queries
+    assert recall(store, vectors, model.images(100, seed=5)) >= 0.95  # held-out image-like queries
+    hits = store.search(vectors[41], 5)
+    assert hits[0][0] == 42 and hits[0][1] == pytest.approx(1.0, abs=1e-3)  # exact cosines after re-ranking
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+
+    # reopened: the saved index and its tuning, no rebuild
+    again = open_store(tmp_path / "s")
+    again.build_index = lambda: pytest.fail("rebuilt")
+    assert again.search(vectors[41], 5) == hits and again.tuning == store.tuning
+
+
+def test_filters_keep_recall_through_a_compressed_index(tmp_path, small_limit):
+    model = ClipLike(dim=64, clusters=200)
+    vectors = model.images(20_000)
+    store = plant_vectors(tmp_path / "s", vectors, index_memory=20_000 * 24)
+    allowed = set(range(100, 20_000, 500))  # 40 ids scattered over every cluster
     with store.session() as s:
         s.add_all(Tag(image_id=i, label_set="set", label="rare", score=1.0, model="m") for i in allowed)
         s.commit()
-    engine = SearchEngine(Settings(store=tmp_path / "s"))
-    assert isinstance(engine.index(), store_module.faiss.IndexIVF)
-    hits = engine.search_vector(vectors[7], 10, filters=Filters(tag="rare"))
-    assert [h.id for h in hits] == exact_top(vectors, vectors[7], 10, allowed)
-    paged = engine.search_vector(vectors[7], 10, offset=10, filters=Filters(tag="rare"))
-    assert [h.id for h in paged] == exact_top(vectors, vectors[7], 16, allowed)[10:]
+    engine = SearchEngine(Settings(store=tmp_path / "s", index_memory=20_000 * 24))
+    query = model.texts(1, seed=9)[0]
+    hits = engine.search_vector(query, 10, filters=Filters(tag="rare"))
+    assert engine.store.kind.compressed
+    assert [h.id for h in hits] == exact_top(vectors, query, 10, allowed)
+    paged = engine.search_vector(query, 10, offset=10, filters=Filters(tag="rare"))
+    assert [h.id for h in paged] == exact_top(vectors, query, 20, allowed)[10:]
 
 
-def test_a_flat_index_that_outgrew_its_size_is_rebuilt(tmp_path, monkeypatch):
-    vectors = clustered_vectors(3000, dim=64, clusters=20)
+def test_an_index_the_collection_outgrew_is_rebuilt_by_the_writer_and_readers_switch(tmp_path, monkeypatch):
+    vectors = ClipLike(dim=32, clusters=20).images(3000)
     store = plant_vectors(tmp_path / "s", vectors)
-    assert not isinstance(store.load_index(), store_module.faiss.IndexIVF)  # 3000 is under the default limit
-    monkeypatch.setattr(store_module, "EXACT_LIMIT", 1000)
-    assert isinstance(open_store(tmp_path / "s").load_index(), store_module.faiss.IndexIVF)
+    store.save_index()
+    assert store.kind.spec == "Flat"  # 3000 is under the default limit
+    reader = open_store(tmp_path / "s")
+    assert reader.search(vectors[0], 1)[0][0] == 1 and reader.kind.spec == "Flat"
+    monkeypatch.setattr(ann, "EXACT_LIMIT", 1000)
+    store.save_index()  # the writer's run ends: 3000 is over twice the limit now
+    assert store.kind.spec.startswith("IVF")
+    assert reader.search(vectors[0], 1)[0][0] == 1 and reader.kind.spec == store.kind.spec
 
 
-def test_a_reader_catches_up_with_an_indexer_without_rebuilding(tmp_path, monkeypatch):
-    vectors = clustered_vectors(300, dim=32, clusters=10)
-    plant_vectors(tmp_path / "s", vectors[:200]).load_index()  # the indexer's run ends by saving the index
-    reader, writer = open_store(tmp_path / "s"), open_store(tmp_path / "s")
-    assert reader.refresh_index().ntotal == 200
+def test_readers_and_writers_catch_up_with_new_changed_and_deleted_rows_without_rebuilding(tmp_path, small_limit):
+    vectors = ClipLike(dim=32, clusters=10).images(3000)
+    writer = plant_vectors(tmp_path / "s", vectors[:2000], index_memory=2000 * 20)
+    writer.save_index()  # the indexer's run ends by saving the index
+    reader = open_store(tmp_path / "s")
+    assert len(reader.search(vectors[0], 5)) == 5
+    reader.build_index = writer.build_index = lambda: pytest.fail("rebuilt")
 
-    def no_rebuild():
-        raise AssertionError("rebuilt")
+    from indexer.store import INDEXED, Image, utcnow
 
-    monkeypatch.setattr(reader, "build_index", no_rebuild)
-    with writer.session() as s:  # the indexer commits a chunk of new images (ids 201..300)
-        root = s.scalar(select(Image.root_id))
-        for i in range(200, 300):
-            s.add(Image(id=i + 1, root_id=root, relpath=f"new/{i}.jpg", size=1, mtime_ns=0, status=INDEXED,
-                        vector=vectors[i].tobytes(), indexed_at=utcnow()))  # fmt: skip
-        writer.bump_version(s)
-        s.commit()
-    index = reader.refresh_index()
-    assert index.ntotal == 300 and index.search(vectors[250:251], 1)[1][0, 0] == 251
-    assert reader.index_partial
+    with writer.session() as s:  # the indexer commits new images (2001..2100) and a changed one (id 7)
+        rows = [
+            Image(id=i + 1, root_id=1, relpath=f"new/{i}.jpg", size=1, mtime_ns=0, status=INDEXED, indexed_at=utcnow())
+            for i in range(2000, 2100)
+        ]  # fmt: skip
+        changed = s.get(Image, 7)
+        s.add_all(rows)
+        vectors_by_row = {n: vectors[i] for n, i in enumerate(range(2000, 2100))} | {100: vectors[2500]}
+        writer.commit_images(s, [*rows, changed], vectors_by_row)
+    assert reader.search(vectors[2050], 1)[0][0] == 2051
+    assert reader.search(vectors[2500], 1)[0][0] == 7  # id 7 now holds another image
+    assert 7 not in [i for i, _ in reader.search(vectors[6], 3)]  # and no longer its old one
 
-    writer.load_index()  # the indexer saves an index for this version: the reader takes it from disk
-    assert reader.refresh_index() is not index and not reader.index_partial
+    writer.delete_images([1, 2])
+    assert not {1, 2} & {i for q in vectors[:2] for i, _ in reader.search(q, 5)}
+    assert reader.index.ntotal == 2098 and writer.search(vectors[0], 1)[0][0] != 1
 
-    monkeypatch.undo()
-    with writer.session() as s:  # rows deleted with no saved index to say which: a full load
-        writer.delete_images(s, [1, 2])
-        writer.bump_version(s)
-        s.commit()
-    index = reader.refresh_index()
-    assert index.ntotal == 298 and not {1, 2} & set(index.search(vectors[:2], 5)[1].ravel())
+    writer.save_index()  # saved at the new version: a fresh reader loads it with nothing to catch up
+    fresh = open_store(tmp_path / "s")
+    fresh.build_index = lambda: pytest.fail("rebuilt")
+    assert fresh.search(vectors[2050], 1)[0][0] == 2051 and fresh.index.ntotal == 2098

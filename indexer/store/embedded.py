@@ -1,0 +1,653 @@
+"""The embedded store: one directory with a SQLite database, a float16 vector file and a FAISS index.
+
+SQLite holds the rows, the vector file (vectors.py) the full vectors, and the FAISS index (ann.py) is
+derived from both: saved with the data version it reflects, it catches up on open with the rows written
+since (every row carries the version that last wrote its vector) instead of being rebuilt. It is rebuilt
+only when it is missing or damaged, or when the collection has outgrown it (ann.outgrown), and then by the
+writer, with searches answered from the old file until the new one is renamed into place.
+"""
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from indexer.errors import ModelMismatchError, StoreBusyError, StoreFormatError, StoreNotFoundError
+from indexer.store import ann
+from indexer.store.filters import NO_FILTERS, Filters, matching_ids
+from indexer.store.schema import (
+    FORMAT_VERSION,
+    INDEXED,
+    SKIPPED,
+    Base,
+    Caption,
+    CaptionFailure,
+    Image,
+    Manifest,
+    RemovedVector,
+    Root,
+    utcnow,
+)
+from indexer.store.vectors import VECTOR_FILE, VectorFile
+from indexer.store_lock import store_writer
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "clipdex.db"
+INDEX_FILE = "index.faiss"
+INDEX_META_FILE = "index.json"
+PROBES_FILE = "probes.npy"  # text-like queries (embedded phrases) that calibrate the index
+DEFAULT_INDEX_MEMORY = 2**30
+STORED_PROBES = 300  # stored vectors used as image-like calibration queries
+READ_CHUNK = 10_000
+# The writer saves its index after adding this share of its size since the last save (at least SAVE_MIN),
+# so a killed long run catches up on little; the run's end always saves.
+SAVE_SHARE, SAVE_MIN = 0.25, 100_000
+
+
+class SharedLock:
+    """Many searches at once, or one index update alone (FAISS indexes are not safe to change mid-search)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._readers == 0)
+            yield
+
+
+class Store:
+    """An open store: rows through SQLAlchemy sessions, vectors, and search over the index kept in step.
+
+    `index_memory` is the budget (bytes) that chooses the index kind when the index is (re)built.
+    """
+
+    def __init__(self, path: Path, engine, manifest: Manifest, index_memory: int = DEFAULT_INDEX_MEMORY):
+        self.path = path
+        self.engine = engine
+        self.model = manifest.model
+        self.dim = manifest.dim
+        self.index_memory = index_memory
+        self.vectors = VectorFile(path / VECTOR_FILE, self.dim)
+        self._writable: VectorFile | None = None
+        self.index: faiss.Index | None = None
+        self.kind: ann.Kind | None = None
+        self.tuning = ann.Tuning()
+        self.meta: dict = {}  # the index.json of the file the index was loaded from or saved as
+        self.index_version = -1  # the data version the index in memory reflects
+        self.index_max_id = 0  # the highest id the index may hold: rows above are new to it
+        self.added_since_save = 0
+        self._lock = SharedLock()
+        self._refresh = threading.Lock()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def data_version(self) -> int:
+        with self.engine.connect() as conn:  # Core, not an ORM session: asked once per query by the service
+            return conn.scalar(select(Manifest.data_version))
+
+    def bump_version(self, session: Session) -> int:
+        """Call inside the transaction that changes vectors; returns the new version."""
+        session.execute(update(Manifest).values(data_version=Manifest.data_version + 1))
+        return session.scalar(select(Manifest.data_version))
+
+    # --- writing (under the writer lock) -----------------------------------------------------------
+
+    def commit_images(self, session: Session, rows: list[Image], vectors: dict[int, np.ndarray]) -> None:
+        """Commit rows added or changed in `session` with the vectors of the indexed ones, by position in `rows`.
+
+        The vectors are written and synced before the transaction commits, so a crash never leaves a row
+        without its vector; the index catches up from both on its next use.
+        """
+        session.flush()  # assigns ids to new rows
+        version = self.bump_version(session)
+        for row in rows:
+            row.vector_version = version
+        indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status == INDEXED]
+        if indexed:
+            writable = self.writable_vectors()
+            writable.write(np.asarray([i for i, _ in indexed]), np.stack([v for _, v in indexed]))
+            writable.sync()
+        session.commit()
+
+    def delete_images(self, ids: list[int]) -> None:
+        """Delete rows (their captions and tags cascade) in one transaction; the index drops them on next use."""
+        if not ids:
+            return
+        with self.session() as s:
+            version = self.bump_version(s)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                s.execute(delete(Image).where(Image.id.in_(chunk)))
+                s.execute(delete(RemovedVector).where(RemovedVector.id.in_(chunk)))
+                s.execute(insert(RemovedVector), [{"id": i, "data_version": version} for i in chunk])
+            s.commit()
+
+    def writable_vectors(self) -> VectorFile:
+        if self._writable is None:
+            self._writable = VectorFile(self.vectors.path, self.dim, writable=True)
+        return self._writable
+
+    def save_probes(self, probes: np.ndarray) -> None:
+        """Keep text-like calibration queries (the model's embeddings of plain phrases) with the store."""
+        tmp = self.path / (PROBES_FILE + ".tmp.npy")
+        np.save(tmp, np.asarray(probes, dtype=np.float32))
+        os.replace(tmp, self.path / PROBES_FILE)
+
+    def probes(self) -> np.ndarray | None:
+        try:
+            probes = np.load(self.path / PROBES_FILE)
+        except (OSError, ValueError):
+            return None
+        return probes if probes.ndim == 2 and probes.shape[1] == self.dim else None
+
+    def needs_rebuild(self) -> bool:
+        """Whether the index, once caught up, should be rebuilt for the collection's size and the budget."""
+        self.sync_index()
+        return ann.outgrown(self.kind.spec, self.meta.get("trained", 0), self.index.ntotal, self.dim, self.index_memory)
+
+    def save_index(self, force_rebuild: bool = False) -> None:
+        """Write the index and its meta atomically (temp file, rename); a writer calls it at the end of a run.
+
+        An index the collection has outgrown is rebuilt first; the new version it commits tells readers to
+        load it.
+        """
+        self.sync_index()
+        if force_rebuild or self.needs_rebuild():
+            self.install(*self.build_index())
+            with self.session() as s:
+                self.index_version = self.bump_version(s)
+                s.commit()
+        meta = {
+            **self.meta,
+            "data_version": self.index_version,
+            "count": int(self.index.ntotal),
+            "max_id": self.index_max_id,
+            "nprobe": self.tuning.nprobe,
+            "rerank": self.tuning.rerank,
+        }
+        tmp, meta_tmp = self.path / (INDEX_FILE + ".tmp"), self.path / (INDEX_META_FILE + ".tmp")
+        try:
+            with self._lock.shared():
+                faiss.write_index(self.index, str(tmp))
+            os.replace(tmp, self.path / INDEX_FILE)
+            meta_tmp.write_text(json.dumps(meta))
+            os.replace(meta_tmp, self.path / INDEX_META_FILE)
+        finally:  # a half-written temp file must not fill what little room a full disk has left
+            tmp.unlink(missing_ok=True)
+            meta_tmp.unlink(missing_ok=True)
+        self.meta, self.added_since_save = meta, 0
+
+    def save_if_due(self) -> None:
+        """Save the index when enough has been added since the last save (for long runs)."""
+        self.sync_index()
+        if self.added_since_save >= max(SAVE_MIN, SAVE_SHARE * self.index.ntotal):
+            self.save_index()
+
+    # --- the index ---------------------------------------------------------------------------------
+
+    def sync_index(self) -> faiss.Index:
+        """The index in step with the database: caught up from the saved file or from memory, else rebuilt.
+
+        One cheap version query when nothing changed. A reader picks up a rebuilt file (its build id changed);
+        otherwise the rows written since the index's version are removed and re-added, deletions dropped.
+        """
+        version = self.data_version()
+        if self.index is not None and version == self.index_version:
+            return self.index
+        with self._refresh:  # concurrent requests must not each catch up
+            saved = self.saved_meta()
+            if self.index is None or (
+                saved.get("build") != self.meta.get("build") and saved.get("data_version", -1) >= self.index_version
+            ):
+                self.load_or_build(saved)
+            self.catch_up()
+        return self.index
+
+    def saved_meta(self) -> dict:
+        """The index.json of the saved index ({} when missing or unreadable)."""
+        try:
+            meta = json.loads((self.path / INDEX_META_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) and {"build", "spec", "data_version"} <= meta.keys() else {}
+
+    def load_or_build(self, saved: dict) -> None:
+        """Load the saved index and prove it, after catching up, holds the stored vectors; else rebuild it."""
+        index = self.read_saved_index(saved)
+        if index is not None:
+            self.install(
+                index, ann.Kind.parse(saved["spec"], self.dim), ann.Tuning(saved["nprobe"], saved["rerank"]), saved
+            )
+            self.index_version, self.index_max_id = saved["data_version"], saved["max_id"]
+            self.catch_up()
+            count = self.count_vectors()
+            if self.index.ntotal == count:
+                return
+            log.warning(
+                "the index file %s holds %d vectors once caught up, the database %d; rebuilding it",
+                self.path / INDEX_FILE, self.index.ntotal, count,
+            )  # fmt: skip
+        self.install(*self.build_index())
+        self.save_built()
+
+    def read_saved_index(self, saved: dict) -> faiss.Index | None:
+        index_file = self.path / INDEX_FILE
+        if not saved or not index_file.exists():
+            return None
+        try:
+            index = faiss.read_index(str(index_file))
+        except RuntimeError as e:
+            log.warning("the index file %s is damaged (%s); rebuilding it", index_file, e)
+            return None
+        if index.d != self.dim:
+            return None
+        return index
+
+    def save_built(self) -> None:
+        """Save an index a reader had to build, if no writer holds the store (else the writer will)."""
+        try:
+            with store_writer(self.path, timeout=0):
+                self.save_index()
+        except StoreBusyError:
+            pass
+        except OSError as e:  # a read-only store still searches
+            log.warning("could not save the rebuilt index in %s: %s", self.path, e)
+
+    def install(self, index: faiss.Index, kind: ann.Kind, tuning: ann.Tuning, meta: dict) -> None:
+        with self._lock.exclusive():
+            self.index, self.kind, self.tuning, self.meta = index, kind, tuning, dict(meta)
+            if isinstance(index, faiss.IndexIVF):
+                index.nprobe = tuning.nprobe
+
+    def catch_up(self) -> None:
+        """Bring the index from its version to the database's: one read transaction, so one snapshot."""
+        with self.engine.connect() as conn, conn.begin():
+            version = conn.scalar(select(Manifest.data_version))
+            if version == self.index_version:
+                return
+            changed = conn.execute(
+                select(Image.id, Image.status).where(Image.vector_version > self.index_version).order_by(Image.id)
+            ).all()
+            removed = list(
+                conn.scalars(select(RemovedVector.id).where(RemovedVector.data_version > self.index_version))
+            )
+        stale = [i for i, _ in changed if i <= self.index_max_id] + removed
+        added = np.asarray([i for i, status in changed if status == INDEXED], dtype=np.int64)
+        with self._lock.exclusive():
+            if stale:
+                self.index.remove_ids(np.asarray(stale, dtype=np.int64))
+            for start in range(0, len(added), READ_CHUNK):
+                for ids, vectors in self.vectors.stream(iter([added[start : start + READ_CHUNK]])):
+                    self.index.add_with_ids(vectors, ids)
+            self.index_version = version
+            if changed:
+                self.index_max_id = max(self.index_max_id, changed[-1][0])
+        self.added_since_save += len(added)
+
+    def build_index(self) -> tuple[faiss.Index, ann.Kind, ann.Tuning, dict]:
+        """An index over every stored vector, of the kind the count and budget call for, trained and calibrated."""
+        started = time.perf_counter()
+        with self.engine.connect() as conn, conn.begin():
+            version = conn.scalar(select(Manifest.data_version))
+            ids = np.fromiter(
+                conn.scalars(select(Image.id).where(Image.status == INDEXED).order_by(Image.id)), np.int64
+            )
+        kind = ann.choose(len(ids), self.dim, self.index_memory)
+        if kind.memory(len(ids)) > self.index_memory:
+            log.warning(
+                "%d vectors need %.0f MB in the smallest index, over the %.0f MB index memory budget",
+                len(ids), kind.memory(len(ids)) / 1e6, self.index_memory / 1e6,
+            )  # fmt: skip
+        nlist = ann.lists_of(kind.spec)
+        tuning, truths = ann.Tuning(), []
+        sample = np.empty((0, self.dim), np.float32)
+        if nlist:  # k-means sample, and the calibration queries: stored vectors and text-like probes
+            rng = np.random.default_rng(0)
+            sample = self.vectors.read(
+                np.sort(rng.choice(ids, min(len(ids), ann.TRAIN_PER_LIST * nlist), replace=False))
+            )
+            own = np.sort(rng.choice(ids, min(len(ids), STORED_PROBES), replace=False))
+            truths.append((ann.ExactTop(self.vectors.read(own), 11), own))
+            probes = self.probes()
+            if probes is None:
+                log.warning("no text-like probes in %s: the index is calibrated on stored vectors only", self.path)
+            else:
+                truths.append((ann.ExactTop(probes, 10), None))
+        batches = self.vectors.stream(ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK))
+        index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
+        if nlist:
+            tuning = ann.calibrate(index, kind, truths, self.vectors.read)
+        log.info(
+            "built a %s index over %d vectors in %.1f s (nprobe %d, re-rank %d)",
+            kind.spec, len(ids), time.perf_counter() - started, tuning.nprobe, tuning.rerank,
+        )  # fmt: skip
+        meta = {"build": f"{time.time_ns()}", "spec": kind.spec, "trained": len(ids)}
+        self.index_version = version
+        self.index_max_id = int(ids[-1]) if len(ids) else 0
+        return index, kind, tuning, meta
+
+    # --- searching ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        exclude: int | None = None,
+    ) -> list[tuple[int, float]]:
+        """(id, cosine) of the best stored vectors for a unit vector, best first, after skipping `offset`.
+
+        Row filters become an IDSelector inside the FAISS search, so k hits come back whenever k images
+        match, however few do; min_score cuts the ranked list, which is exact because it is sorted.
+        """
+        index = self.sync_index()
+        selector, fraction = None, 1.0
+        if filters.selects_rows:
+            allowed = self.matching_ids(filters)
+            if len(allowed) == 0 or index.ntotal == 0:
+                return []
+            selector, fraction = faiss.IDSelectorBatch(allowed), len(allowed) / index.ntotal
+        if index.ntotal == 0:
+            return []
+        want = min(k + offset + (exclude is not None), index.ntotal)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        with self._lock.shared():
+            scores, ids = ann.search(
+                index, self.tuning, self.kind.compressed, query, want, self.vectors.read, selector, fraction
+            )
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1 and i != exclude]
+        pairs = pairs[offset : offset + k]
+        if filters.min_score is not None:
+            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
+        return pairs
+
+    def matching_ids(self, filters: Filters) -> np.ndarray:
+        """Ids of indexed images that meet the row filters."""
+        with self.engine.connect() as conn:
+            return np.fromiter(conn.scalars(matching_ids(filters)), dtype=np.int64)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        """The stored vector of an indexed image (None for another id)."""
+        with self.engine.connect() as conn:
+            found = conn.scalar(select(Image.id).where(Image.id == image_id, Image.status == INDEXED))
+        return None if found is None else self.vectors.read([image_id])[0]
+
+    def iter_vectors(
+        self, chunk_size: int = READ_CHUNK, indexed_after: datetime | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of indexed images in id order and chunks, optionally only those indexed after a time."""
+        query = select(Image.id).where(*indexed_since(indexed_after)).order_by(Image.id)
+
+        def id_chunks():
+            with self.engine.connect() as conn:
+                for chunk in conn.execution_options(yield_per=chunk_size).execute(query).partitions():
+                    yield np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk))
+
+        yield from self.vectors.stream(id_chunks())
+
+    def count_vectors(self, indexed_after: datetime | None = None) -> int:
+        """How many vectors `iter_vectors` would yield."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(Image).where(*indexed_since(indexed_after)))
+
+    def image(self, image_id: int) -> Image | None:
+        with self.session() as s:
+            return s.get(Image, image_id)
+
+    def paths(self, ids: list[int]) -> dict[int, str]:
+        """Absolute paths of the given image ids."""
+        with self.session() as s:
+            rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
+        return {i: str(Path(root) / rel) for i, root, rel in rows}
+
+    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
+        """(absolute path, newest caption or None) of the given image ids: one query for a page of hits."""
+        newest = (
+            select(Caption.text)
+            .where(Caption.image_id == Image.id)
+            .order_by(Caption.created_at.desc(), Caption.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(Image.id, Root.path, Image.relpath, newest).join(Root).where(Image.id.in_(ids))
+        with self.engine.connect() as conn:
+            return {i: (str(Path(root) / rel), caption) for i, root, rel, caption in conn.execute(query)}
+
+    def find_path(self, path: Path) -> int | None:
+        """The id of an indexed image by its absolute path, if it lies under a known root."""
+        path = path.resolve()
+        with self.session() as s:
+            for root_id, root in s.execute(select(Root.id, Root.path)).all():
+                if path.is_relative_to(root):
+                    return s.scalar(
+                        select(Image.id).where(
+                            Image.root_id == root_id,
+                            Image.relpath == path.relative_to(root).as_posix(),
+                            Image.status == INDEXED,
+                        )
+                    )
+        return None
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Image.status, func.count()).group_by(Image.status)).all()
+        return {status: n for status, n in rows}
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(absolute path, reason) of every skipped file."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Root.path, Image.relpath, Image.skip_reason)
+                .join(Root)
+                .where(Image.status == SKIPPED)
+                .order_by(Root.path, Image.relpath)
+            ).all()
+        return [(str(Path(root) / rel), reason) for root, rel, reason in rows]
+
+    def roots(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Root.path).order_by(Root.path)))
+
+    # --- captions ----------------------------------------------------------------------------------
+
+    def delete_captions(self, session: Session, ids: list[int]) -> None:
+        """Forget the captions and caption failures of images whose content changed (in the caller's transaction)."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            session.execute(delete(Caption).where(Caption.image_id.in_(chunk)))
+            session.execute(delete(CaptionFailure).where(CaptionFailure.image_id.in_(chunk)))
+
+    def has_captions(self) -> bool:
+        with self.session() as s:
+            return s.scalar(select(Caption.id).limit(1)) is not None
+
+    def match_captions(self, fts_query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """(image id, relevance, best matching caption) for an FTS5 query, most relevant first.
+
+        Relevance is minus FTS5's bm25 (bm25 is lower for better matches); an image with several captions
+        counts with its best one. Row filters restrict the images considered.
+        """
+        among = self.matching_ids(filters) if filters.selects_rows else None
+        # SQLite returns the bare column `text` from the row that gave MIN(rank): the best caption.
+        sql = text(
+            "SELECT c.image_id, MIN(f.rank) AS best, c.text FROM captions_fts AS f "
+            "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
+            "WHERE captions_fts MATCH :query AND i.status = :status "
+            + ("AND c.image_id IN (SELECT value FROM json_each(:among)) " if among is not None else "")
+            + "GROUP BY c.image_id ORDER BY best, c.image_id LIMIT :limit"
+        )
+        params = {"query": fts_query, "status": INDEXED, "limit": limit}
+        if among is not None:
+            params["among"] = json.dumps(among.tolist())
+        with self.session() as s:
+            rows = s.execute(sql, params).all()
+        return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+
+
+def indexed_since(indexed_after: datetime | None) -> list:
+    """Conditions selecting indexed images, optionally only those (re)indexed after a time."""
+    conditions = [Image.status == INDEXED]
+    if indexed_after is not None:
+        conditions.append(Image.indexed_at > indexed_after)
+    return conditions
+
+
+# Full-text index over caption text: an FTS5 table over `captions` (external content), kept in step by
+# triggers, so every write path (captioning, cascade deletes of images, plain SQL) updates it.
+# The porter stemmer lets "dogs" find "dog".
+CAPTION_FTS_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS captions_fts USING fts5("
+    "text, content='captions', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_insert AFTER INSERT ON captions BEGIN "
+    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_delete AFTER DELETE ON captions BEGIN "
+    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS captions_fts_update AFTER UPDATE OF text ON captions BEGIN "
+    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
+)
+
+
+def ensure_caption_fts(engine) -> None:
+    """Create the caption full-text index and its triggers when missing, filled from captions already stored."""
+    with engine.begin() as conn:
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'captions_fts'").first():
+            return  # made together with its triggers, in one transaction
+        for statement in CAPTION_FTS_DDL:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("INSERT INTO captions_fts(captions_fts) VALUES ('rebuild')")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets a search service read while the indexer writes; NORMAL sync is durable at checkpoints.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")  # deleting an image deletes its captions and tags
+    cursor.close()
+
+
+def _engine(path: Path):
+    engine = create_engine(f"sqlite:///{path / DB_FILE}")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def open_embedded(
+    path: Path,
+    model: str | None = None,
+    dim: int | None = None,
+    create: bool = False,
+    index_memory: int = DEFAULT_INDEX_MEMORY,
+    lock_timeout: float = 3600.0,
+) -> Store:
+    """Open a store directory; with create=True make it for `model` and `dim` if it does not exist yet.
+
+    A store built with another model than `model` is refused: its vectors would be garbage for it.
+    """
+    path = Path(path).expanduser()
+    db_file = path / DB_FILE
+    if not db_file.exists() or db_file.stat().st_size == 0:  # an empty file (a reader's stray connect) is no store
+        if not create:
+            raise StoreNotFoundError(f"no clipdex store at {path}; index a folder first (clipdex index DIR)")
+        if model is None or dim is None:
+            raise ValueError("creating a store needs the model name and its dimension")
+        path.mkdir(parents=True, exist_ok=True)
+        engine = _engine(path)
+        Base.metadata.create_all(engine)
+        with Session(engine) as s:
+            s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
+            s.commit()
+        VectorFile(path / VECTOR_FILE, dim, writable=True).close()
+    engine = _engine(path)
+    manifest = read_manifest(engine, db_file)
+    if manifest.format_version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{path} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade clipdex"
+        )
+    if model is not None and model != manifest.model:
+        raise ModelMismatchError(
+            f"the store at {path} was built with {manifest.model}, not {model}: their vectors are not "
+            f"comparable. Leave out --model to use {manifest.model}, or pass a new --store"
+        )
+    if manifest.format_version < FORMAT_VERSION:
+        with store_writer(path, lock_timeout):
+            manifest = read_manifest(engine, db_file)
+            if manifest.format_version == 1:
+                move_vectors_out(path, engine, manifest.dim)
+    if not (path / VECTOR_FILE).exists():
+        raise StoreFormatError(
+            f"{path / VECTOR_FILE} is missing: restore it from a backup, or index into a new --store"
+        )
+    return Store(path, engine, manifest, index_memory)
+
+
+def read_manifest(engine, db_file: Path) -> Manifest:
+    with Session(engine, expire_on_commit=False) as s:
+        try:
+            # Forward migration for additive changes: tables added since the store was made are created.
+            Base.metadata.create_all(engine)
+            ensure_caption_fts(engine)
+            manifest = s.scalar(select(Manifest))
+        except Exception as e:
+            raise StoreFormatError(f"{db_file} is not a clipdex store ({e})") from None
+    if manifest is None:
+        raise StoreFormatError(f"{db_file} has no manifest; it is damaged. Index into a new --store")
+    return manifest
+
+
+def move_vectors_out(path: Path, engine, dim: int) -> None:
+    """Format 1 -> 2: the float32 blobs in SQLite move to the float16 vector file, and the space is reclaimed."""
+    started = time.perf_counter()
+    log.warning("upgrading the store %s: moving its vectors out of the database (once)", path)
+    vectors = VectorFile(path / VECTOR_FILE, dim, writable=True)
+    with engine.connect() as conn:
+        if "vector_version" not in {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(images)")}:
+            conn.exec_driver_sql("ALTER TABLE images ADD COLUMN vector_version INTEGER NOT NULL DEFAULT 0")
+            conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_images_vector_version ON images (vector_version)")
+            conn.commit()
+        rows = conn.exec_driver_sql("SELECT id, vector FROM images WHERE vector IS NOT NULL ORDER BY id")
+        for chunk in rows.partitions(READ_CHUNK):
+            ids = np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk))
+            vectors.write(ids, np.frombuffer(b"".join(r[1] for r in chunk), np.float32).reshape(-1, dim))
+        vectors.sync()
+        vectors.close()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE images SET vector = NULL")
+        conn.execute(update(Manifest).values(format_version=FORMAT_VERSION, data_version=Manifest.data_version + 1))
+    with engine.connect() as conn:
+        conn.exec_driver_sql("VACUUM")
+    for name in (INDEX_FILE, INDEX_META_FILE):  # format 1 index files lack what catching up needs
+        (path / name).unlink(missing_ok=True)
+    log.warning("upgraded the store %s in %.1f s", path, time.perf_counter() - started)

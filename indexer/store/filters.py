@@ -1,0 +1,54 @@
+"""Row filters on searches (folder, capture dates, tag, minimum score), as SQL every backend runs."""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time
+
+from sqlalchemy import Select, func, select
+
+from indexer.store.schema import INDEXED, Image, Root, Tag
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Conditions a hit must meet besides its score; None means no condition."""
+
+    folder: str | None = None  # an absolute folder, or a folder relative to an indexed root
+    taken_from: date | None = None  # capture date, inclusive; images without one are left out
+    taken_to: date | None = None
+    tag: str | None = None  # a zero-shot label given to the image (case-insensitive)
+    min_score: float | None = None
+
+    @property
+    def selects_rows(self) -> bool:
+        """True when the filters narrow the set of images (min_score only cuts the ranked list)."""
+        return any(v is not None for v in (self.folder, self.taken_from, self.taken_to, self.tag))
+
+    @property
+    def rows_only(self) -> "Filters":
+        """These filters without min_score."""
+        return Filters(self.folder, self.taken_from, self.taken_to, self.tag)
+
+
+NO_FILTERS = Filters()
+
+
+def matching_ids(filters: Filters) -> Select:
+    """SELECT of the ids of indexed images that meet the row filters."""
+    query = select(Image.id).where(Image.status == INDEXED)
+    if filters.folder is not None:
+        query = query.join(Root).where(folder_condition(filters.folder))
+    if filters.taken_from is not None:
+        query = query.where(Image.taken_at >= datetime.combine(filters.taken_from, time.min))
+    if filters.taken_to is not None:
+        query = query.where(Image.taken_at <= datetime.combine(filters.taken_to, time.max))
+    if filters.tag is not None:
+        tagged = select(Tag.image_id).where(func.lower(Tag.label) == filters.tag.strip().lower())
+        query = query.where(Image.id.in_(tagged))
+    return query
+
+
+def folder_condition(folder: str):
+    """SQL condition: the image lies under `folder`, an absolute path or a path relative to its root."""
+    prefix = folder.strip().rstrip("/") + "/"
+    column = Root.path + "/" + Image.relpath if prefix.startswith("/") else Image.relpath
+    return column.startswith(prefix, autoescape=True)

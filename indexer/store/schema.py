@@ -1,0 +1,163 @@
+"""The tables every store backend shares (SQLAlchemy), and the constants and helpers that go with them.
+
+Vectors are not in these tables: each backend keeps them where it searches them (the embedded store in a
+float16 file beside the database).
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+# Format 2: vectors moved from SQLite blobs to the float16 vector file; format 1 stores are migrated on open.
+FORMAT_VERSION = 2
+INDEXED, SKIPPED = "indexed", "skipped"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Manifest(Base):
+    """A single row: what built this store and how far its data has come."""
+
+    __tablename__ = "manifest"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    format_version: Mapped[int]
+    model: Mapped[str]
+    dim: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Bumped by every commit that changes vectors; the FAISS file records the version it reflects.
+    data_version: Mapped[int] = mapped_column(default=0)
+
+
+class Root(Base):
+    """A folder that was indexed; image paths are stored relative to it."""
+
+    __tablename__ = "roots"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)
+
+
+class Image(Base):
+    """One file seen under a root: indexed with a vector, or skipped with the reason."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("root_id", "relpath"),)
+    id: Mapped[int] = mapped_column(primary_key=True)  # also the FAISS id and the row of the vector file
+    # No index of its own: the unique (root_id, relpath) index serves look-ups by root.
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
+    relpath: Mapped[str]
+    size: Mapped[int]
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    format: Mapped[str | None]
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(8), index=True)
+    skip_reason: Mapped[str | None]
+    indexed_at: Mapped[datetime] = mapped_column(DateTime)
+    # The data version of the commit that last wrote this row's vector or status: an index saved at version V
+    # catches up by the rows above V (and the removals above V) instead of being rebuilt.
+    vector_version: Mapped[int] = mapped_column(default=0, index=True)
+
+
+class RemovedVector(Base):
+    """An image deleted at a data version: an index saved before it must drop the id. Pruned once no saved
+    index is older."""
+
+    __tablename__ = "removed_vectors"
+    id: Mapped[int] = mapped_column(primary_key=True)  # the image id
+    data_version: Mapped[int] = mapped_column(index=True)
+
+
+class Caption(Base):
+    """A caption of an image by one captioning model and prompt; several models' captions can coexist."""
+
+    __tablename__ = "captions"
+    __table_args__ = (UniqueConstraint("image_id", "model", "prompt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str]
+    prompt: Mapped[str] = mapped_column(default="")
+    text: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CaptionFailure(Base):
+    """An image a captioning model and prompt could not caption, with the reason; re-runs skip it until --redo."""
+
+    __tablename__ = "caption_failures"
+    __table_args__ = (UniqueConstraint("image_id", "model", "prompt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str]
+    prompt: Mapped[str]
+    reason: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Tag(Base):
+    """A zero-shot label given to an image from a named label set, with its score."""
+
+    __tablename__ = "tags"
+    # The unique index leads with image_id, so it also serves look-ups by image: no second index to update.
+    __table_args__ = (UniqueConstraint("image_id", "label_set", "label"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    label_set: Mapped[str]
+    label: Mapped[str] = mapped_column(index=True)
+    score: Mapped[float]
+    model: Mapped[str]
+
+
+class LabelSet(Base):
+    """A named zero-shot label set, remembered so newly indexed images can be tagged with it.
+
+    `weights` is the classifier (one unit vector per label, float32 blob) with its `scale`, `bias` and
+    `activation`, so tagging new images needs no text model; `tagged_at` marks how far tagging has come.
+    """
+
+    __tablename__ = "label_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    model: Mapped[str]
+    labels: Mapped[list] = mapped_column(JSON)
+    templates: Mapped[list] = mapped_column(JSON)
+    options: Mapped[dict] = mapped_column(JSON)
+    activation: Mapped[str] = mapped_column(String(8))  # "softmax" or "sigmoid"
+    scale: Mapped[float]
+    bias: Mapped[float]
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    tagged_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass
+class Hit:
+    """One search result: a stored image, its score and its caption when it has one.
+
+    The score is the cosine similarity in embedding search, the bm25 relevance (higher is better) in
+    caption search, and the reciprocal-rank-fusion score in hybrid search.
+    """
+
+    id: int
+    path: str
+    score: float
+    caption: str | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def get_root(session: Session, path: Path) -> Root:
+    """The Root row for an absolute folder path, created when new."""
+    root = session.scalar(select(Root).where(Root.path == str(path)))
+    if root is None:
+        root = Root(path=str(path))
+        session.add(root)
+        session.flush()
+    return root
