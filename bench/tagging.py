@@ -1,8 +1,8 @@
 """Benchmark zero-shot tagging: 1,000 labels x 5 templates over 100,000 and 1,000,000 stored vectors.
 
-What is timed: `tag_store` on a real store: reading the vectors from SQLite in chunks, one matrix product
+What is timed: `tag_store` on a real store: reading the vectors from the vector file in chunks, one matrix product
 and a softmax per chunk, top-1 selection, and writing every tag row in one transaction. The stores hold
-synthetic unit vectors (512-d, as ViT-B/32) written straight into SQLite beforehand (not timed); the
+synthetic unit vectors (512-d, as ViT-B/32) written straight into the store beforehand (not timed); the
 classifier is 1,000 random unit label vectors, as label embeddings are to the scoring.
 
 Embedding the 5,000 prompts with a full-size (ViT-B/32, random weights) text tower is timed separately:
@@ -47,27 +47,12 @@ def machine() -> str:
 
 
 def write_store(path: Path, count: int) -> None:
-    """A store with `count` random unit vectors, written in bulk straight into SQLite."""
-    from indexer.store import INDEXED, get_root, open_store, utcnow
+    """A store with `count` random unit vectors, written in bulk (tests/planted.py)."""
+    from tests.planted import plant_vectors, unit
 
-    store = open_store(path, model="bench/random-512", dim=DIM, create=True)
     rng = np.random.default_rng(0)
-    now = utcnow()
-    with store.session() as s:
-        root_id = get_root(s, path / "photos").id
-        s.commit()
-    for start in range(0, count, 50_000):  # a transaction per batch keeps the write-ahead log small
-        n = min(50_000, count - start)
-        vecs = rng.standard_normal((n, DIM), dtype=np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO images (root_id, relpath, size, mtime_ns, status, vector, indexed_at) "
-                "VALUES (?, ?, 1, 0, ?, ?, ?)",
-                [(root_id, f"{start + i:07d}.jpg", INDEXED, vecs[i].tobytes(), now) for i in range(n)],
-            )
-    with store.engine.connect() as conn:  # as a store at rest: its write-ahead log folded into the database
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    chunks = (unit(rng.standard_normal((min(50_000, count - start), DIM))) for start in range(0, count, 50_000))
+    plant_vectors(path, chunks, model="bench/random-512")
 
 
 def run_tagging(count: int) -> None:

@@ -42,6 +42,7 @@ class IndexSummary:
     skipped: Counter = field(default_factory=Counter)  # reason code -> count
     seconds: float = 0.0
     captions: "CaptionSummary | None" = None  # when the run also captioned
+    index: str = ""  # the search index after a run that changed it: its kind and tuning
 
     @property
     def images_per_second(self) -> float:
@@ -51,10 +52,14 @@ class IndexSummary:
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{code} {n}" for code, n in self.skipped.most_common())
         return (
-            f"indexed {self.indexed}, reused {self.reused}, unchanged {self.unchanged}, removed {self.removed}, "
-            f"skipped {skipped}{f' ({reasons})' if reasons else ''} in {self.seconds:.1f} s "
-            f"({self.images_per_second:.1f} images/s)"
-        ) + (f"; {self.captions.line()}" if self.captions else "")
+            (
+                f"indexed {self.indexed}, reused {self.reused}, unchanged {self.unchanged}, removed {self.removed}, "
+                f"skipped {skipped}{f' ({reasons})' if reasons else ''} in {self.seconds:.1f} s "
+                f"({self.images_per_second:.1f} images/s)"
+            )
+            + (f"; index {self.index}" if self.index else "")
+            + (f"; {self.captions.line()}" if self.captions else "")
+        )
 
 
 def load_embedder(name: str, settings: Settings) -> "Embedder":
@@ -155,6 +160,7 @@ def update_store(
             embedder = embedder or load_embedder(store.model, settings)
             store.save_probes(embedder.embed_texts(list(PROBE_QUERIES)))
         store.save_index()
+        summary.index = store.index_description()
     return store, root_id, summary
 
 

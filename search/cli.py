@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -64,8 +65,13 @@ VlmOpt = Annotated[
 
 
 def make_settings(**overrides) -> Settings:
-    """Settings from the environment, overridden by the flags that were given."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment, overridden by the flags that were given; a bad value is one clear line."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in e.errors())
+        err.print(f"[red]error:[/red] {escape(problems)}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def run(fn, *args):
@@ -108,13 +114,23 @@ def index(
     ] = False,
     caption: Annotated[bool, typer.Option("--caption", help="Also caption new and changed images")] = False,
     caption_model: CaptionModelOpt = None,
+    index_memory: Annotated[
+        str | None,
+        typer.Option("--index-memory", help="RAM the search index may take, e.g. 2GB; picks the index kind"),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index a folder (incremental: only new and changed files are embedded)."""
     from indexer.pipeline import index_folder
 
     settings = make_settings(
-        store=store, model=model, batch_size=batch_size, device=device, workers=workers, caption_model=caption_model
+        store=store,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        caption_model=caption_model,
+        index_memory=index_memory,
     )
     summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
     # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.

@@ -1,5 +1,8 @@
 """Stores planted with synthetic vectors, for index tests and the API benchmark (no images, no model runs)."""
 
+import itertools
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +26,32 @@ class ClipLike:
         self.image_mean = unit(rng.standard_normal(dim))
         self.text_mean = unit(0.3 * self.image_mean + unit(rng.standard_normal(dim)))
         self.centres = unit(rng.standard_normal((clusters, dim)))
+        # Within a subject, variation spreads over few directions: a power-law spectrum in a random basis, as
+        # real embeddings have (a few dozen principal components carry most of their variance).
+        spectrum = 1 / np.sqrt(np.arange(1, dim + 1))
+        basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+        self.shape = (spectrum[:, None] * basis.T * np.sqrt(dim / (spectrum**2).sum())).astype(np.float32)
         weights = 1 / np.arange(1, clusters + 1) ** 1.1  # Zipf-like cluster sizes
         self.weights = weights / weights.sum()
 
     def images(self, count: int, seed: int = 1) -> np.ndarray:
+        return np.concatenate(list(self.image_chunks(count, seed)))
+
+    def image_chunks(self, count: int, seed: int = 1) -> Iterator[np.ndarray]:
+        """`images(count, seed)` in chunks of 100,000, for collections that do not fit in memory."""
         return self._draw(count, seed, self.image_mean, mean_weight=0.7, centre_weight=0.45, noise_weight=0.55)
 
     def texts(self, count: int, seed: int = 2) -> np.ndarray:
-        return self._draw(count, seed, self.text_mean, mean_weight=0.6, centre_weight=0.35, noise_weight=0.7)
+        chunks = self._draw(count, seed, self.text_mean, mean_weight=0.6, centre_weight=0.35, noise_weight=0.7)
+        return np.concatenate(list(chunks))
 
-    def _draw(self, count, seed, mean, mean_weight, centre_weight, noise_weight) -> np.ndarray:
+    def _draw(self, count, seed, mean, mean_weight, centre_weight, noise_weight) -> Iterator[np.ndarray]:
         rng = np.random.default_rng(seed)
-        out = np.empty((count, self.dim), dtype=np.float32)
         for start in range(0, count, 100_000):
             n = min(100_000, count - start)
             centres = self.centres[rng.choice(len(self.centres), n, p=self.weights)]
-            noise = rng.standard_normal((n, self.dim), dtype=np.float32) / np.float32(np.sqrt(self.dim))
-            out[start : start + n] = unit(mean_weight * mean + centre_weight * centres + noise_weight * noise)
-        return out
+            noise = rng.standard_normal((n, self.dim), dtype=np.float32) @ self.shape / np.float32(np.sqrt(self.dim))
+            yield unit(mean_weight * mean + centre_weight * centres + noise_weight * noise)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -48,35 +59,49 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def plant_vectors(path: Path, vectors: np.ndarray, model: str = "synthetic", **options) -> Store:
+def taken_at(i: int) -> datetime:
+    """A capture time for planted image i, spread over the ten years 2015-2024."""
+    return FIRST_DAY + timedelta(days=(i * 7919) % 3652, seconds=(i * 104_729) % 86_400)
+
+
+FIRST_DAY = datetime(2015, 1, 1)
+
+
+def plant_vectors(path: Path, vectors, model: str = "synthetic", **options) -> Store:
     """A store at `path` whose images 1..N are rows with these vectors, under a fake root /planted.
 
-    Rows go in with Core bulk inserts (the indexer's ORM path is too slow for millions), vectors first, as
-    Store.commit_images orders them.
+    `vectors` is an array, or an iterable of arrays for collections that do not fit in memory. Rows carry
+    what the indexer records of a photo (path, size, hash, pixel size, format, capture time), so on-disk
+    sizes are honest; they go in with Core bulk inserts (the indexer's ORM path is too slow for millions),
+    each chunk's vectors written and synced first, as Store.commit_images orders them.
     """
-    store = open_store(path, model=model, dim=vectors.shape[1], create=True, **options)
-    now = utcnow()
+    chunks = iter([vectors] if isinstance(vectors, np.ndarray) else vectors)
+    first = next(chunks)
+    store = open_store(path, model=model, dim=first.shape[1], create=True, **options)
+    writable, now, start = store.writable_vectors(), utcnow(), 0
     with store.session() as s:
         root_id = get_root(s, Path("/planted")).id
-        version = store.bump_version(s)
-        writable = store.writable_vectors()
-        for start in range(0, len(vectors), 20_000):
-            writable.write(np.arange(start + 1, min(start + 20_000, len(vectors)) + 1), vectors[start : start + 20_000])
-            rows = [
-                dict(
-                    id=i + 1,
-                    root_id=root_id,
-                    relpath=f"{i // 1000:04d}/{i:07d}.jpg",
-                    size=100_000,
-                    mtime_ns=0,
-                    hash=f"{i:032x}",
-                    status=INDEXED,
-                    vector_version=version,
-                    indexed_at=now,
-                )
-                for i in range(start, min(start + 20_000, len(vectors)))
-            ]
-            s.execute(insert(Image), rows)
-        writable.sync()
         s.commit()
+    for chunk in itertools.chain([first], chunks):
+        for part in range(0, len(chunk), 50_000):  # a transaction each keeps the write-ahead log small
+            block = chunk[part : part + 50_000]
+            ids = range(start + 1, start + len(block) + 1)
+            writable.write(np.asarray(ids), block)
+            writable.sync()
+            with store.session() as s:
+                version = store.bump_version(s)
+                rows = [
+                    dict(
+                        id=i, root_id=root_id, relpath=f"{i // 1000:04d}/IMG_{i:07d}.JPG", size=2_000_000 + i % 999_983,
+                        mtime_ns=1_600_000_000_000_000_000 + i, hash=f"{i * 2654435761 % 2**128:032x}", width=4000,
+                        height=3000, format="JPEG", taken_at=taken_at(i), status=INDEXED, vector_version=version,
+                        indexed_at=now,
+                    )
+                    for i in ids
+                ]  # fmt: skip
+                s.execute(insert(Image), rows)
+                s.commit()
+            start += len(block)
+    with store.engine.connect() as conn:  # as a store at rest: its write-ahead log folded into the database
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return store

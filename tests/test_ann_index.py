@@ -36,6 +36,7 @@ def test_the_budget_picks_the_most_accurate_kind_that_fits():
     assert choose(10_000, 512, 1024 * mb).spec == "Flat"
     assert choose(100_000, 512, 1024 * mb).spec == "IVF632,Flat"  # 206 MB of float32 vectors
     assert choose(1_000_000, 512, 1024 * mb).spec == "IVF2000,SQ8"  # 2 GB as float32, 520 MB as bytes
+    assert choose(2_000_000, 512, 1024 * mb).spec == "IVF2828,SQ4"  # 528 MB of 4-bit scalar codes
     assert choose(10_000_000, 512, 1024 * mb).spec == "IVF4096,PQ128x4fsr"  # 720 MB of 4-bit codes and ids
     assert choose(10_000_000, 512, 500 * mb).spec == "IVF4096,PQ64x4fsr"
     assert choose(10_000_000, 512, 10 * mb).spec == "IVF4096,PQ32x4fsr"  # nothing fits: the smallest

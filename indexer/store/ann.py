@@ -3,7 +3,7 @@
 The most accurate kind that fits the budget wins (the order autofaiss and clip-retrieval use):
 - exact (flat) while the collection is small enough to scan (EXACT_LIMIT) and fits;
 - IVF over full float32 vectors while those fit;
-- IVF over 8-bit scalar codes, then over 4-bit product-quantisation codes (fast-scan), each re-ranked:
+- IVF over 8-bit, then 4-bit scalar codes, then over 4-bit product-quantisation codes (fast-scan), re-ranked:
   the top `rerank x wanted` candidates are scored exactly with their vectors from the vector file.
 Compressed codes rank approximately; the re-ranking puts the exact order back, so hits carry exact cosines.
 
@@ -31,14 +31,15 @@ KMEANS_ITERATIONS = 10
 
 log = logging.getLogger(__name__)
 
-Reader = Callable[[np.ndarray], np.ndarray]  # ids -> their float32 vectors (from the vector file)
+# (ids, query, k) -> (scores, ids) of the k best by exact inner product, from the vector file
+Best = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class Kind:
     """One kind of index: its FAISS factory string and what it costs per vector and in all."""
 
-    spec: str  # "Flat", "IVF{n},Flat", "IVF{n},SQ8", "IVF{n},PQ{m}x4fsr"
+    spec: str  # "Flat", "IVF{n},Flat", "IVF{n},SQ8", "IVF{n},SQ4", "IVF{n},PQ{m}x4fsr"
     bytes_per_vector: float
     fixed_bytes: int  # the coarse quantiser's centroids
 
@@ -50,8 +51,8 @@ class Kind:
         centroids = int(lists[3:]) * dim * 4
         if codes == "Flat":
             return cls(spec, 4 * dim + 8, centroids)
-        if codes == "SQ8":
-            return cls(spec, dim + 8, centroids)
+        if codes.startswith("SQ"):  # SQ8, SQ4: a byte or half a byte a dimension
+            return cls(spec, dim * int(codes[2:]) / 8 + 8, centroids)
         return cls(spec, int(codes[2:].split("x")[0]) / 2 + 8, centroids)  # PQ{m}x4: m 4-bit codes
 
     @property
@@ -82,7 +83,7 @@ def kinds(count: int, dim: int) -> list[Kind]:
     """Every kind for `count` vectors of `dim`, most accurate first."""
     ivf = f"IVF{ivf_lists(count)}"
     specs = ["Flat"] if count <= EXACT_LIMIT else []
-    specs += [f"{ivf},Flat", f"{ivf},SQ8"]
+    specs += [f"{ivf},Flat", f"{ivf},SQ8", f"{ivf},SQ4"]
     specs += [f"{ivf},PQ{m}x4fsr" for m in (dim // 4, dim // 8, dim // 16) if m >= 2 and dim % m == 0]
     return [Kind.parse(spec, dim) for spec in specs]
 
@@ -135,7 +136,7 @@ def search(
     compressed: bool,
     queries: np.ndarray,
     want: int,
-    read: Reader,
+    best: Best,
     selector: faiss.IDSelector | None = None,
     fraction: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -155,20 +156,16 @@ def search(
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), candidates, params=params)
     if not compressed:
         return scores, ids
-    return rerank(queries, ids, want, read)
+    return rerank(queries, ids, want, best)
 
 
-def rerank(queries: np.ndarray, candidates: np.ndarray, want: int, read: Reader) -> tuple[np.ndarray, np.ndarray]:
+def rerank(queries: np.ndarray, candidates: np.ndarray, want: int, best: Best) -> tuple[np.ndarray, np.ndarray]:
     """The `want` best of each row's candidate ids by exact inner product with their stored vectors."""
     out_scores = np.full((len(queries), want), -np.inf, dtype=np.float32)
     out_ids = np.full((len(queries), want), -1, dtype=np.int64)
     for row, (query, ids) in enumerate(zip(queries, candidates, strict=True)):
-        ids = ids[ids != -1]
-        if not len(ids):
-            continue
-        exact = read(ids) @ np.asarray(query, dtype=np.float32)
-        best = np.argsort(-exact, kind="stable")[:want]
-        out_scores[row, : len(best)], out_ids[row, : len(best)] = exact[best], ids[best]
+        scores, ids = best(ids[ids != -1], query, want)
+        out_scores[row, : len(ids)], out_ids[row, : len(ids)] = scores, ids
     return out_scores, out_ids
 
 
@@ -205,7 +202,7 @@ def build(
 
 
 def calibrate(
-    index: faiss.Index, kind: Kind, query_sets: list[tuple[ExactTop, np.ndarray | None]], read: Reader
+    index: faiss.Index, kind: Kind, query_sets: list[tuple[ExactTop, np.ndarray | None]], best: Best
 ) -> Tuning:
     """The smallest nprobe, then re-rank depth, whose recall@10 reaches RECALL_TARGET on every query set.
 
@@ -218,7 +215,7 @@ def calibrate(
     nprobe = 1
     while True:
         nprobe = min(nprobe, index.nlist)
-        recalls = [recall_by_depth(index, kind, nprobe, depths, truth, own, read) for truth, own in query_sets]
+        recalls = [recall_by_depth(index, kind, nprobe, depths, truth, own, best) for truth, own in query_sets]
         for j, depth in enumerate(depths):
             if all(by_depth[j] >= RECALL_TARGET for by_depth in recalls):
                 return Tuning(nprobe, depth)
@@ -229,7 +226,7 @@ def calibrate(
 
 
 def recall_by_depth(
-    index: faiss.IndexIVF, kind: Kind, nprobe: int, depths, truth: ExactTop, own: np.ndarray | None, read: Reader
+    index: faiss.IndexIVF, kind: Kind, nprobe: int, depths, truth: ExactTop, own: np.ndarray | None, best: Best
 ) -> list[float]:
     """recall@k (k - 1 for stored queries, which find themselves) at each re-rank depth, probing nprobe lists."""
     k = truth.k
@@ -238,18 +235,20 @@ def recall_by_depth(
     exact = truth.ids
     if own is not None:
         exact = [row[row != i][: k - 1] for row, i in zip(exact, own, strict=True)]
-    if kind.compressed:  # exact scores of every candidate, read once
-        scores = [
-            read(row[row != -1]) @ query if (row != -1).any() else np.empty(0, np.float32)
-            for query, row in zip(truth.queries, candidates, strict=True)
-        ]
+    if kind.compressed:  # exact scores of every candidate, computed once
+        scores = []
+        for query, row in zip(truth.queries, candidates, strict=True):
+            row = row[row != -1]
+            found, ids = best(row, query, len(row))
+            scores.append(dict(zip(ids.tolist(), found.tolist(), strict=True)))
     out = []
     for depth in depths:
         found = []
         for n, row in enumerate(candidates):
             row = row[row != -1][: depth * k]
             if kind.compressed:
-                row = row[np.argsort(-scores[n][: len(row)], kind="stable")]
+                exact_scores = np.asarray([scores[n].get(i, -np.inf) for i in row.tolist()])
+                row = row[np.argsort(-exact_scores, kind="stable")]
             row = row[:k] if own is None else row[row != own[n]][: k - 1]
             found.append(row)
         out.append(recall_at(found, exact))

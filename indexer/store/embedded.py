@@ -53,6 +53,9 @@ READ_CHUNK = 10_000
 # The writer saves its index after adding this share of its size since the last save (at least SAVE_MIN),
 # so a killed long run catches up on little; the run's end always saves.
 SAVE_SHARE, SAVE_MIN = 0.25, 100_000
+SELECTIONS_KEPT = 8
+# A filter admitting at most this many images is searched exactly, every admitted vector scored (~10 ms).
+EXACT_FILTER_LIMIT = 100_000
 
 
 class SharedLock:
@@ -102,6 +105,8 @@ class Store:
         self.index_max_id = 0  # the highest id the index may hold: rows above are new to it
         self.added_since_save = 0
         self._lock = SharedLock()
+        self._selections: dict[tuple[Filters, int], tuple[faiss.IDSelector, np.ndarray]] = {}
+        self._selections_lock = threading.Lock()
         self._refresh = threading.Lock()
 
     def session(self) -> Session:
@@ -177,7 +182,6 @@ class Store:
         An index the collection has outgrown is rebuilt first; the new version it commits tells readers to
         load it.
         """
-        self.sync_index()
         if force_rebuild or self.needs_rebuild():
             self.install(*self.build_index())
             with self.session() as s:
@@ -202,6 +206,11 @@ class Store:
             tmp.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
         self.meta, self.added_since_save = meta, 0
+
+    def index_description(self) -> str:
+        """The index kind and how it is searched, for summaries: "IVF2000,SQ8 (nprobe 16, re-rank x4)"."""
+        tuning = f"nprobe {self.tuning.nprobe}" + (f", re-rank x{self.tuning.rerank}" if self.kind.compressed else "")
+        return self.kind.spec + (f" ({tuning})" if self.kind.spec != "Flat" else " (exact)")
 
     def save_if_due(self) -> None:
         """Save the index when enough has been added since the last save (for long runs)."""
@@ -342,7 +351,7 @@ class Store:
         batches = self.vectors.stream(ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK))
         index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
         if nlist:
-            tuning = ann.calibrate(index, kind, truths, self.vectors.read)
+            tuning = ann.calibrate(index, kind, truths, self.vectors.best)
         log.info(
             "built a %s index over %d vectors in %.1f s (nprobe %d, re-rank %d)",
             kind.spec, len(ids), time.perf_counter() - started, tuning.nprobe, tuning.rerank,
@@ -368,25 +377,49 @@ class Store:
         match, however few do; min_score cuts the ranked list, which is exact because it is sorted.
         """
         index = self.sync_index()
-        selector, fraction = None, 1.0
-        if filters.selects_rows:
-            allowed = self.matching_ids(filters)
-            if len(allowed) == 0 or index.ntotal == 0:
-                return []
-            selector, fraction = faiss.IDSelectorBatch(allowed), len(allowed) / index.ntotal
         if index.ntotal == 0:
             return []
         want = min(k + offset + (exclude is not None), index.ntotal)
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        with self._lock.shared():
-            scores, ids = ann.search(
-                index, self.tuning, self.kind.compressed, query, want, self.vectors.read, selector, fraction
-            )
+        selector, fraction = None, 1.0
+        if filters.selects_rows:
+            selector, allowed = self.selection(filters)
+            if len(allowed) == 0:
+                return []
+            fraction = len(allowed) / index.ntotal
+        if selector is not None and len(allowed) <= EXACT_FILTER_LIMIT:  # few enough to score them all: exact
+            found, found_ids = self.vectors.best(allowed, query[0], want)
+            scores, ids = found[None], found_ids[None]
+        else:
+            with self._lock.shared():
+                scores, ids = ann.search(
+                    index, self.tuning, self.kind.compressed, query, want, self.vectors.best, selector, fraction
+                )
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1 and i != exclude]
         pairs = pairs[offset : offset + k]
         if filters.min_score is not None:
             pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
         return pairs
+
+    def selection(self, filters: Filters) -> tuple[faiss.IDSelector, np.ndarray]:
+        """A FAISS selector of the images meeting the row filters, and their ids.
+
+        Folder and date selections are kept for the last few filters at this data version (every commit
+        bumps it): paging, and other queries with the same filter, would otherwise fetch the ids from SQL
+        again (a tenth of 10M images is a second of SQL). Tags change without a version bump: not kept.
+        """
+        key = (filters.rows_only, self.index_version)
+        with self._selections_lock:
+            if key in self._selections:
+                return self._selections[key]
+        ids = self.matching_ids(filters)
+        found = faiss.IDSelectorBatch(ids), ids
+        if filters.tag is None:
+            with self._selections_lock:
+                if len(self._selections) >= SELECTIONS_KEPT:
+                    self._selections.pop(next(iter(self._selections)))
+                self._selections[key] = found
+        return found
 
     def matching_ids(self, filters: Filters) -> np.ndarray:
         """Ids of indexed images that meet the row filters."""

@@ -1,9 +1,11 @@
 """The embedded store's full vectors: one float16 file, the vector of image id i at row i.
 
 float16 keeps cosine rankings (tests/test_vectors.py checks they agree with float32) at half the bytes:
-1 KB an image at 512 dimensions. Rows are read by offset (pread), never loaded whole or memory-mapped, so a
-10 GB file costs the processes that search it no resident memory: the kernel's page cache keeps what is
-read often, and streaming it all (tagging) passes through one chunk-sized buffer.
+1 KB an image at 512 dimensions. The file is memory-mapped, never loaded: re-ranking gathers a
+few hundred scattered rows a query from the map, whose pages are the kernel's page cache (file-backed,
+reclaimable, shared by every process on the store; released from the process's mapping after each
+gather), and streaming it all (tagging) reads spans into one
+chunk-sized buffer, so a 10 GB file costs the processes that search it no anonymous memory.
 
 Crash safety comes from the order of writes: a chunk's vectors are written and fsynced before the SQLite
 transaction that makes their rows visible commits. A killed run leaves at most rows of vectors no row
@@ -11,10 +13,13 @@ points to, which the next rows with those ids overwrite. Ids come from SQLite (m
 no holes worth speaking of; a skipped file's row is never written (a sparse hole).
 """
 
+import mmap
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 VECTOR_FILE = "vectors.f16"
@@ -29,9 +34,13 @@ class VectorFile:
         self.row_bytes = dim * DTYPE.itemsize
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         self.fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._table = np.empty((0, dim), dtype=DTYPE)
+        self._map: mmap.mmap | None = None
+        self._remapping = threading.Lock()
 
     def close(self) -> None:
         if self.fd >= 0:
+            self._table = np.empty((0, self.dim), dtype=DTYPE)
             os.close(self.fd)
             self.fd = -1
 
@@ -58,14 +67,60 @@ class VectorFile:
         os.fsync(self.fd)
 
     def read(self, ids) -> np.ndarray:
-        """float32 vectors of the given ids, in their order."""
+        """float32 vectors of the given ids, in their order, gathered from the memory map."""
         ids = np.asarray(ids, dtype=np.int64)
-        out = np.zeros((len(ids), self.dim), dtype=DTYPE)
-        for j, image_id in enumerate(ids.tolist()):
-            row = os.pread(self.fd, self.row_bytes, image_id * self.row_bytes)
-            if len(row) == self.row_bytes:  # past the end: never written, zeros
-                out[j] = np.frombuffer(row, dtype=DTYPE)
-        return out.astype(np.float32)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        table = self.mapped(int(ids.max()) + 1)
+        present = (ids >= 0) & (ids < len(table))  # past the end: never written, zeros
+        out[present] = table[ids[present]]
+        self.release()
+        return out
+
+    def best(self, ids, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the k stored vectors among `ids` with the highest inner product, best first.
+
+        FAISS's float16 kernels score the gathered rows in place of a float32 copy (numpy converts float16
+        at ~4 ns a value: 2.6 ms for 1,280 candidates, against 0.4 ms this way). Rows never written are left out.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        table = self.mapped(int(ids.max()) + 1) if len(ids) else self._table
+        ids = ids[(ids >= 0) & (ids < len(table))]
+        if not len(ids) or k < 1:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+        scorer = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(np.ascontiguousarray(table[ids]).view(np.uint8).ravel(), scorer.codes)
+        scorer.ntotal = len(ids)
+        self.release()
+        found, positions = scorer.search(np.asarray(query, dtype=np.float32).reshape(1, -1), min(k, len(ids)))
+        return found[0], ids[positions[0]]
+
+    def release(self) -> None:
+        """Unmap the pages just gathered from this process (they stay in the page cache).
+
+        The kernel maps whole page-cache folios (up to 2 MB) for each scattered row touched: 320 rows of a
+        200 MB file mapped all of it, which a service would show as resident memory. MADV_DONTNEED on a
+        shared file map drops only the mapping (0.3 ms); another thread reading meanwhile faults pages in again.
+        """
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def mapped(self, rows: int) -> np.ndarray:
+        """The file as a read-only (rows, dim) array, mapped again once it has grown past `rows`.
+
+        A replaced map stays alive while a reader still holds its array, so no lock is needed to read.
+        """
+        table = self._table
+        if len(table) < rows:
+            with self._remapping:
+                size = self.rows()
+                if len(self._table) < min(rows, size):
+                    self._map = mmap.mmap(self.fd, size * self.row_bytes, prot=mmap.PROT_READ)
+                    self._map.madvise(mmap.MADV_RANDOM)  # no read-ahead around scattered rows
+                    self._table = np.frombuffer(self._map, dtype=DTYPE).reshape(size, self.dim)
+                table = self._table
+        return table
 
     def read_span(self, first: int, last: int) -> np.ndarray:
         """float16 rows first..last (inclusive) in one read: for streaming ids in order."""

@@ -1,0 +1,66 @@
+"""The float16 vector file: rankings agree with float32, rows round-trip through disk, and format 1 stores move in."""
+
+import logging
+import sqlite3
+
+import numpy as np
+
+from indexer.store import open_store
+from indexer.store.vectors import VECTOR_FILE, VectorFile
+from tests.planted import ClipLike, plant_vectors
+
+
+def test_float16_keeps_cosine_rankings(tmp_path):
+    """Top-10 lists of text-like queries over float16 vectors are the float32 ones, bar swaps of near-ties."""
+    model = ClipLike(dim=512, clusters=300)
+    vectors = model.images(20_000)
+    stored = VectorFile(tmp_path / VECTOR_FILE, 512, writable=True)
+    stored.write(np.arange(1, 20_001), vectors)
+    halves = next(stored.stream(iter([np.arange(1, 20_001)])))[1]
+    assert np.abs(halves - vectors).max() < 1e-3
+    for query in model.texts(50):
+        exact, rounded = vectors @ query, halves @ query
+        top, top_rounded = np.argsort(-exact)[:10], np.argsort(-rounded)[:10]
+        for a, b in zip(top, top_rounded, strict=True):  # where they differ, the two were within float16's step
+            assert a == b or abs(exact[a] - exact[b]) < 1e-3
+
+
+def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path):
+    vectors = ClipLike(dim=8, clusters=3).images(10)
+    stored = VectorFile(tmp_path / VECTOR_FILE, 8, writable=True)
+    stored.write(np.array([9, 3, 4, 5, 1]), vectors[:5])  # runs 1, 3-5, 9
+    stored.sync()
+    reader = VectorFile(tmp_path / VECTOR_FILE, 8)
+    np.testing.assert_allclose(reader.read([1, 3, 4, 5, 9]), vectors[[4, 1, 2, 3, 0]], atol=1e-3)
+    assert not reader.read([2, 6, 500]).any()  # a hole, and past the end
+    ids, got = next(reader.stream(iter([np.array([3, 9])])))
+    assert ids.tolist() == [3, 9] and np.allclose(got, vectors[[1, 0]], atol=1e-3)
+
+
+def test_a_format_1_store_moves_its_vectors_out_of_sqlite_on_open(tmp_path, caplog):
+    vectors = ClipLike(dim=16, clusters=5).images(50)
+    plant_vectors(tmp_path / "s", vectors).save_index()
+    with sqlite3.connect(tmp_path / "s" / "clipdex.db") as db:  # the store as clipdex format 1 wrote it
+        db.execute("ALTER TABLE images ADD COLUMN vector BLOB")
+        db.executemany(
+            "UPDATE images SET vector = ? WHERE id = ?", [(v.tobytes(), i + 1) for i, v in enumerate(vectors)]
+        )
+        db.execute("DROP INDEX ix_images_vector_version")
+        db.execute("ALTER TABLE images DROP COLUMN vector_version")
+        db.execute("DROP TABLE removed_vectors")
+        db.execute("UPDATE manifest SET format_version = 1")
+    (tmp_path / "s" / VECTOR_FILE).unlink()
+    (tmp_path / "s" / "index.json").write_text('{"data_version": 1, "count": 50}')  # format 1's index meta
+
+    with caplog.at_level(logging.WARNING):
+        store = open_store(tmp_path / "s")
+    assert "moving its vectors out of the database" in caplog.text
+    np.testing.assert_allclose(store.vectors.read(np.arange(1, 51)), vectors, atol=1e-3)
+    assert [i for i, _ in store.search(vectors[7], 3)][0] == 8
+    with sqlite3.connect(tmp_path / "s" / "clipdex.db") as db:
+        assert db.execute("SELECT count(*) FROM images WHERE vector IS NOT NULL").fetchone() == (0,)
+        assert db.execute("SELECT format_version FROM manifest").fetchone() == (2,)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        open_store(tmp_path / "s")
+    assert "moving" not in caplog.text  # once
