@@ -8,11 +8,11 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store $(STORE),)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
-BENCHES := startup indexing api tagging captions vlm
+BENCHES := startup indexing api tagging scale captions vlm
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
-.PHONY: help install index search serve test lint bench bench-gpu bench-rclip
+.PHONY: help install index search serve test lint bench bench-scale bench-gpu bench-rclip
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -45,6 +45,9 @@ lint: $(BIN)/clipdex ## ruff check and format check
 
 bench: $(BIN)/clipdex ## Run the CPU benchmarks and print their figures (BENCH_QUICK=1: a short run)
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
+
+bench-scale: $(BIN)/clipdex ## Ten million synthetic CLIP-like images in one store: index kind, memory, recall, latency, tagging
+	$(BIN)/python -m bench.scale --sizes 10000000 --budgets 1GiB
 
 bench-gpu: ## On a CUDA machine: every CUDA path once, full-size random weights (GPU_PYTHON=python3)
 	$(GPU_PYTHON) -m bench.gpu

@@ -70,6 +70,7 @@ class SearchEngine:
         self.store: Store = open_store(
             settings.store, model=model, index_memory=settings.index_memory, lock_timeout=settings.lock_timeout
         )
+        self.store.check_in_background = serving  # answer at once; the index proves itself meanwhile
         self._embedder: Embedder | None = None
         self._decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Embeds one query text; the service puts its micro-batcher here. None: the model, directly.

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 
 import faiss
 import numpy as np
@@ -85,6 +86,21 @@ def test_a_saved_index_missing_vectors_is_rebuilt(indexed, caplog):
         assert open_store(indexed.store).sync_index().ntotal == 6
     assert "holds 4 vectors once caught up, the database 6; rebuilding it" in caplog.text
     assert faiss_ids(indexed) == list(range(1, 7))
+
+
+def test_a_service_answers_at_once_and_replaces_a_short_index_in_the_background(indexed, caplog):
+    store = open_store(indexed.store)
+    store.sync_index().remove_ids(np.asarray([2, 5], dtype=np.int64))
+    store.save_index()
+    engine = SearchEngine(indexed, serving=True)
+    with caplog.at_level(logging.WARNING):
+        engine.similar(1, k=5)  # answered from the loaded index while the count runs
+        for thread in threading.enumerate():
+            if thread.name == "index-check":
+                thread.join(timeout=60)
+    assert "holds 4 vectors once caught up, the database 6; rebuilding it" in caplog.text
+    assert engine.store.index.ntotal == 6 and len(engine.similar(1, k=5)) == 5
+    assert faiss_ids(indexed) == list(range(1, 7))  # and saved
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "zeroed", "meta-garbage"])

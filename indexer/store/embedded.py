@@ -91,6 +91,7 @@ class Store:
 
     def __init__(self, path: Path, engine, manifest: Manifest, index_memory: int = DEFAULT_INDEX_MEMORY):
         self.path = path
+        self.check_in_background = False  # a service sets it: see load_or_build
         self.engine = engine
         self.model = manifest.model
         self.dim = manifest.dim
@@ -247,7 +248,12 @@ class Store:
         return meta if isinstance(meta, dict) and {"build", "spec", "data_version"} <= meta.keys() else {}
 
     def load_or_build(self, saved: dict) -> None:
-        """Load the saved index and prove it, after catching up, holds the stored vectors; else rebuild it."""
+        """Load the saved index and catch it up; else (missing, damaged) rebuild it.
+
+        A loaded index must then prove it holds every stored vector (a count; two writers once saved an
+        index short of rows). Counting 10M rows takes seconds, so a service (`check_in_background`) answers
+        meanwhile and swaps in a rebuilt index if the count disagrees; a writer checks before going on.
+        """
         index = self.read_saved_index(saved)
         if index is not None:
             self.install(
@@ -255,15 +261,32 @@ class Store:
             )
             self.index_version, self.index_max_id = saved["data_version"], saved["max_id"]
             self.catch_up()
-            count = self.count_vectors()
-            if self.index.ntotal == count:
+            if self.check_in_background:
+                threading.Thread(target=self.check_loaded, name="index-check", daemon=True).start()
                 return
-            log.warning(
-                "the index file %s holds %d vectors once caught up, the database %d; rebuilding it",
-                self.path / INDEX_FILE, self.index.ntotal, count,
-            )  # fmt: skip
+            if self.holds_every_vector():
+                return
         self.install(*self.build_index())
         self.save_built()
+
+    def holds_every_vector(self) -> bool:
+        """Whether the index holds as many vectors as the database, compared at one data version."""
+        with self.engine.connect() as conn, conn.begin():
+            version = conn.scalar(select(Manifest.data_version))
+            count = conn.scalar(select(func.count()).select_from(Image).where(Image.status == INDEXED))
+        if version != self.index_version or self.index.ntotal == count:
+            return True  # moved on meanwhile: the next load checks again
+        log.warning(
+            "the index file %s holds %d vectors once caught up, the database %d; rebuilding it",
+            self.path / INDEX_FILE, self.index.ntotal, count,
+        )  # fmt: skip
+        return False
+
+    def check_loaded(self) -> None:
+        with self._refresh:
+            if not self.holds_every_vector():
+                self.install(*self.build_index())
+                self.save_built()
 
     def read_saved_index(self, saved: dict) -> faiss.Index | None:
         index_file = self.path / INDEX_FILE
