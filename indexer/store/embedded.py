@@ -108,7 +108,8 @@ class Store:
         self._lock = SharedLock()
         self._selections: dict[tuple[Filters, int], tuple[faiss.IDSelector, np.ndarray]] = {}
         self._selections_lock = threading.Lock()
-        self._refresh = threading.Lock()
+        # Re-entrant: a rebuild under it saves, and saving brings the index in step first.
+        self._refresh = threading.RLock()
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -259,7 +260,6 @@ class Store:
             self.install(
                 index, ann.Kind.parse(saved["spec"], self.dim), ann.Tuning(saved["nprobe"], saved["rerank"]), saved
             )
-            self.index_version, self.index_max_id = saved["data_version"], saved["max_id"]
             self.catch_up()
             if self.check_in_background:
                 threading.Thread(target=self.check_loaded, name="index-check", daemon=True).start()
@@ -312,8 +312,10 @@ class Store:
             log.warning("could not save the rebuilt index in %s: %s", self.path, e)
 
     def install(self, index: faiss.Index, kind: ann.Kind, tuning: ann.Tuning, meta: dict) -> None:
+        """Make `index` the one searched; `meta` says the data version it reflects and its highest id."""
         with self._lock.exclusive():
             self.index, self.kind, self.tuning, self.meta = index, kind, tuning, dict(meta)
+            self.index_version, self.index_max_id = meta["data_version"], meta["max_id"]
             if isinstance(index, faiss.IndexIVF):
                 index.nprobe = tuning.nprobe
 
@@ -334,9 +336,8 @@ class Store:
         with self._lock.exclusive():
             if stale:
                 self.index.remove_ids(np.asarray(stale, dtype=np.int64))
-            for start in range(0, len(added), READ_CHUNK):
-                for ids, vectors in self.vectors.stream(iter([added[start : start + READ_CHUNK]])):
-                    self.index.add_with_ids(vectors, ids)
+            for ids, vectors in self.vectors.stream(in_chunks(added)):
+                self.index.add_with_ids(vectors, ids)
             self.index_version = version
             if changed:
                 self.index_max_id = max(self.index_max_id, changed[-1][0])
@@ -371,7 +372,7 @@ class Store:
                 log.warning("no text-like probes in %s: the index is calibrated on stored vectors only", self.path)
             else:
                 truths.append((ann.ExactTop(probes, 10), None))
-        batches = self.vectors.stream(ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK))
+        batches = self.vectors.stream(in_chunks(ids))
         index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
         if nlist:
             tuning = ann.calibrate(index, kind, truths, self.vectors.best)
@@ -379,9 +380,13 @@ class Store:
             "built a %s index over %d vectors in %.1f s (nprobe %d, re-rank %d)",
             kind.spec, len(ids), time.perf_counter() - started, tuning.nprobe, tuning.rerank,
         )  # fmt: skip
-        meta = {"build": f"{time.time_ns()}", "spec": kind.spec, "trained": len(ids)}
-        self.index_version = version
-        self.index_max_id = int(ids[-1]) if len(ids) else 0
+        meta = {
+            "build": f"{time.time_ns()}",
+            "spec": kind.spec,
+            "trained": len(ids),
+            "data_version": version,
+            "max_id": int(ids[-1]) if len(ids) else 0,
+        }
         return index, kind, tuning, meta
 
     # --- searching ---------------------------------------------------------------------------------
@@ -567,6 +572,10 @@ class Store:
         with self.session() as s:
             rows = s.execute(sql, params).all()
         return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+
+
+def in_chunks(ids: np.ndarray) -> Iterator[np.ndarray]:
+    return (ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK))
 
 
 def indexed_since(indexed_after: datetime | None) -> list:
