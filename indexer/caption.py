@@ -22,8 +22,7 @@ from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash, 
 from indexer.errors import ModelLoadError
 from indexer.models import canonical_name, pick_device, read_image_prep
 from indexer.settings import Settings
-from indexer.store import INDEXED, Caption, CaptionFailure, Image, Store, utcnow
-from indexer.store_lock import store_writer
+from indexer.store import INDEXED, Caption, CaptionFailure, Image, Root, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,9 @@ def caption_store(
 
     `root_id` limits the work to one indexed folder. The model is loaded only when there is work.
     """
-    with store_writer(store.path, settings.lock_timeout):  # one writer at a time (re-entrant: index holds it)
+    with store.session() as s:
+        root = Path(s.get(Root, root_id).path) if root_id is not None else None
+    with store.writing(root, settings.lock_timeout):  # re-entrant: `index --caption` holds it already
         started = time.perf_counter()
         name, prompt = resolve_captioner(settings)
         todo, total = images_to_caption(store, name, prompt, redo, root_id)

@@ -20,6 +20,10 @@ class StoreFormatError(ClipdexError):
     """The store was written by a newer clipdex, or is damaged."""
 
 
+class StoreConnectionError(ClipdexError):
+    """A database store could not be reached: server down, wrong host, credentials or database name."""
+
+
 class StoreBusyError(ClipdexError):
     """Another process kept the store's writer lock for longer than the timeout."""
 

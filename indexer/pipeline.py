@@ -21,8 +21,6 @@ from indexer.probes import PROBE_QUERIES
 from indexer.scan import FileStat, diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
 from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
-from indexer.store.ann import EXACT_LIMIT
-from indexer.store_lock import store_writer
 
 if TYPE_CHECKING:
     from indexer.caption import CaptionSummary
@@ -102,9 +100,10 @@ def index_folder(
         from indexer.caption import resolve_captioner
 
         resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
-    with store_writer(settings.store, settings.lock_timeout):
+    store, embedder = open_for_writing(settings, embedder)
+    with store.writing(root, settings.lock_timeout):  # one writer per folder (per store, for the embedded one)
         with reporting_full_disk(settings.store):
-            store, root_id, summary = update_store(root, settings, show_progress, embedder)
+            root_id, summary = update_store(store, root, settings, show_progress, embedder)
         summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
         if caption:
             from indexer.caption import caption_store
@@ -113,19 +112,22 @@ def index_folder(
     return summary
 
 
-def update_store(
-    root: Path, settings: Settings, show_progress: bool, embedder: "Embedder | None"
-) -> tuple[Store, int, IndexSummary]:
-    """The indexing itself, under the writer lock: (the store, the folder's root id, what was done)."""
+def open_for_writing(settings: Settings, embedder: "Embedder | None") -> tuple[Store, "Embedder | None"]:
+    """The store to index into, created for the model when new; (store, the embedder if one was loaded)."""
     requested = canonical_name(settings.model) if settings.model else None
     options = {"index_memory": settings.index_memory, "lock_timeout": settings.lock_timeout}
     try:
-        store = open_store(settings.store, model=requested, **options)
+        return open_store(settings.store, model=requested, **options), embedder
     except StoreNotFoundError:
         # The model is loaded only when there is work, so unchanged re-runs stay fast; a new store needs its dim.
         embedder = embedder or load_embedder(requested or DEFAULT_MODEL, settings)
-        store = open_store(settings.store, model=embedder.name, dim=embedder.dim, create=True, **options)
+        return open_store(settings.store, model=embedder.name, dim=embedder.dim, create=True, **options), embedder
 
+
+def update_store(
+    store: Store, root: Path, settings: Settings, show_progress: bool, embedder: "Embedder | None"
+) -> tuple[int, IndexSummary]:
+    """The indexing itself, under the writer lock: (the folder's root id, what was done)."""
     summary = IndexSummary()
     with store.session() as s:
         root_id = get_root(s, root).id
@@ -156,12 +158,12 @@ def update_store(
         store.delete_images(scan.deleted)
         summary.removed = len(scan.deleted)
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
-        if store.probes() is None and store.count_vectors() > EXACT_LIMIT:
+        if store.wants_probes():
             embedder = embedder or load_embedder(store.model, settings)
             store.save_probes(embedder.embed_texts(list(PROBE_QUERIES)))
         store.save_index()
         summary.index = store.index_description()
-    return store, root_id, summary
+    return root_id, summary
 
 
 def record_unreadable_folders(
@@ -250,10 +252,13 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
             fill()
             pending = Pending(stat=stat, image_id=image_id, result=future.result())
             if pending.result.decoded is None:
+                done += 1
                 if pending.result.skip_reason is None:  # known content: reuse the stored vector
                     pending.source = store.image(known_hashes[pending.result.hash])
-                    pending.vector = store.vector(pending.source.id)
-                done += 1
+                    pending.vector = store.vector(pending.source.id) if pending.source else None
+                    if pending.vector is None:  # another writer (of another folder) deleted it meanwhile
+                        log.info("%s: its twin is gone; it is indexed on the next run", stat.relpath)
+                        continue
                 yield pending
                 continue
             batch.append(pending)

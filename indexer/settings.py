@@ -2,9 +2,9 @@
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ByteSize, field_validator
+from pydantic import BeforeValidator, ByteSize, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -31,7 +31,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLIPDEX_")
 
-    store: Path = default_store()
+    # A store directory (the embedded SQLite + FAISS store) or a postgresql:// database URL.
+    store: Annotated[str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)] = str(
+        default_store()
+    )
     # None: the model a store was built with, or DEFAULT_MODEL for a new store.
     model: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -35,7 +35,10 @@ def printable(name: str) -> str:
     return escape(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name))
 
 
-StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store directory (env CLIPDEX_STORE)")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Store directory, or a postgresql:// database URL (env CLIPDEX_STORE)"),
+]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Embedding model: hub id or local directory (env CLIPDEX_MODEL)")
 ]
@@ -145,7 +148,7 @@ def index(
             out.print(t.line(), highlight=False)
 
 
-def retag_saved_sets(store_path: Path, show_progress: bool):
+def retag_saved_sets(store_path: str, show_progress: bool):
     from indexer.store import open_store
     from search.tagging import retag_store
 
@@ -172,7 +175,7 @@ def print_hits(hits: list[Hit], json_out: bool) -> None:
     out.print(table)
 
 
-def open_engine(store: Path | None, model: str | None = None, device: str | None = None):
+def open_engine(store: str | None, model: str | None = None, device: str | None = None):
     from search.engine import SearchEngine
 
     return run(SearchEngine, make_settings(store=store, model=model, device=device))
@@ -384,6 +387,33 @@ def caption(
     summary = run(caption_store, opened, settings, redo, None, not json_out and sys.stderr.isatty())
     if json_out:
         typer.echo(json.dumps({**asdict(summary), "captions_per_second": summary.captions_per_second}))
+    else:
+        out.print(summary.line(), highlight=False)
+
+
+# --- stores ---------------------------------------------------------------------------------------------
+
+store_app = typer.Typer(help="Manage stores: copy one between a directory and a PostgreSQL database.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("copy")
+def store_copy(
+    source: Annotated[str, typer.Argument(help="The store to copy: a directory or a postgresql:// URL")],
+    destination: Annotated[str, typer.Argument(help="Where to: a new directory or an empty database")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy a store, vectors, captions and tags included; a re-run continues an interrupted copy, and the
+    result is verified (counts and a checksum of ids and vectors)."""
+    from indexer.store import open_store
+    from indexer.store.copy import copy_store
+
+    settings = make_settings()
+    src = run(open_store, source)
+    dst = run(lambda: open_store(destination, model=src.model, dim=src.dim, create=True))
+    summary = run(copy_store, src, dst, settings.lock_timeout, not json_out and sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps(asdict(summary)))
     else:
         out.print(summary.line(), highlight=False)
 

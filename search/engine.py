@@ -4,7 +4,6 @@ Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by b
 """
 
 import os
-import re
 import stat
 import threading
 from collections.abc import Callable
@@ -217,10 +216,7 @@ class SearchEngine:
         query = query.strip()
         if not query:
             raise BadInputError("the query text is empty")
-        fts = fts_query(query)
-        if fts is None:
-            return []
-        return self.store.match_captions(fts, limit, filters)
+        return self.store.match_captions(query, limit, filters)
 
     def image_info(self, image_id: int) -> ImageInfo:
         """Path, file facts, captions and tags of an indexed image."""
@@ -284,10 +280,10 @@ class SearchEngine:
         source = self.image_file(image_id)
         with self.store.session() as s:
             content_hash = s.scalar(select(Image.hash).where(Image.id == image_id))
-        thumb = self.store.path / THUMB_DIR / f"{content_hash or image_id}.jpg"
+        thumb = (self.store.local_dir or self.settings.cache_dir) / THUMB_DIR / f"{content_hash or image_id}.jpg"
         if not thumb.exists():
             small = self.decode_thumbnail(image_id, source)
-            thumb.parent.mkdir(exist_ok=True)
+            thumb.parent.mkdir(parents=True, exist_ok=True)
             tmp = thumb.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             try:  # written whole under a temporary name, then renamed: never a truncated thumbnail
                 small.save(tmp, "JPEG", quality=82)
@@ -319,19 +315,13 @@ class SearchEngine:
         """Counts, model and roots of the store."""
         counts = self.store.counts()
         return {
-            "store": str(self.store.path),
+            "store": self.store.location,
             "model": self.store.model,
             "dim": self.store.dim,
             "indexed": counts.get("indexed", 0),
             "skipped": counts.get("skipped", 0),
             "roots": self.store.roots(),
         }
-
-
-def fts_query(text: str) -> str | None:
-    """A free-text query as an FTS5 query: its words, quoted (no FTS5 syntax from users), joined by OR."""
-    words = re.findall(r"\w+", text.lower())
-    return " OR ".join(f'"{word}"' for word in words) or None
 
 
 def check_page(k: int, offset: int) -> None:

@@ -409,9 +409,11 @@ def write_tags(
             clock = time.perf_counter()
             if indexed_after is not None:  # changed files keep their id: drop their old tags
                 session.execute(delete(Tag).where(Tag.label_set == name, Tag.image_id.in_(chunk_ids.tolist())))
-            if len(ids):  # one executemany of plain tuples: ORM or dict rows cost more than SQLite's own work
-                session.connection().exec_driver_sql(
-                    "INSERT INTO tags (image_id, label_set, label, score, model) VALUES (?, ?, ?, ?, ?)",
+            if len(ids):
+                store.insert_rows(
+                    session,
+                    "tags",
+                    ("image_id", "label_set", "label", "score", "model"),
                     [
                         (i, name, labels[c], sc, store.model)
                         for i, c, sc in zip(ids.tolist(), cols.tolist(), scores.tolist(), strict=True)

@@ -64,3 +64,29 @@ def write_photos(folder: Path, count: int, start: int = 0, size=(320, 240)) -> l
 def settings(tmp_path, clip_dir) -> Settings:
     """Settings for a fresh store in tmp_path using the tiny CLIP, one decode worker."""
     return Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL 16 server with pgvector (the pgserver wheel), on a Unix socket in a temp directory."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres, request) -> str:
+    """A fresh, empty database on the test server: postgresql://postgres@/<name>?host=<socket dir>."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    postgres.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name};")
+    return postgres.get_uri(name)
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def store_location(request, tmp_path) -> str:
+    """Each backend in turn: a store directory, then a PostgreSQL database."""
+    if request.param == "embedded":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("pg_url")

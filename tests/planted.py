@@ -67,18 +67,19 @@ def taken_at(i: int) -> datetime:
 FIRST_DAY = datetime(2015, 1, 1)
 
 
-def plant_vectors(path: Path, vectors, model: str = "synthetic", **options) -> Store:
-    """A store at `path` whose images 1..N are rows with these vectors, under a fake root /planted.
+def plant_vectors(location, vectors, model: str = "synthetic", **options) -> Store:
+    """A store at `location` (a directory or a database URL) whose images 1..N are rows with these vectors,
+    under a fake root /planted.
 
     `vectors` is an array, or an iterable of arrays for collections that do not fit in memory. Rows carry
     what the indexer records of a photo (path, size, hash, pixel size, format, capture time), so on-disk
     sizes are honest; they go in with Core bulk inserts (the indexer's ORM path is too slow for millions),
-    each chunk's vectors written and synced first, as Store.commit_images orders them.
+    each chunk with its vectors in one transaction, through the store's own write_vectors.
     """
     chunks = iter([vectors] if isinstance(vectors, np.ndarray) else vectors)
     first = next(chunks)
-    store = open_store(path, model=model, dim=first.shape[1], create=True, **options)
-    writable, now, start = store.writable_vectors(), utcnow(), 0
+    store = open_store(location, model=model, dim=first.shape[1], create=True, **options)
+    now, start = utcnow(), 0
     with store.session() as s:
         root_id = get_root(s, Path("/planted")).id
         s.commit()
@@ -86,22 +87,20 @@ def plant_vectors(path: Path, vectors, model: str = "synthetic", **options) -> S
         for part in range(0, len(chunk), 50_000):  # a transaction each keeps the write-ahead log small
             block = chunk[part : part + 50_000]
             ids = range(start + 1, start + len(block) + 1)
-            writable.write(np.asarray(ids), block)
-            writable.sync()
             with store.session() as s:
-                version = store.bump_version(s)
                 rows = [
                     dict(
                         id=i, root_id=root_id, relpath=f"{i // 1000:04d}/IMG_{i:07d}.JPG", size=2_000_000 + i % 999_983,
                         mtime_ns=1_600_000_000_000_000_000 + i, hash=f"{i * 2654435761 % 2**128:032x}", width=4000,
-                        height=3000, format="JPEG", taken_at=taken_at(i), status=INDEXED, vector_version=version,
-                        indexed_at=now,
+                        height=3000, format="JPEG", taken_at=taken_at(i), status=INDEXED, indexed_at=now,
                     )
                     for i in ids
                 ]  # fmt: skip
                 s.execute(insert(Image), rows)
+                store.write_vectors(s, np.asarray(ids), block)
                 s.commit()
             start += len(block)
-    with store.engine.connect() as conn:  # as a store at rest: its write-ahead log folded into the database
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    if store.engine.dialect.name == "sqlite":  # as a store at rest: its write-ahead log folded into the database
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return store

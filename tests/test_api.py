@@ -148,7 +148,7 @@ def test_metadata_file_and_thumbnail(client, planted):
     thumb = client.get(f"/api/images/{first}/thumbnail")
     assert thumb.headers["content-type"] == "image/jpeg"
     assert PILImage.open(io.BytesIO(thumb.content)).size == (320, 240)  # already under the thumbnail edge
-    assert len(list((planted.store / "thumbs").glob("*.jpg"))) >= 1
+    assert len(list((Path(planted.store) / "thumbs").glob("*.jpg"))) >= 1
 
 
 @pytest.mark.parametrize(

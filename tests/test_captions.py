@@ -82,7 +82,7 @@ def test_index_with_a_bad_captioner_fails_before_indexing(tmp_path, cap_settings
         index_folder(
             tmp_path / "photos", cap_settings.model_copy(update={"caption_model": str(clip_dir)}), caption=True
         )
-    assert not cap_settings.store.exists()
+    assert not Path(cap_settings.store).exists()
 
 
 def test_default_captioner_on_cpu_is_blip_base(settings, monkeypatch):

@@ -189,7 +189,7 @@ def test_a_damaged_database_page_is_a_clear_error(tmp_path, settings):
 
     write_photos(tmp_path / "photos", 40)
     index_folder(tmp_path / "photos", settings, show_progress=False)
-    db = settings.store / "clipdex.db"
+    db = Path(settings.store) / "clipdex.db"
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'images'").fetchone()[0]
@@ -197,7 +197,7 @@ def test_a_damaged_database_page_is_a_clear_error(tmp_path, settings):
     data = bytearray(db.read_bytes())
     data[(page - 1) * size : page * size] = bytes(size)
     db.write_bytes(data)
-    for path in settings.store.glob("index.*"):
+    for path in Path(settings.store).glob("index.*"):
         path.unlink()  # so the search must read the vectors
     result = CliRunner().invoke(app, ["search", "a dog", "--store", str(settings.store)])
     assert result.exit_code == 2, result.output

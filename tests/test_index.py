@@ -6,14 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 import indexer.pipeline
 from indexer.errors import ModelMismatchError
 from indexer.pipeline import index_folder
 from indexer.settings import Settings
-from indexer.store import INDEXED, Image, Manifest, Root, open_store, utcnow
+from indexer.store import INDEXED, Image, Manifest, Root, is_database_url, open_store, utcnow
 from indexer.store.ann import index_ids
 from search.cli import app
 from search.engine import SearchEngine
@@ -29,7 +29,12 @@ def stored(settings: Settings) -> dict[str, tuple[int, np.ndarray]]:
 
 
 def faiss_ids(settings: Settings) -> list[int]:
-    return sorted(index_ids(open_store(settings.store).sync_index()).tolist())
+    """Every id the store's vector search holds: its FAISS index's ids, or its pgvector rows."""
+    store = open_store(settings.store)
+    if is_database_url(settings.store):
+        with store.engine.connect() as conn:
+            return sorted(conn.scalars(text("SELECT id FROM image_vectors")))
+    return sorted(index_ids(store.sync_index()).tolist())
 
 
 def test_index_and_similar_ranks_exact_duplicate_first(tmp_path, settings):

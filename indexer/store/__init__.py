@@ -1,12 +1,16 @@
 """The store: what the indexer writes and the query service reads, behind one interface.
 
-`open_store` picks the backend; today that is the embedded one (embedded.py: SQLite, a float16 vector file
-and a FAISS index in one directory). Every backend shares the tables (schema.py) and the row filters
-(filters.py), and offers the same operations: commit a chunk of rows with their vectors, delete rows,
-search a vector with filters, stream the vectors, match caption text, read rows.
+`open_store` picks the backend from the location: a path is the embedded store (embedded.py: SQLite, a
+float16 vector file and a FAISS index in one directory), a postgresql:// URL the PostgreSQL one
+(postgres.py: pgvector and PostgreSQL text search). Every backend shares the tables (schema.py) and the
+row filters (filters.py), and implements the same interface (base.py): commit a chunk of rows with their
+vectors, delete rows, search a vector with filters, stream the vectors, match caption text, read rows.
 """
 
-from indexer.store.embedded import DB_FILE, INDEX_FILE, INDEX_META_FILE, Store, open_embedded
+from pathlib import Path
+
+from indexer.store.base import Store
+from indexer.store.embedded import DB_FILE, DEFAULT_INDEX_MEMORY, INDEX_FILE, INDEX_META_FILE, open_embedded
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     INDEXED,
@@ -23,9 +27,35 @@ from indexer.store.schema import (
     utcnow,
 )
 
-open_store = open_embedded
+
+def is_database_url(location: str | Path) -> bool:
+    """Whether a store location is a PostgreSQL URL (postgresql://..., postgresql+psycopg://...) and not a path."""
+    scheme, found, _ = str(location).partition("://")
+    return bool(found) and scheme.split("+", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def open_store(
+    location: str | Path,
+    model: str | None = None,
+    dim: int | None = None,
+    create: bool = False,
+    index_memory: int = DEFAULT_INDEX_MEMORY,
+    lock_timeout: float = 3600.0,
+) -> Store:
+    """Open the store at a path or database URL; with create=True make it for `model` and `dim` if missing.
+
+    A store built with another model than `model` is refused. `index_memory` sizes the embedded store's
+    FAISS index; PostgreSQL manages its own memory.
+    """
+    if is_database_url(location):
+        from indexer.store.postgres import open_postgres  # psycopg and pgvector: the postgres extra
+
+        return open_postgres(str(location), model, dim, create)
+    return open_embedded(Path(location), model, dim, create, index_memory, lock_timeout)
+
 
 __all__ = [
     "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "NO_FILTERS", "SKIPPED", "Caption", "CaptionFailure",
-    "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "get_root", "open_store", "utcnow",
+    "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "get_root", "is_database_url",
+    "open_store", "utcnow",
 ]  # fmt: skip

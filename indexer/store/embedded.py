@@ -22,20 +22,17 @@ import numpy as np
 from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from indexer.errors import ModelMismatchError, StoreBusyError, StoreFormatError, StoreNotFoundError
+from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
-from indexer.store.filters import NO_FILTERS, Filters, matching_ids
+from indexer.store.base import READ_CHUNK, Store, check_model, indexed_since, query_words
+from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     FORMAT_VERSION,
     INDEXED,
-    SKIPPED,
     Base,
-    Caption,
-    CaptionFailure,
     Image,
     Manifest,
     RemovedVector,
-    Root,
     utcnow,
 )
 from indexer.store.vectors import VECTOR_FILE, VectorFile
@@ -49,7 +46,6 @@ INDEX_META_FILE = "index.json"
 PROBES_FILE = "probes.npy"  # text-like queries (embedded phrases) that calibrate the index
 DEFAULT_INDEX_MEMORY = 2**30
 STORED_PROBES = 300  # stored vectors used as image-like calibration queries
-READ_CHUNK = 10_000
 # The writer saves its index after adding this share of its size since the last save (at least SAVE_MIN),
 # so a killed long run catches up on little; the run's end always saves.
 SAVE_SHARE, SAVE_MIN = 0.25, 100_000
@@ -83,18 +79,16 @@ class SharedLock:
             yield
 
 
-class Store:
-    """An open store: rows through SQLAlchemy sessions, vectors, and search over the index kept in step.
+class EmbeddedStore(Store):
+    """A store directory: rows in SQLite, vectors in the vector file, search over the FAISS index kept in step.
 
     `index_memory` is the budget (bytes) that chooses the index kind when the index is (re)built.
     """
 
     def __init__(self, path: Path, engine, manifest: Manifest, index_memory: int = DEFAULT_INDEX_MEMORY):
+        super().__init__(engine, manifest, str(path))
         self.path = path
-        self.check_in_background = False  # a service sets it: see load_or_build
-        self.engine = engine
-        self.model = manifest.model
-        self.dim = manifest.dim
+        self.local_dir = path  # thumbnails are cached here
         self.index_memory = index_memory
         self.vectors = VectorFile(path / VECTOR_FILE, self.dim)
         self._writable: VectorFile | None = None
@@ -111,9 +105,6 @@ class Store:
         # Re-entrant: a rebuild under it saves, and saving brings the index in step first.
         self._refresh = threading.RLock()
 
-    def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
-
     def data_version(self) -> int:
         with self.engine.connect() as conn:  # Core, not an ORM session: asked once per query by the service
             return conn.scalar(select(Manifest.data_version))
@@ -124,6 +115,10 @@ class Store:
         return session.scalar(select(Manifest.data_version))
 
     # --- writing (under the writer lock) -----------------------------------------------------------
+
+    def writing(self, root: Path | None, timeout: float):
+        """One writer for the whole store, whatever its folder: the FAISS index file has one writer."""
+        return store_writer(self.path, timeout)
 
     def commit_images(self, session: Session, rows: list[Image], vectors: dict[int, np.ndarray]) -> None:
         """Commit rows added or changed in `session` with the vectors of the indexed ones, by position in `rows`.
@@ -137,10 +132,19 @@ class Store:
             row.vector_version = version
         indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status == INDEXED]
         if indexed:
-            writable = self.writable_vectors()
-            writable.write(np.asarray([i for i, _ in indexed]), np.stack([v for _, v in indexed]))
-            writable.sync()
+            self.write_vectors(session, np.asarray([i for i, _ in indexed]), np.stack([v for _, v in indexed]))
         session.commit()
+
+    def write_vectors(self, session: Session, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Written and synced before the caller commits: a committed row always has its vector."""
+        writable = self.writable_vectors()
+        writable.write(np.asarray(ids, dtype=np.int64), vectors)
+        writable.sync()
+
+    def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """One executemany of plain tuples: ORM or dict rows cost more than SQLite's own work."""
+        marks = ", ".join("?" * len(columns))
+        session.connection().exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     def delete_images(self, ids: list[int]) -> None:
         """Delete rows (their captions and tags cascade) in one transaction; the index drops them on next use."""
@@ -160,8 +164,11 @@ class Store:
             self._writable = VectorFile(self.vectors.path, self.dim, writable=True)
         return self._writable
 
+    def wants_probes(self) -> bool:
+        """Compressed indexes (past EXACT_LIMIT vectors) are calibrated on text-like probes too."""
+        return self.probes() is None and self.count_vectors() > ann.EXACT_LIMIT
+
     def save_probes(self, probes: np.ndarray) -> None:
-        """Keep text-like calibration queries (the model's embeddings of plain phrases) with the store."""
         tmp = self.path / (PROBES_FILE + ".tmp.npy")
         np.save(tmp, np.asarray(probes, dtype=np.float32))
         os.replace(tmp, self.path / PROBES_FILE)
@@ -215,12 +222,18 @@ class Store:
         return self.kind.spec + (f" ({tuning})" if self.kind.spec != "Flat" else " (exact)")
 
     def save_if_due(self) -> None:
-        """Save the index when enough has been added since the last save (for long runs)."""
         self.sync_index()
         if self.added_since_save >= max(SAVE_MIN, SAVE_SHARE * self.index.ntotal):
             self.save_index()
 
     # --- the index ---------------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        self.sync_index()
+
+    def finish_copy(self) -> None:
+        """Rows and vectors copied in: build the index over them."""
+        self.save_index(force_rebuild=True)
 
     def sync_index(self) -> faiss.Index:
         """The index in step with the database: caught up from the saved file or from memory, else rebuilt.
@@ -449,18 +462,7 @@ class Store:
                 self._selections[key] = found
         return found
 
-    def matching_ids(self, filters: Filters) -> np.ndarray:
-        """Ids of indexed images that meet the row filters."""
-        with self.engine.connect() as conn:
-            return np.fromiter(conn.scalars(matching_ids(filters)), dtype=np.int64)
-
     # --- reading -----------------------------------------------------------------------------------
-
-    def vector(self, image_id: int) -> np.ndarray | None:
-        """The stored vector of an indexed image (None for another id)."""
-        with self.engine.connect() as conn:
-            found = conn.scalar(select(Image.id).where(Image.id == image_id, Image.status == INDEXED))
-        return None if found is None else self.vectors.read([image_id])[0]
 
     def iter_vectors(
         self, chunk_size: int = READ_CHUNK, indexed_after: datetime | None = None
@@ -475,88 +477,21 @@ class Store:
 
         yield from self.vectors.stream(id_chunks())
 
-    def count_vectors(self, indexed_after: datetime | None = None) -> int:
-        """How many vectors `iter_vectors` would yield."""
-        with self.engine.connect() as conn:
-            return conn.scalar(select(func.count()).select_from(Image).where(*indexed_since(indexed_after)))
-
-    def image(self, image_id: int) -> Image | None:
-        with self.session() as s:
-            return s.get(Image, image_id)
-
-    def paths(self, ids: list[int]) -> dict[int, str]:
-        """Absolute paths of the given image ids."""
-        with self.session() as s:
-            rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
-        return {i: str(Path(root) / rel) for i, root, rel in rows}
-
-    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
-        """(absolute path, newest caption or None) of the given image ids: one query for a page of hits."""
-        newest = (
-            select(Caption.text)
-            .where(Caption.image_id == Image.id)
-            .order_by(Caption.created_at.desc(), Caption.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        query = select(Image.id, Root.path, Image.relpath, newest).join(Root).where(Image.id.in_(ids))
-        with self.engine.connect() as conn:
-            return {i: (str(Path(root) / rel), caption) for i, root, rel, caption in conn.execute(query)}
-
-    def find_path(self, path: Path) -> int | None:
-        """The id of an indexed image by its absolute path, if it lies under a known root."""
-        path = path.resolve()
-        with self.session() as s:
-            for root_id, root in s.execute(select(Root.id, Root.path)).all():
-                if path.is_relative_to(root):
-                    return s.scalar(
-                        select(Image.id).where(
-                            Image.root_id == root_id,
-                            Image.relpath == path.relative_to(root).as_posix(),
-                            Image.status == INDEXED,
-                        )
-                    )
-        return None
-
-    def counts(self) -> dict[str, int]:
-        with self.session() as s:
-            rows = s.execute(select(Image.status, func.count()).group_by(Image.status)).all()
-        return {status: n for status, n in rows}
-
-    def skipped(self) -> list[tuple[str, str]]:
-        """(absolute path, reason) of every skipped file."""
-        with self.session() as s:
-            rows = s.execute(
-                select(Root.path, Image.relpath, Image.skip_reason)
-                .join(Root)
-                .where(Image.status == SKIPPED)
-                .order_by(Root.path, Image.relpath)
-            ).all()
-        return [(str(Path(root) / rel), reason) for root, rel, reason in rows]
-
-    def roots(self) -> list[str]:
-        with self.session() as s:
-            return list(s.scalars(select(Root.path).order_by(Root.path)))
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        return self.vectors.read(np.asarray(ids, dtype=np.int64))
 
     # --- captions ----------------------------------------------------------------------------------
 
-    def delete_captions(self, session: Session, ids: list[int]) -> None:
-        """Forget the captions and caption failures of images whose content changed (in the caller's transaction)."""
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            session.execute(delete(Caption).where(Caption.image_id.in_(chunk)))
-            session.execute(delete(CaptionFailure).where(CaptionFailure.image_id.in_(chunk)))
-
-    def has_captions(self) -> bool:
-        with self.session() as s:
-            return s.scalar(select(Caption.id).limit(1)) is not None
-
-    def match_captions(self, fts_query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
-        """(image id, relevance, best matching caption) for an FTS5 query, most relevant first.
+    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """FTS5 over the captions: the query's words, quoted (no FTS5 syntax from users), joined by OR.
 
         Relevance is minus FTS5's bm25 (bm25 is lower for better matches); an image with several captions
         counts with its best one. Row filters restrict the images considered.
         """
+        words = query_words(query)
+        if not words:
+            return []
+        fts_query = " OR ".join(f'"{word}"' for word in words)
         among = self.matching_ids(filters) if filters.selects_rows else None
         # SQLite returns the bare column `text` from the row that gave MIN(rank): the best caption.
         sql = text(
@@ -576,14 +511,6 @@ class Store:
 
 def in_chunks(ids: np.ndarray) -> Iterator[np.ndarray]:
     return (ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK))
-
-
-def indexed_since(indexed_after: datetime | None) -> list:
-    """Conditions selecting indexed images, optionally only those (re)indexed after a time."""
-    conditions = [Image.status == INDEXED]
-    if indexed_after is not None:
-        conditions.append(Image.indexed_at > indexed_after)
-    return conditions
 
 
 # Full-text index over caption text: an FTS5 table over `captions` (external content), kept in step by
@@ -635,7 +562,7 @@ def open_embedded(
     create: bool = False,
     index_memory: int = DEFAULT_INDEX_MEMORY,
     lock_timeout: float = 3600.0,
-) -> Store:
+) -> EmbeddedStore:
     """Open a store directory; with create=True make it for `model` and `dim` if it does not exist yet.
 
     A store built with another model than `model` is refused: its vectors would be garbage for it.
@@ -647,13 +574,14 @@ def open_embedded(
             raise StoreNotFoundError(f"no clipdex store at {path}; index a folder first (clipdex index DIR)")
         if model is None or dim is None:
             raise ValueError("creating a store needs the model name and its dimension")
-        path.mkdir(parents=True, exist_ok=True)
-        engine = _engine(path)
-        Base.metadata.create_all(engine)
-        with Session(engine) as s:
-            s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
-            s.commit()
-        VectorFile(path / VECTOR_FILE, dim, writable=True).close()
+        with store_writer(path, lock_timeout):  # two first runs at once: one creates, the other opens
+            if not db_file.exists() or db_file.stat().st_size == 0:
+                engine = _engine(path)
+                Base.metadata.create_all(engine)
+                with Session(engine) as s:
+                    s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
+                    s.commit()
+                VectorFile(path / VECTOR_FILE, dim, writable=True).close()
     engine = _engine(path)
     manifest = read_manifest(engine, db_file)
     if manifest.format_version > FORMAT_VERSION:
@@ -661,11 +589,7 @@ def open_embedded(
             f"{path} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
             f"{FORMAT_VERSION}); upgrade clipdex"
         )
-    if model is not None and model != manifest.model:
-        raise ModelMismatchError(
-            f"the store at {path} was built with {manifest.model}, not {model}: their vectors are not "
-            f"comparable. Leave out --model to use {manifest.model}, or pass a new --store"
-        )
+    check_model(manifest, model, str(path))
     if manifest.format_version < FORMAT_VERSION:
         with store_writer(path, lock_timeout):
             manifest = read_manifest(engine, db_file)
@@ -675,7 +599,7 @@ def open_embedded(
         raise StoreFormatError(
             f"{path / VECTOR_FILE} is missing: restore it from a backup, or index into a new --store"
         )
-    return Store(path, engine, manifest, index_memory)
+    return EmbeddedStore(path, engine, manifest, index_memory)
 
 
 def read_manifest(engine, db_file: Path) -> Manifest:

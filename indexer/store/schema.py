@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint, select
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, LargeBinary, String, UniqueConstraint, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 # Format 2: vectors moved from SQLite blobs to the float16 vector file; format 1 stores are migrated on open.
@@ -50,8 +50,9 @@ class Image(Base):
     # No index of its own: the unique (root_id, relpath) index serves look-ups by root.
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
     relpath: Mapped[str]
-    size: Mapped[int]
-    mtime_ns: Mapped[int] = mapped_column(Integer)
+    # 64-bit in PostgreSQL (files over 2 GB, nanosecond times); SQLite integers are 64-bit whatever the name.
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str | None] = mapped_column(String(32), index=True)
     width: Mapped[int | None]
     height: Mapped[int | None]

@@ -1,0 +1,229 @@
+"""The store interface every backend implements, and the row reads they share (plain SQLAlchemy).
+
+The engine, the pipeline, tagging, captioning and the API use only what is here, plus `session()` for the
+shared tables (schema.py). A backend keeps the vectors where it searches them and implements the abstract
+operations: write and read vectors, search with filters, match caption text, bulk inserts, the writer lock.
+"""
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from indexer.errors import ModelMismatchError
+from indexer.store.filters import NO_FILTERS, Filters, matching_ids
+from indexer.store.schema import INDEXED, SKIPPED, Caption, CaptionFailure, Image, Manifest, Root
+
+READ_CHUNK = 10_000
+
+
+class Store(ABC):
+    """An open store: its rows through SQLAlchemy, its vectors and their search through the backend."""
+
+    local_dir: Path | None = None  # a directory of the store's own (thumbnails are cached there), if it has one
+    check_in_background = False  # a service sets it: a derived index may prove itself after the first answers
+
+    def __init__(self, engine, manifest: Manifest, location: str):
+        self.engine = engine
+        self.model = manifest.model
+        self.dim = manifest.dim
+        self.location = location  # what users passed, shown in stats and messages (never a password)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def writing(self, root: Path | None, timeout: float) -> AbstractContextManager[None]:
+        """Hold the writer lock for the block: for folder `root`, or for the whole store when None.
+
+        Waits up to `timeout` seconds for another writer, saying so, then raises StoreBusyError. A killed
+        holder never leaves it locked. Re-entrant within a process.
+        """
+
+    @abstractmethod
+    def commit_images(self, session: Session, rows: list[Image], vectors: dict[int, np.ndarray]) -> None:
+        """Commit rows added or changed in `session` with the vectors of the indexed ones (by position in
+        `rows`), atomically: a crash leaves either the whole chunk or none of it."""
+
+    @abstractmethod
+    def write_vectors(self, session: Session, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Store vectors of rows flushed in `session`, made durable with its commit (not before)."""
+
+    @abstractmethod
+    def delete_images(self, ids: list[int]) -> None:
+        """Delete rows, their vectors, captions and tags, in one transaction."""
+
+    @abstractmethod
+    def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert many plain tuples into a table in the session's transaction, the backend's fastest way."""
+
+    def delete_captions(self, session: Session, ids: list[int]) -> None:
+        """Forget the captions and caption failures of images whose content changed (in the caller's transaction)."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            session.execute(delete(Caption).where(Caption.image_id.in_(chunk)))
+            session.execute(delete(CaptionFailure).where(CaptionFailure.image_id.in_(chunk)))
+
+    # The search index: a backend whose index is derived from the rows (the embedded FAISS file) saves it
+    # here; one whose database keeps its index in step (pgvector's HNSW) has nothing to do.
+
+    def wants_probes(self) -> bool:
+        """Whether the index needs text-like calibration queries (save_probes) before it is next saved."""
+        return False
+
+    def save_probes(self, probes: np.ndarray) -> None:  # noqa: B027 - a no-op unless the backend derives its index
+        """Keep text-like calibration queries (the model's embeddings of plain phrases) with the store."""
+
+    def save_if_due(self) -> None:  # noqa: B027 - a no-op unless the backend derives its index
+        """Save the search index when a long run has added enough since the last save."""
+
+    def save_index(self) -> None:  # noqa: B027 - a no-op unless the backend derives its index
+        """Bring the search index in step and save it; a writer calls it at the end of a run."""
+
+    def warm(self) -> None:  # noqa: B027 - a no-op unless the backend derives its index
+        """Open the search index now, not on the first query (a service calls it at start)."""
+
+    @abstractmethod
+    def finish_copy(self) -> None:
+        """After `clipdex store copy` wrote rows with their source ids: make the store ready for use."""
+
+    @abstractmethod
+    def index_description(self) -> str:
+        """The search index and how it is searched, for summaries."""
+
+    # --- vectors and search ------------------------------------------------------------------------
+
+    @abstractmethod
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of indexed images, in the order of `ids` (float32)."""
+
+    @abstractmethod
+    def iter_vectors(
+        self, chunk_size: int = READ_CHUNK, indexed_after: datetime | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of indexed images in id order and chunks, optionally only those indexed after a time."""
+
+    @abstractmethod
+    def search(
+        self, vector: np.ndarray, k: int, offset: int = 0, filters: Filters = NO_FILTERS, exclude: int | None = None
+    ) -> list[tuple[int, float]]:
+        """(id, cosine) of the best stored vectors for a unit vector, best first, after skipping `offset`.
+
+        Row filters are part of the search: k hits come back whenever k images match, however few do;
+        min_score cuts the ranked list. `exclude` leaves one id out (the query image itself).
+        """
+
+    @abstractmethod
+    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """(image id, relevance, best matching caption) of images whose captions share words with `query`,
+        most relevant first (relevance: higher is better, in the backend's own full-text scoring)."""
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        """The stored vector of an indexed image (None for another id)."""
+        with self.engine.connect() as conn:
+            found = conn.scalar(select(Image.id).where(Image.id == image_id, Image.status == INDEXED))
+        return None if found is None else self.vectors_of(np.asarray([image_id]))[0]
+
+    def count_vectors(self, indexed_after: datetime | None = None) -> int:
+        """How many vectors `iter_vectors` would yield."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(Image).where(*indexed_since(indexed_after)))
+
+    def matching_ids(self, filters: Filters) -> np.ndarray:
+        """Ids of indexed images that meet the row filters."""
+        with self.engine.connect() as conn:
+            return np.fromiter(conn.scalars(matching_ids(filters)), dtype=np.int64)
+
+    # --- rows --------------------------------------------------------------------------------------
+
+    def image(self, image_id: int) -> Image | None:
+        with self.session() as s:
+            return s.get(Image, image_id)
+
+    def paths(self, ids: list[int]) -> dict[int, str]:
+        """Absolute paths of the given image ids."""
+        with self.session() as s:
+            rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
+        return {i: str(Path(root) / rel) for i, root, rel in rows}
+
+    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
+        """(absolute path, newest caption or None) of the given image ids: one query for a page of hits."""
+        newest = (
+            select(Caption.text)
+            .where(Caption.image_id == Image.id)
+            .order_by(Caption.created_at.desc(), Caption.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(Image.id, Root.path, Image.relpath, newest).join(Root).where(Image.id.in_(ids))
+        with self.engine.connect() as conn:
+            return {i: (str(Path(root) / rel), caption) for i, root, rel, caption in conn.execute(query)}
+
+    def find_path(self, path: Path) -> int | None:
+        """The id of an indexed image by its absolute path, if it lies under a known root."""
+        path = path.resolve()
+        with self.session() as s:
+            for root_id, root in s.execute(select(Root.id, Root.path)).all():
+                if path.is_relative_to(root):
+                    return s.scalar(
+                        select(Image.id).where(
+                            Image.root_id == root_id,
+                            Image.relpath == path.relative_to(root).as_posix(),
+                            Image.status == INDEXED,
+                        )
+                    )
+        return None
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Image.status, func.count()).group_by(Image.status)).all()
+        return {status: n for status, n in rows}
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(absolute path, reason) of every skipped file."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Root.path, Image.relpath, Image.skip_reason)
+                .join(Root)
+                .where(Image.status == SKIPPED)
+                .order_by(Root.path, Image.relpath)
+            ).all()
+        return [(str(Path(root) / rel), reason) for root, rel, reason in rows]
+
+    def roots(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Root.path).order_by(Root.path)))
+
+    def has_captions(self) -> bool:
+        with self.session() as s:
+            return s.scalar(select(Caption.id).limit(1)) is not None
+
+
+def check_model(manifest: Manifest, model: str | None, location: str) -> None:
+    """A store built with another model than `model` is refused: its vectors would be garbage for it."""
+    if model is not None and model != manifest.model:
+        raise ModelMismatchError(
+            f"the store {location} was built with {manifest.model}, not {model}: their vectors are not "
+            f"comparable. Leave out --model to use {manifest.model}, or pass a new --store"
+        )
+
+
+def indexed_since(indexed_after: datetime | None) -> list:
+    """Conditions selecting indexed images, optionally only those (re)indexed after a time."""
+    conditions = [Image.status == INDEXED]
+    if indexed_after is not None:
+        conditions.append(Image.indexed_at > indexed_after)
+    return conditions
+
+
+def query_words(text: str) -> list[str]:
+    """The words of a free-text caption query, lower-cased: what each backend's full-text search matches."""
+    return re.findall(r"\w+", text.lower())

@@ -1,0 +1,363 @@
+"""The PostgreSQL store: the shared tables, vectors in a pgvector column with an HNSW index, captions
+searched with PostgreSQL's own text search.
+
+For teams: several indexers (one per folder at a time, through advisory locks) and several services on
+one database. PostgreSQL keeps the HNSW index in step with every commit, so there is nothing to save,
+catch up or rebuild, and every reader sees each committed chunk on its next query.
+
+pgvector 0.6 filters HNSW results after the graph search (no iterative scans): a selective filter can
+leave fewer than k of the ef_search candidates. A search therefore widens ef_search and then scans the
+matching rows exactly when the graph search came back short, and small selections are scanned exactly
+from the start.
+"""
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from pgvector.psycopg import register_vector
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    delete,
+    func,
+    inspect,
+    literal_column,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError
+from indexer.store.base import READ_CHUNK, Store, check_model, indexed_since, query_words
+from indexer.store.filters import NO_FILTERS, Filters, matching_ids
+from indexer.store.schema import FORMAT_VERSION, INDEXED, Base, Caption, Image, Manifest, utcnow
+
+log = logging.getLogger(__name__)
+
+# Graph search breadth: at least this, and twice the hits asked for; pgvector allows up to EF_MAX.
+EF_MIN, EF_MAX = 100, 1000
+# A filter admitting at most this many images is scanned exactly (every admitted vector scored).
+EXACT_FILTER_LIMIT = 20_000
+POLL_SECONDS = 0.2
+HNSW = "image_vectors_embedding_hnsw"
+
+
+def vectors_table(dim: int) -> Table:
+    return Table(
+        "image_vectors",
+        MetaData(),
+        Column("id", Integer, primary_key=True),  # the image id; the foreign key is in the DDL below
+        Column("embedding", Vector(dim), nullable=False),
+    )
+
+
+def schema_ddl(dim: int) -> list[str]:
+    """What PostgreSQL holds beyond the shared tables: the vectors with their HNSW index, caption text search."""
+    return [
+        "CREATE TABLE IF NOT EXISTS image_vectors (id integer PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, "
+        f"embedding vector({dim}) NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {HNSW} ON image_vectors USING hnsw (embedding vector_cosine_ops)",
+        "ALTER TABLE captions ADD COLUMN IF NOT EXISTS text_search tsvector "
+        "GENERATED ALWAYS AS (to_tsvector('english', text)) STORED",
+        "CREATE INDEX IF NOT EXISTS captions_text_search ON captions USING gin (text_search)",
+    ]
+
+
+def lock_key(name: str) -> int:
+    """A 64-bit advisory lock key for a name (folder locks are keyed by the folder's path)."""
+    return int.from_bytes(hashlib.blake2b(f"clipdex {name}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
+STORE_KEY, SCHEMA_KEY = lock_key("store"), lock_key("schema")
+
+
+def driver(conn):
+    """The psycopg connection under a SQLAlchemy one, with pgvector's types registered (once per connection)."""
+    raw = conn.connection.driver_connection
+    if not conn.info.get("vector_types"):
+        register_vector(raw)
+        conn.info["vector_types"] = True
+    return raw
+
+
+class PostgresStore(Store):
+    def __init__(self, engine, manifest: Manifest, location: str):
+        super().__init__(engine, manifest, location)
+        self.vectors = vectors_table(self.dim)
+        self._writers: dict[int | None, list] = {}  # lock key (None: the whole store) -> [connection, depth]
+        self._writers_guard = threading.Lock()
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self, root: Path | None, timeout: float) -> Iterator[None]:
+        """One writer per folder (several folders are indexed at once); None locks the whole store.
+
+        Session-level advisory locks on a connection of their own: PostgreSQL drops them when the holder's
+        connection ends, kill -9 included. A folder writer holds the store key shared, so a whole-store
+        writer (captioning every folder) waits for every folder writer, and they for it.
+        """
+        key = None if root is None else lock_key(f"folder {Path(root)}")
+        with self._writers_guard:
+            held = self._writers.get(key) or self._writers.get(None)
+            if held:
+                held[1] += 1
+        if not held:
+            held = [self.take_locks(key, root, timeout), 1]
+            with self._writers_guard:
+                self._writers[key] = held
+        try:
+            yield
+        finally:
+            with self._writers_guard:
+                held[1] -= 1
+                if held[1] == 0:
+                    self._writers = {k: v for k, v in self._writers.items() if v is not held}
+            if held[1] == 0:
+                held[0].execute(text("SELECT pg_advisory_unlock_all()"))
+                held[0].close()
+
+    def take_locks(self, key: int | None, root: Path | None, timeout: float):
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        wanted = [("pg_try_advisory_lock", STORE_KEY)]
+        if key is not None:
+            wanted = [("pg_try_advisory_lock_shared", STORE_KEY), ("pg_try_advisory_lock", key)]
+        what = f"the folder {root}" if root is not None else f"the store {self.location}"
+        deadline, said = time.monotonic() + timeout, False
+        try:
+            while wanted:
+                function, lock = wanted[0]
+                if conn.scalar(text(f"SELECT {function}(:key)"), {"key": lock}):
+                    wanted.pop(0)
+                    continue
+                if not said:
+                    log.warning("%s is being written by another clipdex process; waiting (up to %.0f s)", what, timeout)
+                    said = True
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(
+                        f"{what} is still being written by another clipdex process after {timeout:.0f} s; "
+                        "try again when it has finished, or raise CLIPDEX_LOCK_TIMEOUT"
+                    )
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def commit_images(self, session: Session, rows: list[Image], vectors: dict[int, np.ndarray]) -> None:
+        session.flush()  # assigns ids to new rows
+        # A changed file keeps its id: its old vector goes (a skipped file's too), the new one comes in.
+        ids = [row.id for row in rows]
+        for start in range(0, len(ids), 1000):
+            session.execute(delete(self.vectors).where(self.vectors.c.id.in_(ids[start : start + 1000])))
+        indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status == INDEXED]
+        if indexed:
+            self.write_vectors(session, np.asarray([i for i, _ in indexed]), np.stack([v for _, v in indexed]))
+        session.commit()
+
+    def write_vectors(self, session: Session, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """COPY in binary, in the session's transaction (the fastest way into PostgreSQL)."""
+        raw = driver(session.connection())
+        vectors = np.asarray(vectors, dtype=np.float32)
+        with raw.cursor() as cursor:
+            with cursor.copy("COPY image_vectors (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["integer", "vector"])
+                for image_id, vector in zip(np.asarray(ids).tolist(), vectors, strict=True):
+                    copy.write_row((image_id, vector))
+
+    def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        raw = driver(session.connection())
+        with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def delete_images(self, ids: list[int]) -> None:
+        """Vectors, captions and tags go with their rows (ON DELETE CASCADE)."""
+        with self.session() as s:
+            for start in range(0, len(ids), 1000):
+                s.execute(delete(Image).where(Image.id.in_(ids[start : start + 1000])))
+            s.commit()
+
+    def index_description(self) -> str:
+        return "HNSW (pgvector, cosine)"
+
+    def finish_copy(self) -> None:
+        """Rows copied with their ids: the id sequences continue after the highest one."""
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                if "id" in table.c and table.name != "manifest":
+                    conn.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                            f"COALESCE((SELECT MAX(id) FROM {table.name}), 0) + 1, false)"
+                        )
+                    )
+            conn.execute(text("ANALYZE"))
+
+    # --- vectors and search ------------------------------------------------------------------------
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        with self.engine.connect() as conn:
+            raw = driver(conn)
+            with raw.cursor(binary=True) as cursor:
+                cursor.execute("SELECT id, embedding FROM image_vectors WHERE id = ANY(%s)", (ids.tolist(),))
+                found = {image_id: vector.to_numpy() for image_id, vector in cursor.fetchall()}
+        return np.stack([found[i] for i in ids.tolist()]) if len(ids) else np.empty((0, self.dim), np.float32)
+
+    def iter_vectors(
+        self, chunk_size: int = READ_CHUNK, indexed_after: datetime | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        query = (
+            select(self.vectors.c.id, self.vectors.c.embedding)
+            .join(Image, Image.id == self.vectors.c.id)
+            .where(*indexed_since(indexed_after))
+            .order_by(self.vectors.c.id)
+        )
+        compiled = query.compile(self.engine)
+        with self.engine.connect() as conn:
+            raw = driver(conn)
+            with raw.cursor(name="clipdex_vectors", binary=True) as cursor:  # server-side: chunk by chunk
+                cursor.execute(str(compiled), compiled.params)
+                while rows := cursor.fetchmany(chunk_size):
+                    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                    yield ids, np.stack([r[1].to_numpy() for r in rows]).astype(np.float32, copy=False)
+
+    def search(
+        self, vector: np.ndarray, k: int, offset: int = 0, filters: Filters = NO_FILTERS, exclude: int | None = None
+    ) -> list[tuple[int, float]]:
+        want = k + offset + (exclude is not None)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        among = matching_ids(filters) if filters.selects_rows else None
+        with self.engine.connect() as conn, conn.begin():  # one snapshot; ef_search is set for it alone
+            exact = want > EF_MAX
+            if among is not None and not exact:
+                admitted = conn.scalar(select(func.count()).select_from(among.limit(EXACT_FILTER_LIMIT + 1).subquery()))
+                if admitted == 0:
+                    return []
+                exact = admitted <= EXACT_FILTER_LIMIT
+            rows = None if exact else self.graph_search(conn, query, want, among)
+            if rows is None:
+                rows = conn.execute(self.ranked(query, among, exact=True).limit(want)).all()
+        pairs = [(int(i), 1.0 - float(d)) for i, d in rows if i != exclude][offset : offset + k]
+        if filters.min_score is not None:
+            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
+        return pairs
+
+    def graph_search(self, conn, query: np.ndarray, want: int, among) -> list | None:
+        """HNSW search, widened once when a filter left it short; None when even the widest came back short
+        while more rows match (the caller scans exactly)."""
+        for ef in dict.fromkeys((min(EF_MAX, max(EF_MIN, 2 * want)), EF_MAX)):
+            conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
+            rows = conn.execute(self.ranked(query, among, exact=False).limit(want)).all()
+            if len(rows) >= want or among is None:
+                return rows
+        return None
+
+    def ranked(self, query: np.ndarray, among, exact: bool):
+        """SELECT (id, cosine distance) best first; `exact` orders by an expression the index cannot serve."""
+        distance = self.vectors.c.embedding.cosine_distance(query)
+        ranked = select(self.vectors.c.id, distance).order_by(distance + 0 if exact else distance)
+        return ranked if among is None else ranked.where(self.vectors.c.id.in_(among))
+
+    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """PostgreSQL text search (english stemming): any of the query's words; relevance is ts_rank_cd."""
+        words = query_words(query)
+        if not words:
+            return []
+        tsquery = func.plainto_tsquery("english", words[0])
+        for word in words[1:]:
+            tsquery = tsquery.op("||")(func.plainto_tsquery("english", word))  # || of tsqueries is OR
+        document = literal_column("captions.text_search")
+        relevance = func.ts_rank_cd(document, tsquery)
+        best = (
+            select(Caption.image_id, relevance.label("relevance"), Caption.text)
+            .join(Image, Image.id == Caption.image_id)
+            .where(document.op("@@")(tsquery), Image.status == INDEXED)
+            .distinct(Caption.image_id)
+            .order_by(Caption.image_id, relevance.desc(), Caption.id)
+        )
+        if filters.selects_rows:
+            best = best.where(Caption.image_id.in_(matching_ids(filters)))
+        best = best.subquery()
+        ranked = select(best).order_by(best.c.relevance.desc(), best.c.image_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [(image_id, float(score), caption) for image_id, score, caption in conn.execute(ranked)]
+
+
+def open_postgres(location: str, model: str | None = None, dim: int | None = None, create: bool = False):
+    """Open the store in a PostgreSQL database; with create=True make its tables for `model` and `dim` if the
+    database has none yet (the pgvector extension is created when missing)."""
+    url = make_url(location)
+    if url.drivername in ("postgresql", "postgres"):  # plain postgresql:// means psycopg 3, the driver clipdex installs
+        url = url.set(drivername="postgresql+psycopg")
+    shown = url.render_as_string(hide_password=True)
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10, "application_name": "clipdex"})
+    try:
+        with engine.begin() as conn:
+            exists = inspect(conn).has_table(Manifest.__tablename__)
+            if not exists and not create:
+                raise StoreNotFoundError(
+                    f"no clipdex store in the database {shown}; index a folder into it first (clipdex index DIR)"
+                )
+            if create:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})  # one creator
+                exists = inspect(conn).has_table(Manifest.__tablename__)
+            if not exists:
+                if model is None or dim is None:
+                    raise ValueError("creating a store needs the model name and its dimension")
+                create_schema(conn, model, dim, shown)
+    except OperationalError as e:
+        raise StoreConnectionError(
+            f"cannot connect to the PostgreSQL store {shown}: {first_line(e)}. Check that the server is running "
+            "and that the host, port, database, user and password in the URL are right"
+        ) from None
+    with Session(engine, expire_on_commit=False) as s:
+        manifest = s.scalar(select(Manifest))
+    if manifest is None:
+        raise StoreFormatError(f"the database {shown} has clipdex tables but no manifest; index into a new database")
+    if manifest.format_version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{shown} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade clipdex"
+        )
+    check_model(manifest, model, shown)
+    return PostgresStore(engine, manifest, shown)
+
+
+def create_schema(conn, model: str, dim: int, shown: str) -> None:
+    try:
+        with conn.begin_nested():
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    except DBAPIError as e:
+        raise StoreFormatError(
+            f"the database {shown} lacks the pgvector extension ({first_line(e)}): install pgvector on the "
+            "server and run CREATE EXTENSION vector in this database as a superuser, then try again"
+        ) from None
+    Base.metadata.create_all(conn)
+    for statement in schema_ddl(dim):
+        conn.execute(text(statement))
+    conn.execute(
+        Manifest.__table__.insert().values(
+            id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow(), data_version=0
+        )
+    )
+
+
+def first_line(e: DBAPIError) -> str:
+    """The server's or driver's own message, without SQLAlchemy's statement and link."""
+    message = str(e.orig if e.orig is not None else e).strip()
+    return " ".join(message.splitlines()[0].split()) if message else type(e).__name__
