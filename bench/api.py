@@ -65,7 +65,7 @@ def recall(store_dir: Path, stored: np.ndarray, held_out: np.ndarray) -> tuple[s
     )
 
 
-def start_server(store_dir: Path, runtime: str) -> tuple[subprocess.Popen, str]:
+def start_server(store_dir: Path | str, runtime: str = "onnx") -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -86,8 +86,10 @@ def start_server(store_dir: Path, runtime: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
-async def load(url: str, paths: list[str], clients: int) -> tuple[list[float], float]:
-    """Fetch every path with `clients` concurrent clients; (latencies in ms, seconds for all)."""
+async def load(urls: str | list[str], paths: list[str], clients: int) -> tuple[list[float], float]:
+    """Fetch every path with `clients` concurrent clients, spread over the servers at `urls`;
+    (latencies in ms, seconds for all)."""
+    urls = [urls] if isinstance(urls, str) else urls
     queue = list(reversed(paths))
     latencies: list[float] = []
 
@@ -100,11 +102,16 @@ async def load(url: str, paths: list[str], clients: int) -> tuple[list[float], f
             response.raise_for_status()
 
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        await http.get("/api/health")
+    https = [httpx.AsyncClient(base_url=url, limits=limits, timeout=60) for url in urls]
+    try:
+        for http in https:
+            await http.get("/api/health")
         started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
+        await asyncio.gather(*(client(https[n % len(https)]) for n in range(clients)))
         return latencies, time.perf_counter() - started
+    finally:
+        for http in https:
+            await http.aclose()
 
 
 def measure(url: str, name: str, paths: list[str], clients: int) -> None:

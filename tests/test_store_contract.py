@@ -94,7 +94,12 @@ def test_filters_are_part_of_the_search(filled, filters, admitted):
 def test_a_selective_filter_searched_through_the_graph_still_returns_k(filled, monkeypatch):
     """Past the exact-scan limit a filter goes through the ANN index: a selective one must still fill k."""
     store, ids, vectors = filled
+    monkeypatch.setattr(pg_backend, "HNSW_MIN", 100)
+    store.save_index()
+    assert store.index_description().startswith(("HNSW", "Flat"))
     monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", 0)
+    hits = store.search(vectors[0], 10)
+    assert [i for i, _ in hits][:1] == [int(ids[0])] and len(hits) == 10
     filters = Filters(taken_from=date(2020, 3, 1), taken_to=date(2020, 3, 12))  # 12 of 400 images
     allowed = {int(ids[n]) for n in range(60, 72)}
     hits = store.search(vectors[0], 10, filters=filters)

@@ -44,13 +44,14 @@ def open_store(
 ) -> Store:
     """Open the store at a path or database URL; with create=True make it for `model` and `dim` if missing.
 
-    A store built with another model than `model` is refused. `index_memory` sizes the embedded store's
-    FAISS index; PostgreSQL manages its own memory.
+    A store built with another model than `model` is refused. `index_memory` is the memory the search
+    index may take: it picks the embedded store's FAISS index kind, and is PostgreSQL's memory for
+    building the HNSW graph.
     """
     if is_database_url(location):
         from indexer.store.postgres import open_postgres  # psycopg and pgvector: the postgres extra
 
-        return open_postgres(str(location), model, dim, create)
+        return open_postgres(str(location), model, dim, create, index_memory)
     return open_embedded(Path(location), model, dim, create, index_memory, lock_timeout)
 
 
