@@ -22,7 +22,7 @@ import numpy as np
 from bench.api import load, start_server, text_queries
 from bench.scale import YEAR, percentile, year_of
 from indexer.cpu import cpu_line
-from indexer.store import INDEXED, Filters, Image, get_root, open_store, utcnow
+from indexer.store import INDEXED, Filters, Image, get_root, open_store, postgres, utcnow
 from indexer.store.ann import ExactTop, recall_at
 from tests.model_factory import save_clip
 from tests.planted import ClipLike, plant_vectors
@@ -30,6 +30,8 @@ from tests.planted import ClipLike, plant_vectors
 DIM, QUERIES, FILTERED = 512, 200, 50
 BUILD_MEMORY = 4 * 2**30  # maintenance_work_mem for the HNSW build: the graph of 1M 512-d vectors fits
 GRAPH_INSERTS = 2_000
+DEFAULT_EF = postgres.EF_MIN
+EF_SWEEP = (100, 200)
 
 
 def truths_for(vectors: np.ndarray, queries: dict[str, np.ndarray]) -> dict[str, ExactTop]:
@@ -134,12 +136,18 @@ def main() -> None:
             flush=True,
         )
         measure_search(url, truths, text)
+        for ef in EF_SWEEP:  # what a wider graph search buys (postgres.EF_MIN is the default)
+            postgres.EF_MIN = ef
+            print(f"  ef_search {ef}:", end="")
+            measure_search(url, {name: truths[name] for name in ("text", "image")}, text)
+        postgres.EF_MIN = DEFAULT_EF
         measure_http(url, args.requests)
 
         directory = str(Path(tmp) / "embedded")
         started = time.perf_counter()
         local = plant_vectors(directory, vectors, model=model)
         inserted = time.perf_counter() - started
+        local.save_probes(generator.texts(160, seed=3))  # as the indexer does: text-like calibration queries
         started = time.perf_counter()
         local.finish_copy()
         built = time.perf_counter() - started

@@ -64,6 +64,14 @@ def damage_message(e: BaseException) -> str | None:
     return None
 
 
+def unreachable_message(e: BaseException) -> str | None:
+    """What to tell the user when a database store's server went away mid-request; None for other errors."""
+    if isinstance(e, OperationalError) and e.orig is not None and "connection" in str(e.orig).lower():
+        reason = " ".join(str(e.orig).strip().splitlines()[0].split())
+        return f"the store's database cannot be reached ({reason}); try again when it is back"
+    return None
+
+
 def is_disk_full(e: BaseException) -> bool:
     """Whether an error from SQLite, FAISS or the filesystem means the disk (or quota) is full."""
     message = str(e).lower()

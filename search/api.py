@@ -26,7 +26,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DatabaseError
 
 from indexer.decode import looks_like_image
-from indexer.errors import BadInputError, ClipdexError, NotFoundError, StorageFullError, damage_message
+from indexer.errors import (
+    BadInputError,
+    ClipdexError,
+    NotFoundError,
+    StorageFullError,
+    damage_message,
+    unreachable_message,
+)
 from indexer.settings import Settings
 from indexer.store import Hit
 from search import tagging, vlm_api
@@ -233,7 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(DatabaseError)
     async def database_error(_request: Request, e: DatabaseError) -> JSONResponse:
-        message = damage_message(e)
+        message = damage_message(e) or unreachable_message(e)
         if message is None:
             raise e
         return JSONResponse({"detail": message}, status_code=503)
@@ -305,7 +312,7 @@ async def search_text(
     mode: Annotated[
         SearchMode,
         Query(
-            description="Rank by embedding similarity (scores are cosines), caption match (bm25), or both by "
+            description="Rank by embedding similarity (scores are cosines), caption match (text relevance), or both by "
             "reciprocal rank fusion (hybrid; embedding search while the store has no captions). min_score needs "
             "the embedding mode"
         ),

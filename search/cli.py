@@ -191,7 +191,7 @@ def search(
         SearchMode,
         typer.Option(
             "--mode",
-            help="Rank by embedding similarity, caption match (FTS5 bm25), or both fused by reciprocal rank "
+            help="Rank by embedding similarity, caption match (full-text relevance), or both fused by reciprocal rank "
             "(hybrid; plain embedding search while the store has no captions)",
         ),
     ] = SearchMode.hybrid,

@@ -1,6 +1,6 @@
 """Open a store and answer queries: by text, by image, by stored image; filters, paging, metadata, files.
 
-Text queries rank by embedding similarity, by caption match (FTS5 bm25), or by both fused (hybrid).
+Text queries rank by embedding similarity, by caption match (the store's full-text search), or by both fused (hybrid).
 """
 
 import os
@@ -181,7 +181,7 @@ class SearchEngine:
         return hits
 
     def search_captions(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Images whose captions match the query's words, by FTS5 bm25; the score is minus bm25 (higher is better)."""
+        """Images whose captions match the query's words; the score is the store's text relevance (higher is better)."""
         check_page(k, offset)
         matches = self.match_captions(query, k + offset, filters)[offset:]
         return self.hits([(i, score) for i, score, _ in matches], {i: text for i, _, text in matches})

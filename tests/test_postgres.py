@@ -207,3 +207,22 @@ def test_paths_stay_embedded_stores(tmp_path):
 
     assert is_database_url("postgresql://u:p@host/db") and is_database_url("postgresql+psycopg://host/db")
     assert not is_database_url(str(tmp_path / "postgresql")) and not is_database_url(Path("postgres:/x"))
+
+
+def test_a_service_whose_database_goes_away_answers_503(tmp_path, clip_dir):
+    """Its own server, stopped under a running service: a clear 503, and no traceback for the client."""
+    import pgserver
+    from fastapi.testclient import TestClient
+
+    from search.api import create_app
+
+    server = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop")
+    settings = Settings(store=server.get_uri(), model=str(clip_dir), workers=1, batch_size=4, device="cpu")
+    write_photos(tmp_path / "photos", 3)
+    index_folder(tmp_path / "photos", settings, show_progress=False)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/images/1/similar?k=2").status_code == 200
+        server.cleanup()  # the database server stops
+        response = client.get("/api/images/1/similar?k=2")
+    assert response.status_code == 503, response.text
+    assert "the store's database cannot be reached" in response.json()["detail"]

@@ -140,8 +140,8 @@ class LabelSet(Base):
 class Hit:
     """One search result: a stored image, its score and its caption when it has one.
 
-    The score is the cosine similarity in embedding search, the bm25 relevance (higher is better) in
-    caption search, and the reciprocal-rank-fusion score in hybrid search.
+    The score is the cosine similarity in embedding search, the full-text relevance in caption search (higher
+    is better: minus FTS5's bm25, or PostgreSQL's ts_rank_cd), and the reciprocal-rank-fusion score in hybrid.
     """
 
     id: int
