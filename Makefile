@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first and pinned: a range that a newer torch satisfies would make pip fetch multi-GB CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 STORE ?=
-STORE_FLAG := $(if $(STORE),--store $(STORE),)
+STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
 BENCHES := startup indexing api tagging scale postgres captions vlm
