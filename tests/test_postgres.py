@@ -226,3 +226,29 @@ def test_a_service_whose_database_goes_away_answers_503(tmp_path, clip_dir):
         response = client.get("/api/images/1/similar?k=2")
     assert response.status_code == 503, response.text
     assert "the store's database cannot be reached" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_tagging_and_captions_through_a_database_url(tmp_path, clip_dir, pg_url):
+    """`tag`, `tags`, `caption` and caption search write and read the PostgreSQL tables (COPY, tsvector)."""
+    from tests.model_factory import save_blip
+
+    blip = save_blip(tmp_path / "tiny-blip")
+    write_photos(tmp_path / "photos", 4)
+    assert clipdex("index", tmp_path / "photos", "--store", pg_url, "--model", clip_dir).returncode == 0
+    tagged = clipdex("tag", "--labels", "cat,dog", "--top-k", "1", CLIPDEX_STORE=pg_url)
+    assert tagged.returncode == 0, tagged.stderr
+    counts = json.loads(clipdex("tags", "--json", CLIPDEX_STORE=pg_url).stdout)
+    assert sum(c["images"] for c in counts) == 4 and {c["label"] for c in counts} <= {"cat", "dog"}
+    label = counts[0]["label"]
+    search = clipdex("search", "a photo", "--tag", label, "--json", "-k", "10", CLIPDEX_STORE=pg_url)
+    assert len(json.loads(search.stdout)) == counts[0]["images"]
+    env = {"CLIPDEX_STORE": pg_url, "CLIPDEX_CAPTION_MAX_NEW_TOKENS": "4", "CLIPDEX_CAPTION_BEAMS": "1"}
+    captioned = clipdex("caption", "--model", blip, "--json", **env)
+    assert captioned.returncode == 0, captioned.stderr
+    assert json.loads(captioned.stdout)["captioned"] == 4
+    with open_store(pg_url).session() as s:
+        caption = s.scalars(text("SELECT text FROM captions LIMIT 1")).first()
+    word = max((w for w in caption.split() if w.isalpha()), key=len)  # the longest: no stop word
+    found = clipdex("search", word, "--mode", "caption", "--json", CLIPDEX_STORE=pg_url)
+    assert found.returncode == 0 and json.loads(found.stdout), (word, found.stderr)
