@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 
 class ClipdexError(Exception):
@@ -64,11 +64,16 @@ def damage_message(e: BaseException) -> str | None:
     return None
 
 
+def driver_message(e: DBAPIError) -> str:
+    """The database server's or driver's own words, on one line, without SQLAlchemy's statement and link."""
+    message = str(e.orig if e.orig is not None else e).strip()
+    return " ".join(message.splitlines()[0].split()) if message else type(e).__name__
+
+
 def unreachable_message(e: BaseException) -> str | None:
     """What to tell the user when a database store's server went away mid-request; None for other errors."""
     if isinstance(e, OperationalError) and e.orig is not None and "connection" in str(e.orig).lower():
-        reason = " ".join(str(e.orig).strip().splitlines()[0].split())
-        return f"the store's database cannot be reached ({reason}); try again when it is back"
+        return f"the store's database cannot be reached ({driver_message(e)}); try again when it is back"
     return None
 
 

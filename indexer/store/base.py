@@ -16,9 +16,9 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from indexer.errors import ModelMismatchError
+from indexer.errors import ModelMismatchError, StoreFormatError
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
-from indexer.store.schema import INDEXED, SKIPPED, Caption, CaptionFailure, Image, Manifest, Root
+from indexer.store.schema import FORMAT_VERSION, INDEXED, SKIPPED, Caption, CaptionFailure, Image, Manifest, Root
 
 READ_CHUNK = 10_000
 
@@ -207,8 +207,14 @@ class Store(ABC):
             return s.scalar(select(Caption.id).limit(1)) is not None
 
 
-def check_model(manifest: Manifest, model: str | None, location: str) -> None:
-    """A store built with another model than `model` is refused: its vectors would be garbage for it."""
+def check_manifest(manifest: Manifest, model: str | None, location: str) -> None:
+    """A store written by a newer clipdex is refused, and so is one built with another model than `model`:
+    its vectors would be garbage for it."""
+    if manifest.format_version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{location} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade clipdex"
+        )
     if model is not None and model != manifest.model:
         raise ModelMismatchError(
             f"the store {location} was built with {manifest.model}, not {model}: their vectors are not "

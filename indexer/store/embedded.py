@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
-from indexer.store.base import READ_CHUNK, Store, check_model, indexed_since, query_words
+from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, query_words
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     FORMAT_VERSION,
@@ -584,12 +584,7 @@ def open_embedded(
                 VectorFile(path / VECTOR_FILE, dim, writable=True).close()
     engine = _engine(path)
     manifest = read_manifest(engine, db_file)
-    if manifest.format_version > FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{path} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
-            f"{FORMAT_VERSION}); upgrade clipdex"
-        )
-    check_model(manifest, model, str(path))
+    check_manifest(manifest, model, str(path))
     if manifest.format_version < FORMAT_VERSION:
         with store_writer(path, lock_timeout):
             manifest = read_manifest(engine, db_file)

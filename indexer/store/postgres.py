@@ -41,8 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError
-from indexer.store.base import READ_CHUNK, Store, check_model, indexed_since, query_words
+from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError, driver_message
+from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, query_words
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import FORMAT_VERSION, INDEXED, Base, Caption, Image, Manifest, utcnow
 
@@ -347,33 +347,26 @@ def open_postgres(
     engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10, "application_name": "clipdex"})
     try:
         with engine.begin() as conn:
-            exists = inspect(conn).has_table(Manifest.__tablename__)
-            if not exists and not create:
-                raise StoreNotFoundError(
-                    f"no clipdex store in the database {shown}; index a folder into it first (clipdex index DIR)"
-                )
             if create:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})  # one creator
-                exists = inspect(conn).has_table(Manifest.__tablename__)
-            if not exists:
+            if not inspect(conn).has_table(Manifest.__tablename__):
+                if not create:
+                    raise StoreNotFoundError(
+                        f"no clipdex store in the database {shown}; index a folder into it first (clipdex index DIR)"
+                    )
                 if model is None or dim is None:
                     raise ValueError("creating a store needs the model name and its dimension")
                 create_schema(conn, model, dim, shown)
     except OperationalError as e:
         raise StoreConnectionError(
-            f"cannot connect to the PostgreSQL store {shown}: {first_line(e)}. Check that the server is running "
+            f"cannot connect to the PostgreSQL store {shown}: {driver_message(e)}. Check that the server is running "
             "and that the host, port, database, user and password in the URL are right"
         ) from None
     with Session(engine, expire_on_commit=False) as s:
         manifest = s.scalar(select(Manifest))
     if manifest is None:
         raise StoreFormatError(f"the database {shown} has clipdex tables but no manifest; index into a new database")
-    if manifest.format_version > FORMAT_VERSION:
-        raise StoreFormatError(
-            f"{shown} was written by a newer clipdex (format {manifest.format_version}, this one reads up to "
-            f"{FORMAT_VERSION}); upgrade clipdex"
-        )
-    check_model(manifest, model, shown)
+    check_manifest(manifest, model, shown)
     return PostgresStore(engine, manifest, shown, index_memory)
 
 
@@ -383,7 +376,7 @@ def create_schema(conn, model: str, dim: int, shown: str) -> None:
             conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
     except DBAPIError as e:
         raise StoreFormatError(
-            f"the database {shown} lacks the pgvector extension ({first_line(e)}): install pgvector on the "
+            f"the database {shown} lacks the pgvector extension ({driver_message(e)}): install pgvector on the "
             "server and run CREATE EXTENSION vector in this database as a superuser, then try again"
         ) from None
     Base.metadata.create_all(conn)
@@ -394,9 +387,3 @@ def create_schema(conn, model: str, dim: int, shown: str) -> None:
             id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow(), data_version=0
         )
     )
-
-
-def first_line(e: DBAPIError) -> str:
-    """The server's or driver's own message, without SQLAlchemy's statement and link."""
-    message = str(e.orig if e.orig is not None else e).strip()
-    return " ".join(message.splitlines()[0].split()) if message else type(e).__name__
