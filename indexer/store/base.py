@@ -7,7 +7,7 @@ operations: write and read vectors, search with filters, match caption text, bul
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -220,6 +220,15 @@ def check_manifest(manifest: Manifest, model: str | None, location: str) -> None
             f"the store {location} was built with {manifest.model}, not {model}: their vectors are not "
             f"comparable. Leave out --model to use {manifest.model}, or pass a new --store"
         )
+
+
+def page(
+    ranked: Iterable[tuple[int, float]], k: int, offset: int, filters: Filters, exclude: int | None
+) -> list[tuple[int, float]]:
+    """The page a search returns from its (id, score) ranking, best first: `exclude` left out, `offset` hits
+    skipped, k kept, then cut at min_score (exact, since the ranking is sorted)."""
+    hits = [(i, score) for i, score in ranked if i != exclude][offset : offset + k]
+    return hits if filters.min_score is None else [(i, score) for i, score in hits if score >= filters.min_score]
 
 
 def indexed_since(indexed_after: datetime | None) -> list:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
-from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, query_words
+from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, page, query_words
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     FORMAT_VERSION,
@@ -436,11 +436,8 @@ class EmbeddedStore(Store):
                 scores, ids = ann.search(
                     index, self.tuning, self.kind.compressed, query, want, self.vectors.best, selector, fraction
                 )
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1 and i != exclude]
-        pairs = pairs[offset : offset + k]
-        if filters.min_score is not None:
-            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
-        return pairs
+        ranked = ((int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1)
+        return page(ranked, k, offset, filters, exclude)
 
     def selection(self, filters: Filters) -> tuple[faiss.IDSelector, np.ndarray]:
         """A FAISS selector of the images meeting the row filters, and their ids.

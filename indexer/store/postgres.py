@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError, driver_message
-from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, query_words
+from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, page, query_words
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import FORMAT_VERSION, INDEXED, Base, Caption, Image, Manifest, utcnow
 
@@ -289,10 +289,7 @@ class PostgresStore(Store):
             rows = None if exact else self.graph_search(conn, query, want, among)
             if rows is None:
                 rows = conn.execute(self.ranked(query, among, exact=True).limit(want)).all()
-        pairs = [(int(i), 1.0 - float(d)) for i, d in rows if i != exclude][offset : offset + k]
-        if filters.min_score is not None:
-            pairs = [(i, s) for i, s in pairs if s >= filters.min_score]
-        return pairs
+        return page(((int(i), 1.0 - float(d)) for i, d in rows), k, offset, filters, exclude)
 
     def graph_search(self, conn, query: np.ndarray, want: int, among) -> list | None:
         """HNSW search; None when a filter left fewer than `want` of the candidates (the caller scans exactly).
