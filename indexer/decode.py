@@ -10,8 +10,9 @@ import io
 import os
 import resource
 import signal
+import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -128,6 +129,20 @@ def setup_worker(config: WorkerConfig) -> None:
     if config.timeout:
         signal.signal(signal.SIGALRM, raise_timeout)
     setup_heif()
+    _config = config
+
+
+def use_config(config: WorkerConfig) -> None:
+    """For a process that runs decode tasks it did not start for (a Ray worker): set up once, then swap configs.
+
+    Decode timeouts need SIGALRM, which only the main thread can take: a worker that runs tasks in another
+    thread decodes without one (its memory bound still holds).
+    """
+    global _config
+    if threading.current_thread() is not threading.main_thread():
+        config = replace(config, timeout=None)
+    if _config is None:
+        setup_worker(config)
     _config = config
 
 

@@ -41,6 +41,7 @@ class IndexSummary:
     seconds: float = 0.0
     captions: "CaptionSummary | None" = None  # when the run also captioned
     index: str = ""  # the search index after a run that changed it: its kind and tuning
+    cluster: str = ""  # for a run on Ray: the workers and GPUs that took part
 
     @property
     def images_per_second(self) -> float:
@@ -56,6 +57,7 @@ class IndexSummary:
                 f"({self.images_per_second:.1f} images/s)"
             )
             + (f"; index {self.index}" if self.index else "")
+            + (f"; {self.cluster}" if self.cluster else "")
             + (f"; {self.captions.line()}" if self.captions else "")
         )
 
@@ -148,11 +150,20 @@ def update_store(
     if todo:
         embedder = embedder or load_embedder(store.model, settings)
         writer = ChunkWriter(store, root_id, summary)
-        for pending in run_workers(root, todo, embedder, store, settings, show_progress):
+        if settings.ray:
+            from indexer.cluster import ClusterUse, run_on_ray
+
+            use = ClusterUse()
+            files = run_on_ray(root, todo, embedder, store, settings, show_progress, use)
+        else:
+            files = run_workers(root, todo, embedder, store, settings, show_progress)
+        for pending in files:
             writer.add(pending)
             if len(writer.rows) >= settings.commit_every:
                 writer.commit()
         writer.commit()
+        if settings.ray:
+            summary.cluster = use.line()
     # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
     if scan.deleted:
         store.delete_images(scan.deleted)
@@ -191,8 +202,8 @@ def record_unreadable_folders(
         s.commit()
 
 
-def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):
-    """Decode in a process pool while this process embeds; yields Pending files in order."""
+def decode_config(store: Store, embedder: "Embedder", settings: Settings) -> tuple[dict[str, int], WorkerConfig]:
+    """The store's embedded content hashes (hash -> image id), and what every decode worker needs."""
     with store.session() as s:
         known_hashes = dict(s.execute(select(Image.hash, Image.id).where(Image.status == INDEXED)).all())
     config = WorkerConfig(
@@ -202,12 +213,11 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
         memory_limit=settings.decode_memory,
         timeout=settings.decode_timeout,
     )
-    workers = settings.workers or cpu_count()
-    batch_size = embedder.batch_size
-    # Enough decoded work queued to keep every worker busy while a batch is in inference, and no more.
-    window = batch_size * 2 + workers * 4
-    batch: list[Pending] = []
-    progress = Progress(
+    return known_hashes, config
+
+
+def indexing_progress(show_progress: bool) -> Progress:
+    return Progress(
         TextColumn("indexing"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -216,6 +226,27 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
         disable=not show_progress,
         transient=False,
     )
+
+
+def reuse_twin(pending: Pending, store: Store, known_hashes: dict[str, int]) -> bool:
+    """Give a file whose content is already embedded its twin's vector; False if another writer deleted the twin."""
+    pending.source = store.image(known_hashes[pending.result.hash])
+    pending.vector = store.vector(pending.source.id) if pending.source else None
+    if pending.vector is None:  # another writer (of another folder) deleted it meanwhile
+        log.info("%s: its twin is gone; it is indexed on the next run", pending.stat.relpath)
+        return False
+    return True
+
+
+def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):
+    """Decode in a process pool while this process embeds; yields Pending files in order."""
+    known_hashes, config = decode_config(store, embedder, settings)
+    workers = settings.workers or cpu_count()
+    batch_size = embedder.batch_size
+    # Enough decoded work queued to keep every worker busy while a batch is in inference, and no more.
+    window = batch_size * 2 + workers * 4
+    batch: list[Pending] = []
+    progress = indexing_progress(show_progress)
     context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe
     # The image session opens (0.5-0.8 s for ViT-B/32, mostly outside the GIL) while the workers start and decode.
     threading.Thread(target=embedder.load_image_tower, daemon=True).start()
@@ -253,12 +284,8 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
             pending = Pending(stat=stat, image_id=image_id, result=future.result())
             if pending.result.decoded is None:
                 done += 1
-                if pending.result.skip_reason is None:  # known content: reuse the stored vector
-                    pending.source = store.image(known_hashes[pending.result.hash])
-                    pending.vector = store.vector(pending.source.id) if pending.source else None
-                    if pending.vector is None:  # another writer (of another folder) deleted it meanwhile
-                        log.info("%s: its twin is gone; it is indexed on the next run", stat.relpath)
-                        continue
+                if pending.result.skip_reason is None and not reuse_twin(pending, store, known_hashes):
+                    continue
                 yield pending
                 continue
             batch.append(pending)

@@ -121,6 +121,18 @@ def index(
         str | None,
         typer.Option("--index-memory", help="RAM the search index may take, e.g. 2GB; picks the index kind"),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Decode and embed on a Ray cluster: the one RAY_ADDRESS names or this machine runs, else a new one "
+            "here (the folder must be at the same path on every node)",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Index on the Ray cluster at this address: auto, host:6379, ray://host:10001"),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index a folder (incremental: only new and changed files are embedded)."""
@@ -134,6 +146,7 @@ def index(
         workers=workers,
         caption_model=caption_model,
         index_memory=index_memory,
+        ray=ray_address or ("default" if ray else None),
     )
     summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
     # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.
