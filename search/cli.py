@@ -131,7 +131,9 @@ def index(
     ] = False,
     ray_address: Annotated[
         str | None,
-        typer.Option("--ray-address", help="Index on the Ray cluster at this address: auto, host:6379, ray://host:10001"),
+        typer.Option(
+            "--ray-address", help="Index on the Ray cluster at this address: auto, host:6379, ray://host:10001"
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -1,0 +1,196 @@
+"""Indexing on a real local Ray cluster (127.0.0.1, two CPUs): same rows and vectors as the local pipeline, a
+killed driver resumes, a killed worker is retried by Ray, a folder a node cannot read is a clear error."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+from indexer.errors import BadInputError
+from indexer.pipeline import index_folder
+from indexer.settings import Settings
+from indexer.store import Image, open_store
+from tests.conftest import photo, write_photos
+from tests.test_crash import INDEXER, alive, indexed_rows
+
+pytestmark = pytest.mark.slow
+# Ray binds to the machine's address unless told it is not part of a cluster; token auth stays off for the test.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    """A Ray head node on 127.0.0.1 with 2 CPUs, this module's alone; the tests' drivers connect to it."""
+    port = free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in RAY_ENV.items():
+            mp.setenv(key, value)
+        import ray  # after the environment is set: Ray reads it on import
+
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address",
+             "127.0.0.1", "--port", str(port), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and head.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert head.poll() is None, head.stderr.read().decode()
+        yield address
+        ray.shutdown()  # the in-process driver of the tests that ran one
+        os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started (they share its group)
+        head.wait(30)
+
+
+def ray_settings(store, clip_dir, address, **extra) -> Settings:
+    return Settings(store=str(store), model=str(clip_dir), device="cpu", batch_size=4, ray=address, **extra)
+
+
+def mixed_folder(folder: Path) -> None:
+    """Photos (one with a capture time, one twice, one in a subfolder) and files that must be skipped."""
+    write_photos(folder, 30, size=(160, 120))
+    exif = PILImage.Exif()
+    exif[0x0132] = "2019:07:14 18:30:00"
+    photo(99, (200, 150)).save(folder / "dated.jpg", exif=exif)
+    (folder / "sub").mkdir()
+    shutil.copy(folder / "img001.jpg", folder / "sub" / "copy of img001.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not a picture")
+    good = (folder / "img002.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 2])
+
+
+def rows(store_location: str) -> dict[str, tuple]:
+    store = open_store(store_location)
+    columns = (Image.status, Image.skip_reason, Image.hash, Image.width, Image.height, Image.format, Image.taken_at)
+    with store.session() as s:
+        return {r.relpath: tuple(r)[1:] for r in s.execute(select(Image.relpath, *columns))}
+
+
+def vectors(store_location: str) -> dict[str, np.ndarray]:
+    store = open_store(store_location)
+    with store.session() as s:
+        ids = dict(s.execute(select(Image.relpath, Image.id)).all())
+    return {rel: v for rel, i in ids.items() if (v := store.vector(i)) is not None}
+
+
+def assert_same_index(got: str, want: str) -> None:
+    assert rows(got) == rows(want)
+    got_vectors, want_vectors = vectors(got), vectors(want)
+    assert got_vectors.keys() == want_vectors.keys()
+    for rel, vector in want_vectors.items():
+        got_vector = got_vectors[rel]
+        assert float(got_vector @ vector / np.linalg.norm(got_vector) / np.linalg.norm(vector)) > 0.9999, rel
+
+
+def test_ray_indexes_what_the_local_pipeline_does(tmp_path, clip_dir, ray_address):
+    photos = tmp_path / "photos"
+    mixed_folder(photos)
+    local = Settings(store=str(tmp_path / "local"), model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    on_ray = ray_settings(tmp_path / "ray", clip_dir, ray_address)
+    want, got = index_folder(photos, local, show_progress=False), index_folder(photos, on_ray, show_progress=False)
+    assert (got.indexed, got.skipped) == (want.indexed, want.skipped) == (32, {"empty file": 1, "not an image": 1,
+                                                                             "truncated": 1})  # fmt: skip
+    assert "decode workers, 1 embedding actors (0 GPUs) on 1 node" in got.cluster
+    assert rows(on_ray.store)["dated.jpg"][-1].year == 2019
+    assert_same_index(on_ray.store, local.store)
+
+    # Incremental on Ray as locally: a new file, a changed one, a deleted one, a known content moved in.
+    write_photos(photos, 1, start=50, size=(160, 120))
+    photo(77, (160, 120)).save(photos / "img003.jpg")
+    (photos / "img004.jpg").unlink()
+    (photos / "cut.jpg").write_bytes((photos / "img002.jpg").read_bytes())  # mended: its content is known
+    for settings in (local, on_ray):
+        summary = index_folder(photos, settings, show_progress=False)
+        assert (summary.indexed, summary.reused, summary.removed) == (2, 1, 1)
+    assert_same_index(on_ray.store, local.store)
+
+
+def test_a_killed_driver_loses_at_most_a_chunk_and_a_rerun_finishes(tmp_path, clip_dir, ray_address):
+    photos = tmp_path / "photos"
+    write_photos(photos, 240, size=(160, 120))
+    store = str(tmp_path / "killed")
+    env = {**os.environ, "CLIPDEX_BATCH_SIZE": "4", "CLIPDEX_COMMIT_EVERY": "8", "CLIPDEX_DEVICE": "cpu"}
+    cmd = [sys.executable, "-c", INDEXER, "index", str(photos), "--store", store, "--model", str(clip_dir)]
+    driver = subprocess.Popen([*cmd, "--ray-address", ray_address], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while indexed_rows(store) < 16 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None, "the driver finished before it could be killed: " + driver.stderr.read().decode()
+    driver.kill()
+    driver.wait()
+    partial = indexed_rows(store)
+    assert 16 <= partial < 240
+
+    resumed = index_folder(photos, ray_settings(store, clip_dir, ray_address), show_progress=False)
+    assert (resumed.indexed, resumed.unchanged) == (240 - partial, partial)
+    clean = Settings(store=str(tmp_path / "clean"), model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    index_folder(photos, clean, show_progress=False)
+    assert_same_index(store, clean.store)
+
+
+def ray_workers(kind: str) -> list[int]:
+    """Pids of this machine's Ray worker processes whose title names `kind` (Ray titles a worker by its task)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and kind in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("kind", ["MapWorker(MapBatches(EmbedActor))", "MapBatches(decode_batch)"])
+def test_a_killed_worker_is_retried_and_the_run_completes(tmp_path, clip_dir, ray_address, kind):
+    photos = tmp_path / "photos"
+    write_photos(photos, 400, size=(320, 240))
+    store = str(tmp_path / "store")
+    env = {**os.environ, "CLIPDEX_BATCH_SIZE": "4", "CLIPDEX_COMMIT_EVERY": "8", "CLIPDEX_DEVICE": "cpu"}
+    cmd = [sys.executable, "-c", INDEXER, "index", str(photos), "--store", store, "--model", str(clip_dir)]
+    driver = subprocess.Popen([*cmd, "--ray-address", ray_address, "--json"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 90
+    victims: list[int] = []
+    while not victims and driver.poll() is None and time.monotonic() < deadline:
+        victims = ray_workers(kind) if indexed_rows(store) >= 8 else []
+        time.sleep(0.02)
+    assert victims, f"no {kind} worker ran while the driver did: " + (driver.stderr.read() if driver.poll() else "")
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 0, err
+    assert not alive(victims[0])
+    assert '"indexed": 400' in out, out
+    assert indexed_rows(store) == 400
+
+
+def test_a_folder_a_node_cannot_read_is_a_clear_error(tmp_path, clip_dir, ray_address):
+    from indexer.cluster import check_every_node_reads, connect
+
+    ray = connect(ray_address)
+    assert check_every_node_reads(ray, tmp_path) == 1
+    with pytest.raises(BadInputError, match=r"every Ray node must read .*gone.*node 127\.0\.0\.1: FileNotFoundError"):
+        check_every_node_reads(ray, tmp_path / "gone")
