@@ -212,8 +212,12 @@ def caption_store(
         todo, total = images_to_caption(store, name, prompt, redo, root_id)
         summary = CaptionSummary(model=name, prompt=prompt, done_before=total - len(todo))
         if todo:
-            captioner = load_captioner(name, settings.device)
-            batch_size = settings.caption_batch_size or (16 if captioner.device.type == "cuda" else 4)
+            if settings.ray:
+                from indexer.cluster import caption_on_ray
+
+                batches = caption_on_ray(store, todo, name, prompt, settings)
+            else:
+                batches = caption_here(store, todo, load_captioner(name, settings.device), prompt, settings)
             progress = Progress(
                 TextColumn("captioning"),
                 BarColumn(),
@@ -225,10 +229,7 @@ def caption_store(
             loaded = time.perf_counter()
             with progress:
                 task = progress.add_task("caption", total=len(todo), rate=0.0)
-                for batch in decoded_batches(store, todo, batch_size, captioner.prep, settings.max_pixels):
-                    decoded = {i: pixels for i, pixels in batch.items() if not isinstance(pixels, str)}
-                    captions, failures = caption_batch(captioner, decoded, prompt, settings) if decoded else ({}, {})
-                    failures.update({i: reason for i, reason in batch.items() if isinstance(reason, str)})
+                for captions, failures in batches:
                     write_batch(store, name, prompt, captions, failures)
                     paths = store.paths(list(failures)) if failures else {}
                     for image_id, reason in failures.items():
@@ -239,6 +240,25 @@ def caption_store(
                     progress.update(task, completed=done, rate=summary.captioned / (time.perf_counter() - loaded))
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def caption_decoded(
+    captioner: Captioner, images: dict[int, np.ndarray | str], prompt: str, settings: Settings
+) -> tuple[dict[int, str], dict[int, str]]:
+    """Captions and failure reasons of a batch of {image id: pixels, or the reason it could not be decoded}."""
+    decoded = {i: pixels for i, pixels in images.items() if not isinstance(pixels, str)}
+    captions, failures = caption_batch(captioner, decoded, prompt, settings) if decoded else ({}, {})
+    failures.update({i: reason for i, reason in images.items() if isinstance(reason, str)})
+    return captions, failures
+
+
+def caption_here(
+    store: Store, ids: list[int], captioner: Captioner, prompt: str, settings: Settings
+) -> Iterator[tuple[dict[int, str], dict[int, str]]]:
+    """(captions, failures) of each batch of `ids`, captioned in this process."""
+    batch_size = settings.caption_batch_size or (16 if captioner.device.type == "cuda" else 4)
+    for images in decoded_batches(store, ids, batch_size, captioner.prep, settings.max_pixels):
+        yield caption_decoded(captioner, images, prompt, settings)
 
 
 def decoded_batches(

@@ -44,6 +44,17 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (env CLIPDEX_DEVICE)")]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run on a Ray cluster: the one RAY_ADDRESS names or this machine runs, else a new one here (the "
+        "folders must be at the same path on every node; env CLIPDEX_RAY)",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", help="Run on the Ray cluster at this address: auto, host:6379, ray://...")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Only images tagged with this label (see clipdex tags)")]
 CaptionModelOpt = Annotated[
@@ -65,6 +76,11 @@ class SearchMode(StrEnum):
 VlmOpt = Annotated[
     str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory (env CLIPDEX_VLM)")
 ]
+
+
+def ray_setting(ray: bool, address: str | None) -> str | None:
+    """The Settings.ray value of --ray / --ray-address: None leaves CLIPDEX_RAY (or local work) in place."""
+    return address or ("default" if ray else None)
 
 
 def make_settings(**overrides) -> Settings:
@@ -121,20 +137,8 @@ def index(
         str | None,
         typer.Option("--index-memory", help="RAM the search index may take, e.g. 2GB; picks the index kind"),
     ] = None,
-    ray: Annotated[
-        bool,
-        typer.Option(
-            "--ray",
-            help="Decode and embed on a Ray cluster: the one RAY_ADDRESS names or this machine runs, else a new one "
-            "here (the folder must be at the same path on every node)",
-        ),
-    ] = False,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address", help="Index on the Ray cluster at this address: auto, host:6379, ray://host:10001"
-        ),
-    ] = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Index a folder (incremental: only new and changed files are embedded)."""
@@ -148,7 +152,7 @@ def index(
         workers=workers,
         caption_model=caption_model,
         index_memory=index_memory,
-        ray=ray_address or ("default" if ray else None),
+        ray=ray_setting(ray, ray_address),
     )
     summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
     # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.
@@ -383,6 +387,8 @@ def caption(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Caption length cap")] = None,
     beams: Annotated[int | None, typer.Option("--beams", min=1, help="Beam search width (1: greedy, fastest)")] = None,
     device: DeviceOpt = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Caption the stored images that lack a caption from this model and prompt (all of them with --redo)."""
@@ -397,6 +403,7 @@ def caption(
         caption_batch_size=batch_size,
         caption_max_new_tokens=max_new_tokens,
         caption_beams=beams,
+        ray=ray_setting(ray, ray_address),
     )
     opened = run(open_store, settings.store)
     summary = run(caption_store, opened, settings, redo, None, not json_out and sys.stderr.isatty())

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from indexer.settings import Settings
-from tests.model_factory import save_clip, save_sentence_transformers_clip, save_siglip
+from tests.model_factory import save_blip, save_clip, save_sentence_transformers_clip, save_siglip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,6 +27,11 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def siglip_dir(tmp_path_factory) -> Path:
     return save_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def blip_dir(tmp_path_factory) -> Path:
+    return save_blip(tmp_path_factory.mktemp("models") / "tiny-blip")
 
 
 @pytest.fixture(scope="session")

@@ -18,12 +18,7 @@ from search.api import create_app
 from search.cli import app
 from search.engine import RRF_K, SearchEngine
 from tests.conftest import photo, write_photos
-from tests.model_factory import save_blip, save_blip2
-
-
-@pytest.fixture(scope="session")
-def blip_dir(tmp_path_factory) -> Path:
-    return save_blip(tmp_path_factory.mktemp("models") / "tiny-blip")
+from tests.model_factory import save_blip2
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,11 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from indexer.caption import caption_store
 from indexer.errors import BadInputError
 from indexer.pipeline import index_folder
 from indexer.settings import Settings
-from indexer.store import Image, open_store
+from indexer.store import Caption, Image, open_store
 from tests.conftest import photo, write_photos
 from tests.test_crash import INDEXER, alive, indexed_rows
 
@@ -194,3 +195,26 @@ def test_a_folder_a_node_cannot_read_is_a_clear_error(tmp_path, clip_dir, ray_ad
     assert check_every_node_reads(ray, tmp_path) == 1
     with pytest.raises(BadInputError, match=r"every Ray node must read .*gone.*node 127\.0\.0\.1: FileNotFoundError"):
         check_every_node_reads(ray, tmp_path / "gone")
+
+
+def test_index_caption_on_ray_writes_the_captions_a_local_run_does(tmp_path, clip_dir, blip_dir, ray_address):
+    photos = tmp_path / "photos"
+    write_photos(photos, 6, size=(160, 120))
+    (photos / "cut.jpg").write_bytes((photos / "img000.jpg").read_bytes()[:300])
+    options = dict(caption_model=str(blip_dir), caption_max_new_tokens=5, caption_beams=1, caption_batch_size=2)
+    local = Settings(store=str(tmp_path / "local"), model=str(clip_dir), device="cpu", workers=1, **options)
+    on_ray = ray_settings(tmp_path / "ray", clip_dir, ray_address, **options)
+    want = index_folder(photos, local, show_progress=False, caption=True).captions
+    got = index_folder(photos, on_ray, show_progress=False, caption=True).captions
+    assert (got.captioned, got.failed) == (want.captioned, want.failed) == (6, 0)
+    assert captions(on_ray.store) == captions(local.store)
+    # A file gone since indexing fails alone, with its reason, and the rest of the batch is captioned.
+    (photos / "img001.jpg").unlink()
+    got = caption_store(open_store(on_ray.store), on_ray, redo=True, show_progress=False)
+    assert (got.captioned, got.failed) == (5, 1)
+
+
+def captions(store_location: str) -> dict[str, str]:
+    store = open_store(store_location)
+    with store.session() as s:
+        return dict(s.execute(select(Image.relpath, Caption.text).join(Caption, Caption.image_id == Image.id)).all())
