@@ -129,6 +129,16 @@ def test_ray_indexes_what_the_local_pipeline_does(tmp_path, clip_dir, ray_addres
     assert_same_index(on_ray.store, local.store)
 
 
+def test_ray_indexes_into_postgresql(tmp_path, clip_dir, ray_address, pg_url):
+    photos = tmp_path / "photos"
+    mixed_folder(photos)
+    local = Settings(store=str(tmp_path / "local"), model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    index_folder(photos, local, show_progress=False)
+    summary = index_folder(photos, ray_settings(pg_url, clip_dir, ray_address), show_progress=False)
+    assert summary.indexed == 32 and summary.cluster
+    assert_same_index(pg_url, local.store)
+
+
 def test_a_killed_driver_loses_at_most_a_chunk_and_a_rerun_finishes(tmp_path, clip_dir, ray_address):
     photos = tmp_path / "photos"
     write_photos(photos, 240, size=(160, 120))
@@ -168,7 +178,7 @@ def ray_workers(kind: str) -> list[int]:
 @pytest.mark.parametrize("kind", ["MapWorker(MapBatches(EmbedActor))", "MapBatches(decode_batch)"])
 def test_a_killed_worker_is_retried_and_the_run_completes(tmp_path, clip_dir, ray_address, kind):
     photos = tmp_path / "photos"
-    write_photos(photos, 400, size=(320, 240))
+    write_photos(photos, 240, size=(160, 120))
     store = str(tmp_path / "store")
     env = {**os.environ, "CLIPDEX_BATCH_SIZE": "4", "CLIPDEX_COMMIT_EVERY": "8", "CLIPDEX_DEVICE": "cpu"}
     cmd = [sys.executable, "-c", INDEXER, "index", str(photos), "--store", store, "--model", str(clip_dir)]
@@ -184,8 +194,8 @@ def test_a_killed_worker_is_retried_and_the_run_completes(tmp_path, clip_dir, ra
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 0, err
     assert not alive(victims[0])
-    assert '"indexed": 400' in out, out
-    assert indexed_rows(store) == 400
+    assert '"indexed": 240' in out, out
+    assert indexed_rows(store) == 240
 
 
 def test_a_folder_a_node_cannot_read_is_a_clear_error(tmp_path, clip_dir, ray_address):
