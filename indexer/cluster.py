@@ -62,11 +62,23 @@ def connect(address: str):
     # Set after the import, which configures it: Ray Data's start, finish and progress bar notices on the console.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     if not ray.is_initialized():
+        check_reachable(address)
         try:
             ray.init(address=None if address == "default" else address, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise BadInputError(f"cannot reach the Ray cluster at {address}: {e}") from None
     return ray
+
+
+def check_reachable(address: str) -> None:
+    """A clear error within seconds for a host:port nobody answers on (Ray itself retries for many minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():  # "auto", "default": Ray finds the cluster itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise BadInputError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 def worker_name() -> str:

@@ -102,6 +102,10 @@ def index_folder(
         from indexer.caption import resolve_captioner
 
         resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
+    if settings.ray:
+        from indexer.cluster import connect
+
+        connect(settings.ray)  # so does a cluster that cannot be reached
     store, embedder = open_for_writing(settings, embedder)
     with store.writing(root, settings.lock_timeout):  # one writer per folder (per store, for the embedded one)
         with reporting_full_disk(settings.store):

@@ -228,3 +228,13 @@ def captions(store_location: str) -> dict[str, str]:
     store = open_store(store_location)
     with store.session() as s:
         return dict(s.execute(select(Image.relpath, Caption.text).join(Caption, Caption.image_id == Image.id)).all())
+
+
+def test_an_address_nobody_answers_on_fails_at_once_with_a_clear_error(tmp_path, clip_dir):
+    port = free_port()  # closed again: nothing listens there
+    cmd = [sys.executable, "-c", INDEXER, "index", str(tmp_path), "--store", str(tmp_path / "s"), "--model",
+           str(clip_dir), "--ray-address", f"127.0.0.1:{port}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"error: cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused" in result.stderr
+    assert not (tmp_path / "s").exists()
