@@ -8,7 +8,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
-BENCHES := startup indexing api tagging scale postgres captions vlm
+BENCHES := startup indexing cluster api tagging scale postgres captions vlm
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
@@ -27,9 +27,10 @@ $(BIN)/clipdex: pyproject.toml
 
 install: $(BIN)/clipdex ## Create .venv and install clipdex into it
 
-index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir] [CAPTION=1]
+index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir] [CAPTION=1] [RAY=address]
 	@test -n "$(DIR)" || (echo "usage: make index DIR=path/to/photos" >&2; exit 2)
-	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",) $(if $(CAPTION),--caption,)
+	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",) $(if $(CAPTION),--caption,) \
+		$(if $(RAY),--ray-address "$(RAY)",)
 
 search: $(BIN)/clipdex ## Search by text: make search Q="a dog on a beach" [MODE=embedding|caption|hybrid]
 	$(BIN)/clipdex search "$(Q)" $(STORE_FLAG) $(if $(MODE),--mode $(MODE),)
