@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 
-from bench.indexing import DATA, QUICK, console, decode_cost, encode_cost, load, make_images
+from bench.indexing import DATA, QUICK, console, decode_cost, encode_cost, load, make_images, vit_b32
 from indexer.cpu import cpu_line
 from indexer.decode import WorkerConfig
 from indexer.settings import Settings, cpu_count
@@ -43,14 +43,11 @@ def best_rate(folder, settings: Settings, runs: int) -> tuple[float, str]:
 
 def main() -> None:
     from indexer.runtimes import make_embedder
-    from tests.model_factory import save_clip
 
     cores = cpu_count()
     console.print(cpu_line())
     console.print(f"[bold]Ray benchmark[/bold]{' (quick)' if QUICK else ''}; {load()}")
-    model_dir = DATA / "vit-b-32"
-    if not (model_dir / "config.json").exists():
-        save_clip(model_dir, size="vit-b-32")
+    model_dir = vit_b32()
     settings = Settings(model=str(model_dir), device="cpu", cache_dir=DATA / "cache")
     embedder = make_embedder(str(model_dir), settings)  # exports to ONNX once, before anything is timed
     paths = make_images(DATA / f"1024x768-{COUNT}", COUNT, (1024, 768))

@@ -43,6 +43,16 @@ SIZES = {"photo 4000x3000": (4000, 3000), "web 1024x768": (1024, 768)}
 console = Console(highlight=False)
 
 
+def vit_b32() -> Path:
+    """The benches' full-size ViT-B/32 with random weights, saved once under data/bench/."""
+    from tests.model_factory import save_clip
+
+    model_dir = DATA / "vit-b-32"
+    if not (model_dir / "config.json").exists():
+        save_clip(model_dir, size="vit-b-32")
+    return model_dir
+
+
 def load() -> str:
     return "load avg " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -186,9 +196,7 @@ def main() -> None:
     cores = cpu_count()
     console.print(cpu_line())
     console.print(f"[bold]indexing benchmark[/bold]{' (quick)' if QUICK else ''}; {load()}")
-    model_dir = DATA / "vit-b-32"
-    if not (model_dir / "config.json").exists():
-        save_clip(model_dir, size="vit-b-32")
+    model_dir = vit_b32()
     settings = Settings(model=str(model_dir), device="cpu", cache_dir=DATA / "cache")
 
     started = time.perf_counter()
