@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     cpu_runtime: Literal["onnx", "torch", "onnx-int8"] = "onnx"
     # Decode worker processes; None: one per core.
     workers: int | None = None
-    # Index on a Ray cluster (indexer/cluster.py): its address ("auto", "host:6379", "ray://host:10001"), or
+    # Index on a Ray cluster (indexer/cluster.py): its address ("auto", "host:6379"), or
     # "default" for Ray's own choice (RAY_ADDRESS, else the cluster this machine runs, else a new one here).
     ray: str | None = None
     # Rows are committed (and made crash-safe) at least this often.

@@ -53,7 +53,7 @@ RayOpt = Annotated[
     ),
 ]
 RayAddressOpt = Annotated[
-    str | None, typer.Option("--ray-address", help="Run on the Ray cluster at this address: auto, host:6379, ray://...")
+    str | None, typer.Option("--ray-address", help="Run on the Ray cluster at this address: auto, or head:6379")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Only images tagged with this label (see clipdex tags)")]
