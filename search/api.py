@@ -44,6 +44,7 @@ from search.vlm import Conversations, VisualQA
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # an upload plus its multipart headers and form fields
+MAX_FOLDER_CHARS = 4096
 API_KEY_HEADER = "X-API-Key"
 # Each clipdex error's HTTP status; any other is a 400. A full disk is the server's trouble, not the request's.
 ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
@@ -140,6 +141,31 @@ class TagJobPublic(BaseModel):
     error: str | None = None  # when failed
 
 
+class DuplicatePublic(BaseModel):
+    id: int
+    path: str
+    width: int
+    height: int
+    bytes: int
+    taken_at: str | None  # the capture time as the camera wrote it (no time zone)
+    similarity: float  # cosine to the group's keeper
+    thumbnail_url: str
+    image_url: str
+
+
+class DuplicateGroupPublic(BaseModel):
+    exact: bool  # every member has the same content
+    reclaimable_bytes: int  # what the members other than the keeper take
+    members: list[DuplicatePublic]  # the suggested keeper first
+
+
+class DuplicatesPublic(BaseModel):
+    groups: list[DuplicateGroupPublic]
+    total: int  # groups in all
+    limit: int
+    offset: int
+
+
 class LabelCountPublic(BaseModel):
     label_set: str
     label: str
@@ -162,7 +188,8 @@ OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to ski
 
 def get_filters(
     folder: Annotated[
-        str | None, Query(max_length=4096, description="Absolute folder, or folder relative to an indexed root")
+        str | None,
+        Query(max_length=MAX_FOLDER_CHARS, description="Absolute folder, or folder relative to an indexed root"),
     ] = None,
     taken_from: Annotated[date | None, Query(description="Capture date from (inclusive), YYYY-MM-DD")] = None,
     taken_to: Annotated[date | None, Query(description="Capture date to (inclusive), YYYY-MM-DD")] = None,
@@ -451,6 +478,47 @@ def tags(
     """The labels in use with how many images carry each, per label set."""
     counts = tagging.label_counts(engine.store, label_set or None)
     return [LabelCountPublic(label_set=s, label=label, images=n) for s, label, n in counts]
+
+
+@router.get("/duplicates", responses={422: {"model": ErrorPublic}})
+def duplicates(
+    engine: EngineDep,
+    threshold: Annotated[
+        float, Query(ge=0.5, le=1.0, description="Cosine at or above which images are near copies")
+    ] = 0.95,
+    folder: Annotated[
+        str | None, Query(max_length=MAX_FOLDER_CHARS, description="Only images under this folder")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_K, description="Groups per page")] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Groups to skip (paging)")] = 0,
+) -> DuplicatesPublic:
+    """Groups of copies and near copies, largest first, each with its suggested keeper first (nothing is deleted).
+
+    Found once per store state and threshold (at 1M images that takes minutes); later pages come from memory.
+    """
+    groups = engine.duplicates(threshold, folder or None)
+    page = [
+        DuplicateGroupPublic(
+            exact=g.exact,
+            reclaimable_bytes=g.reclaimable,
+            members=[
+                DuplicatePublic(
+                    id=m.id,
+                    path=m.path,
+                    width=m.width,
+                    height=m.height,
+                    bytes=m.size,
+                    similarity=m.similarity,
+                    taken_at=m.taken_at.isoformat() if m.taken_at else None,
+                    thumbnail_url=f"/api/images/{m.id}/thumbnail",
+                    image_url=f"/api/images/{m.id}/file",
+                )
+                for m in g.members
+            ],
+        )  # fmt: skip
+        for g in groups[offset : offset + limit]
+    ]
+    return DuplicatesPublic(groups=page, total=len(groups), limit=limit, offset=offset)
 
 
 # /api/conversations: follow-up questions with a VLM; an unknown conversation or image is a 404

@@ -334,6 +334,66 @@ def tags(
 
 
 @app.command()
+def duplicates(
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Cosine at or above which two images are near copies (0.5-1)")
+    ] = 0.95,
+    folder: Annotated[str | None, typer.Option("--folder", help="Only images under this folder")] = None,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Also write every member, one row each, to this CSV file")
+    ] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List groups of copies and near copies, each with a suggested keeper; nothing is deleted."""
+    import time
+
+    from indexer.store import open_store
+    from search.duplicates import find_duplicates
+
+    started = time.perf_counter()
+    opened = run(open_store, make_settings(store=store).store)
+    groups = run(find_duplicates, opened, threshold, folder)
+    if csv_file is not None:
+        write_duplicates_csv(csv_file, groups)
+    if json_out:
+        typer.echo(json.dumps([duplicate_json(g) for g in groups], default=str))
+        return
+    for n, group in enumerate(groups, 1):
+        kind = "exact copies" if group.exact else "near copies"
+        out.print(f"group {n}: {len(group.members)} {kind}, {group.reclaimable / 1e6:.1f} MB besides the keeper")
+        table = Table("", "id", "similarity", "pixels", "taken", "path", box=None)
+        for i, m in enumerate(group.members):
+            taken = m.taken_at.isoformat(" ", "minutes") if m.taken_at else ""
+            table.add_row("keep" if i == 0 else "", str(m.id), f"{m.similarity:.4f}", f"{m.width}x{m.height}", taken,
+                          printable(m.path))  # fmt: skip
+        out.print(table)
+    images = sum(len(g.members) for g in groups)
+    reclaimable = sum(g.reclaimable for g in groups) / 1e6
+    out.print(
+        f"{len(groups)} groups, {images} images, {reclaimable:.1f} MB besides the keepers "
+        f"(threshold {threshold:g}) in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def duplicate_json(group) -> dict:
+    return {"exact": group.exact, "reclaimable_bytes": group.reclaimable, "members": [asdict(m) for m in group.members]}
+
+
+def write_duplicates_csv(path: Path, groups) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "keep", "exact", "id", "path", "similarity", "width", "height", "bytes", "taken_at"])
+        for n, group in enumerate(groups, 1):
+            for i, m in enumerate(group.members):
+                taken = m.taken_at.isoformat() if m.taken_at else ""
+                writer.writerow([n, int(i == 0), int(group.exact), m.id, m.path, f"{m.similarity:.6f}", m.width,
+                                 m.height, m.size, taken])  # fmt: skip
+
+
+@app.command()
 def serve(
     store: StoreOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on")] = "127.0.0.1",

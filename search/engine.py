@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
 from indexer.embed import Embedder
@@ -23,6 +24,9 @@ from indexer.errors import BadInputError, NotFoundError, StorageFullError, is_di
 from indexer.models import canonical_name
 from indexer.settings import Settings
 from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, open_store
+
+if TYPE_CHECKING:
+    from search.duplicates import DuplicateGroup
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
@@ -76,6 +80,8 @@ class SearchEngine:
         self.text_encoder: Callable[[str], np.ndarray] | None = None
         # Paging through a text query re-asks for the same vector: keep the recent ones.
         self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
+        # The last duplicate groups found, keyed by their arguments and the store's state: paging reuses them.
+        self._duplicates: tuple[tuple, list] = ((), [])
 
     @property
     def embedder(self) -> Embedder:
@@ -217,6 +223,17 @@ class SearchEngine:
         if not query:
             raise BadInputError("the query text is empty")
         return self.store.match_captions(query, limit, filters)
+
+    def duplicates(self, threshold: float, folder: str | None = None) -> list["DuplicateGroup"]:
+        """The store's duplicate groups (search/duplicates.py), found again only once the store has changed."""
+        from search.duplicates import find_duplicates
+
+        with self.store.session() as s:
+            changed = select(func.count(), func.max(Image.indexed_at)).where(Image.status == INDEXED)
+            key = (threshold, folder, tuple(s.execute(changed).one()))
+        if self._duplicates[0] != key:
+            self._duplicates = (key, find_duplicates(self.store, threshold, folder))
+        return self._duplicates[1]
 
     def image_info(self, image_id: int) -> ImageInfo:
         """Path, file facts, captions and tags of an indexed image."""
