@@ -24,7 +24,7 @@ from indexer.store.filters import Filters, folder_condition
 DEFAULT_THRESHOLD = 0.95
 NEIGHBOURS = 8  # looked at per image; a larger group still joins up through its members' neighbours
 EXACT_LIMIT = 50_000  # vectors up to which neighbours are found exactly (a flat index)
-NPROBE = 8  # IVF lists searched per image beyond that: near copies (cosine >= 0.9) share a list or a neighbour
+NPROBE = 4  # IVF lists searched per image beyond that: near copies (cosine >= 0.9) share a list or a neighbour
 SEARCH_CHUNK = 16_384
 
 
