@@ -26,7 +26,7 @@ from indexer.settings import Settings
 
 if TYPE_CHECKING:
     from indexer.embed import Embedder
-    from indexer.pipeline import Pending
+    from indexer.pipeline import IndexSummary, Pending
     from indexer.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,12 @@ class ClusterUse:
     nodes: int = 0
     decoders: set[str] = field(default_factory=set)  # "node:pid" of each process that decoded
     embedders: set[str] = field(default_factory=set)  # "node:pid:device" of each embedding actor
-    gpus: int = 0  # embedding actors that ran on a GPU
 
     def line(self) -> str:
+        gpus = sum(name.endswith(":cuda") for name in self.embedders)
         return (
             f"on Ray: {len(self.decoders)} decode workers, {len(self.embedders)} embedding actors "
-            f"({self.gpus} GPUs) on {self.nodes} node{'s' if self.nodes != 1 else ''}"
+            f"({gpus} GPUs) on {self.nodes} node{'s' if self.nodes != 1 else ''}"
         )
 
 
@@ -160,13 +160,20 @@ class EmbedActor:
 
 
 def run_on_ray(
-    root: Path, todo, embedder: "Embedder", store: "Store", settings: Settings, show_progress: bool, use: ClusterUse
+    root: Path,
+    todo,
+    embedder: "Embedder",
+    store: "Store",
+    settings: Settings,
+    show_progress: bool,
+    summary: "IndexSummary",
 ) -> Iterator["Pending"]:
-    """The Ray twin of `pipeline.run_workers`: yields Pending files (in the order they finish); fills in `use`."""
+    """The Ray twin of `pipeline.run_workers`: yields Pending files (in the order they finish), then says in
+    `summary.cluster` which workers took part."""
     from indexer.pipeline import Pending, decode_config, indexing_progress, reuse_twin
 
     ray = connect(settings.ray)
-    use.nodes = check_every_node_reads(ray, root)
+    use = ClusterUse(nodes=check_every_node_reads(ray, root))
     known_hashes, config = decode_config(store, embedder, settings)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     context = ray.data.DataContext.get_current()
@@ -212,7 +219,7 @@ def run_on_ray(
                 yield pending
             done += len(batch["relpath"])
             progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
-    use.gpus = sum(name.endswith(":cuda") for name in use.embedders)
+    summary.cluster = use.line()
 
 
 def load_result(batch: dict[str, np.ndarray], row: int) -> LoadResult:

@@ -155,10 +155,9 @@ def update_store(
         embedder = embedder or load_embedder(store.model, settings)
         writer = ChunkWriter(store, root_id, summary)
         if settings.ray:
-            from indexer.cluster import ClusterUse, run_on_ray
+            from indexer.cluster import run_on_ray
 
-            use = ClusterUse()
-            files = run_on_ray(root, todo, embedder, store, settings, show_progress, use)
+            files = run_on_ray(root, todo, embedder, store, settings, show_progress, summary)
         else:
             files = run_workers(root, todo, embedder, store, settings, show_progress)
         for pending in files:
@@ -166,8 +165,6 @@ def update_store(
             if len(writer.rows) >= settings.commit_every:
                 writer.commit()
         writer.commit()
-        if settings.ray:
-            summary.cluster = use.line()
     # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
     if scan.deleted:
         store.delete_images(scan.deleted)
