@@ -272,7 +272,9 @@ def caption_on_ray(
     """The Ray twin of `caption.caption_here`: (captions, failures) of each batch, from a pool of caption actors."""
     ray = connect(settings.ray)
     paths = store.paths(ids)
-    nodes = max(check_every_node_reads(ray, Path(root)) for root in store.roots())
+    # Only the folders that hold images to caption: another indexed folder may be gone, as locally it may.
+    roots = [root for root in store.roots() if any(p.startswith(root.rstrip("/") + "/") for p in paths.values())]
+    nodes = max(check_every_node_reads(ray, Path(root)) for root in roots)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     items = [{"id": i, "path": paths[i]} for i in ids if i in paths]
     batch_size = settings.caption_batch_size or (16 if gpus else 4)
