@@ -272,6 +272,8 @@ def caption_on_ray(
     """The Ray twin of `caption.caption_here`: (captions, failures) of each batch, from a pool of caption actors."""
     ray = connect(settings.ray)
     paths = store.paths(ids)
+    if not paths:  # deleted since they were listed
+        return
     # Only the folders that hold images to caption: another indexed folder may be gone, as locally it may.
     roots = [root for root in store.roots() if any(p.startswith(root.rstrip("/") + "/") for p in paths.values())]
     nodes = max(check_every_node_reads(ray, Path(root)) for root in roots)
