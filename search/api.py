@@ -39,6 +39,7 @@ from indexer.store import Hit
 from search import tagging, vlm_api
 from search.batching import TextBatcher
 from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, Filters, SearchEngine
+from search.query import MAX_TERMS, MAX_WEIGHT, Term
 from search.vlm import Conversations, VisualQA
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -49,6 +50,9 @@ API_KEY_HEADER = "X-API-Key"
 # Each clipdex error's HTTP status; any other is a 400. A full disk is the server's trouble, not the request's.
 ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
 API_KEY_COOKIE = "clipdex_api_key"  # lets <img> tags on the page, which cannot send headers, carry the key
+SearchMode = Literal["embedding", "caption", "hybrid"]
+SortOrder = Literal["score", "newest", "oldest"]
+StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
 
 
 # --- schemas -------------------------------------------------------------------------------------------
@@ -59,7 +63,9 @@ class HitPublic(BaseModel):
     path: str
     name: str
     score: float
+    relevance: float | None = Field(description="With relevant=true: spreads above this query's typical score")
     caption: str | None
+    taken_at: str | None
     thumbnail_url: str
     image_url: str
 
@@ -68,6 +74,21 @@ class SearchResults(BaseModel):
     hits: list[HitPublic]
     k: int
     offset: int
+
+
+class TermCreate(BaseModel):
+    """One idea of a combined query: a text or a stored image, with a weight (negative: move away from it)."""
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS)
+    image_id: StoredId | None = None
+    weight: float = Field(1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT)
+
+
+class QueryCreate(BaseModel):
+    terms: list[TermCreate] = Field(min_length=1, max_length=MAX_TERMS)
+    mode: SearchMode = "embedding"
+    relevant: bool = False
+    sort: SortOrder = "score"
 
 
 class TagPublic(BaseModel):
@@ -182,7 +203,6 @@ def get_engine(request: Request) -> SearchEngine:
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 KQuery = Annotated[int, Query(ge=1, le=MAX_K, description="Number of hits")]
 ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A stored image id")]  # SQLite's integer range
-SearchMode = Literal["embedding", "caption", "hybrid"]
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Hits to skip (paging)")]
 
 
@@ -303,7 +323,9 @@ def hit_public(hit: Hit) -> HitPublic:
         path=hit.path,
         name=Path(hit.path).name,
         score=hit.score,
+        relevance=hit.relevance,
         caption=hit.caption,
+        taken_at=hit.taken_at.isoformat() if hit.taken_at else None,
         thumbnail_url=f"/api/images/{hit.id}/thumbnail",
         image_url=f"/api/images/{hit.id}/file",
     )
@@ -329,11 +351,33 @@ def stats(engine: EngineDep) -> StatsPublic:
     return StatsPublic(**engine.stats())
 
 
+RelevantQuery = Annotated[
+    bool,
+    Query(
+        description="Only hits that stand out from what this query scores on a typical stored image, each with its "
+        "relevance; none when nothing does"
+    ),
+]
+SortQuery = Annotated[
+    SortOrder, Query(description="By score, or the best 1000 hits (past any cut-off) by capture date, undated last")
+]
+
+
 @router.get("/search", responses={422: {"model": ErrorPublic}})
 async def search_text(
     engine: EngineDep,
     filters: FiltersDep,
-    q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words")],
+    q: Annotated[
+        str,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description='What to look for, in words; ideas combine as "beach + sunset - people" or "beach:2 + sunset"',
+        ),
+    ] = "",
+    like: Annotated[
+        list[StoredId] | None,
+        Query(max_length=MAX_TERMS, description="Stored image ids to look like too (with q: more like this, but...)"),
+    ] = None,
     k: KQuery = 24,
     offset: OffsetQuery = 0,
     mode: Annotated[
@@ -344,9 +388,26 @@ async def search_text(
             "the embedding mode"
         ),
     ] = "embedding",
+    relevant: RelevantQuery = False,
+    sort: SortQuery = "score",
 ) -> SearchResults:
-    """Images that best match a description."""
-    hits = await run_in_threadpool(engine.search, q, mode, k, offset, filters)
+    """Images that best match a description, optionally combined with stored images."""
+    like_ids = [str(i) for i in like or []]
+    hits = await run_in_threadpool(engine.search, q, mode, k, offset, filters, like_ids, relevant, sort)
+    return results(hits, k, offset)
+
+
+@router.post("/search/query", responses={404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}})
+async def search_query(
+    engine: EngineDep, filters: FiltersDep, body: QueryCreate, k: KQuery = 24, offset: OffsetQuery = 0
+) -> SearchResults:
+    """A combined query in structured form: weighted texts and stored images, negative weights to move away."""
+    terms = []
+    for term in body.terms:
+        if (term.text is None) == (term.image_id is None):
+            raise BadInputError("each term has either a text or an image_id")
+        terms.append(Term(term.weight, text=term.text, image=None if term.image_id is None else str(term.image_id)))
+    hits = await run_in_threadpool(engine.search_terms, terms, body.mode, k, offset, filters, body.relevant, body.sort)
     return results(hits, k, offset)
 
 
@@ -360,20 +421,26 @@ async def search_image(
     file: Annotated[UploadFile, File(description=f"An image file, at most {MAX_UPLOAD_BYTES // 2**20} MiB")],
     k: KQuery = 24,
     offset: OffsetQuery = 0,
+    relevant: RelevantQuery = False,
 ) -> SearchResults:
     """Images that look like an uploaded image."""
     data = await read_upload(file)
     vector = await run_in_threadpool(engine.embed_image, data)
-    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, filters=filters)
+    hits = await run_in_threadpool(engine.search_vector, vector, k, offset, (), filters, relevant)
     return results(hits, k, offset)
 
 
 @router.get("/images/{image_id}/similar", responses={404: {"model": ErrorPublic}})
 def similar(
-    engine: EngineDep, filters: FiltersDep, image_id: ImageId, k: KQuery = 24, offset: OffsetQuery = 0
+    engine: EngineDep,
+    filters: FiltersDep,
+    image_id: ImageId,
+    k: KQuery = 24,
+    offset: OffsetQuery = 0,
+    relevant: RelevantQuery = False,
 ) -> SearchResults:
     """Stored images most like a stored one (not itself)."""
-    return results(engine.similar(image_id, k, offset, filters=filters), k, offset)
+    return results(engine.similar(image_id, k, offset, filters, relevant), k, offset)
 
 
 @router.get("/images/{image_id}", responses={404: {"model": ErrorPublic}})

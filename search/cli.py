@@ -174,20 +174,24 @@ def retag_saved_sets(store_path: str, show_progress: bool):
     return retag_store(open_store(store_path), show_progress)
 
 
-def print_hits(hits: list[Hit], json_out: bool) -> None:
+def print_hits(hits: list[Hit], json_out: bool, relevant: bool = False) -> None:
     if json_out:
-        typer.echo(json.dumps([asdict(h) for h in hits]))
+        typer.echo(json.dumps([asdict(h) for h in hits], default=str))
         return
     if not hits:
-        out.print("no hits")
+        out.print("nothing stands out: no image scores clearly above the rest" if relevant else "no hits")
         return
     with_captions = any(hit.caption for hit in hits)
-    table = Table("rank", "score", "id", "path", *(["caption"] if with_captions else []), box=None)
+    with_dates = any(hit.taken_at for hit in hits)
+    columns = ["rank", "score", *(["relevance"] if relevant else []), "id", *(["taken"] if with_dates else [])]
+    table = Table(*columns, "path", *(["caption"] if with_captions else []), box=None)
     for rank, hit in enumerate(hits, 1):
         table.add_row(
             str(rank),
             f"{hit.score:.4f}",
+            *([f"{hit.relevance:.1f}" if hit.relevance is not None else "caption"] if relevant else []),
             str(hit.id),
+            *([hit.taken_at.isoformat(" ", "minutes") if hit.taken_at else ""] if with_dates else []),
             printable(hit.path),
             *([hit.caption or ""] if with_captions else []),
         )
@@ -200,11 +204,43 @@ def open_engine(store: str | None, model: str | None = None, device: str | None 
     return run(SearchEngine, make_settings(store=store, model=model, device=device))
 
 
+class Sort(StrEnum):
+    score = "score"
+    newest = "newest"
+    oldest = "oldest"
+
+
+OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")]
+RelevantOpt = Annotated[
+    bool,
+    typer.Option(
+        "--relevant",
+        help="Only hits that stand out from what this query scores on a typical stored image, with their relevance "
+        "(spreads above that baseline)",
+    ),
+]
+SortOpt = Annotated[
+    Sort, typer.Option("--sort", help="Order hits by score, or by capture date (the best 1000, undated last)")
+]
+
+
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in words")],
+    query: Annotated[
+        str,
+        typer.Argument(
+            help='What to look for, in words. Ideas combine: "beach + sunset - people", "beach:2 + sunset" '
+            "(+ and - need spaces around them; a weight follows a colon)"
+        ),
+    ] = "",
+    like: Annotated[
+        list[str] | None,
+        typer.Option("--like", help="Also look like this image: a stored id or path, or any image file (repeatable)"),
+    ] = None,
     k: KOpt = 10,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    offset: OffsetOpt = 0,
+    relevant: RelevantOpt = False,
+    sort: SortOpt = Sort.score,
     tag: TagOpt = None,
     mode: Annotated[
         SearchMode,
@@ -220,12 +256,12 @@ def search(
     ask: Annotated[str | None, typer.Option("--ask", help="Ask a VLM this question about the top hits")] = None,
     vlm: VlmOpt = None,
 ) -> None:
-    """Find images matching a text description."""
+    """Find images matching a text description, optionally combined with images (--like)."""
     from search.engine import Filters
 
     engine = open_engine(store, device=device)
-    hits = run(engine.search, query, mode.value, k, offset, Filters(tag=tag))
-    print_hits(hits, json_out)
+    hits = run(engine.search, query, mode.value, k, offset, Filters(tag=tag), like or (), relevant, sort.value)
+    print_hits(hits, json_out, relevant)
     if ask:
         ask_about_hits(engine.store, hits, ask, make_settings(store=store, device=device, vlm=vlm))
 
@@ -234,7 +270,8 @@ def search(
 def similar(
     target: Annotated[str, typer.Argument(help="A stored image id, a stored path, or any image file")],
     k: KOpt = 10,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits (paging)")] = 0,
+    offset: OffsetOpt = 0,
+    relevant: RelevantOpt = False,
     tag: TagOpt = None,
     store: StoreOpt = None,
     device: DeviceOpt = None,
@@ -244,7 +281,7 @@ def similar(
     from search.engine import Filters
 
     engine = open_engine(store, device=device)
-    print_hits(run(engine.similar_to, target, k, offset, Filters(tag=tag)), json_out)
+    print_hits(run(engine.similar, target, k, offset, Filters(tag=tag), relevant), json_out, relevant)
 
 
 @app.command()

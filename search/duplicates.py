@@ -76,6 +76,8 @@ def find_duplicates(
     _, component = connected_components(graph, directed=False)
     sizes = np.bincount(component)
     grouped = np.flatnonzero(sizes[component] > 1)
+    if not len(grouped):
+        return []
     order = grouped[np.argsort(component[grouped], kind="stable")]
     rows = member_rows(store, ids[order].tolist())
     groups = []

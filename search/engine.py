@@ -6,8 +6,9 @@ Text queries rank by embedding similarity, by caption match (the store's full-te
 import os
 import stat
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,8 @@ from indexer.errors import BadInputError, NotFoundError, StorageFullError, is_di
 from indexer.models import canonical_name
 from indexer.settings import Settings
 from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, open_store
+from search.query import Term, check_terms, parse_query
+from search.relevance import Background, sample_store
 
 if TYPE_CHECKING:
     from search.duplicates import DuplicateGroup
@@ -32,6 +35,8 @@ MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
 SEARCH_MODES = ("embedding", "caption", "hybrid")
+SORTS = ("score", "newest", "oldest")
+RELEVANCE_SAMPLE_SECONDS = 600
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (RRF_K + rank). 60 is the
 # paper's constant: it keeps one ranking's top hit from outweighing agreement between both rankings.
 RRF_K = 60
@@ -82,6 +87,7 @@ class SearchEngine:
         self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
         # The last duplicate groups found, keyed by their arguments and the store's state: paging reuses them.
         self._duplicates: tuple[tuple, list] = ((), [])
+        self._background: tuple[float, Background | None] = (0.0, None)
 
     @property
     def embedder(self) -> Embedder:
@@ -92,7 +98,7 @@ class SearchEngine:
         return self._embedder
 
     def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Images that best match a description."""
+        """Images that best match a description (one idea: no query arithmetic)."""
         return self.search_vector(self.embed_query(query), k, offset, filters=filters)
 
     def _embed_text(self, query: str) -> np.ndarray:
@@ -117,74 +123,153 @@ class SearchEngine:
             raise BadInputError(f"the query image cannot be used: {e.reason}") from None
         return self.embedder.embed_pixels(decoded.pixels[None])[0]
 
-    def search_image(self, data: bytes, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Images that look like the given image file content."""
-        return self.search_vector(self.embed_image(data), k, offset, filters=filters)
-
-    def similar(self, image_id: int, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Stored images most like a stored one, leaving out the image itself."""
-        vector = self.store.vector(image_id) if 0 < image_id < 2**63 else None  # beyond SQLite's integers
-        if vector is None:
-            raise NotFoundError(f"no indexed image with id {image_id}")
-        return self.search_vector(vector, k, offset, exclude=image_id, filters=filters)
-
-    def similar_to(self, target: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """`similar` for an id or a path: a stored path uses its stored vector, another file is embedded."""
+    def image_vector(self, target: str) -> tuple[np.ndarray, int | None]:
+        """The vector of a stored image (by id or path, with its id), or of any image file (embedded, no id)."""
         if target.isdigit():
-            return self.similar(int(target), k, offset, filters)
+            image_id = int(target)
+            vector = self.store.vector(image_id) if 0 < image_id < 2**63 else None  # beyond SQLite's integers
+            if vector is None:
+                raise NotFoundError(f"no indexed image with id {image_id}")
+            return vector, image_id
         path = Path(target).expanduser()
         image_id = self.store.find_path(path)
         if image_id is not None:
-            return self.similar(image_id, k, offset, filters)
+            return self.store.vector(image_id), image_id
         if not path.is_file():
             raise NotFoundError(f"{target} is neither a stored image id nor an image file")
         try:
             data, _ = read_and_hash(path)
         except DecodeError as e:
             raise BadInputError(f"cannot read {path}: {e.reason}") from None
-        return self.search_image(data, k, offset, filters)
+        return self.embed_image(data), None
+
+    def query_vector(self, terms: list[Term]) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The unit vector of weighted terms (search/query.py), and the stored images among the ideas to find:
+        they are left out of the hits, being their own best matches."""
+        total, own = np.zeros(self.store.dim, dtype=np.float32), []
+        for term in check_terms(terms):
+            if term.text is not None:
+                vector = self.embed_query(term.text)
+            else:
+                vector, image_id = self.image_vector(term.image)
+                if image_id is not None and term.weight > 0:
+                    own.append(image_id)
+            total += np.float32(term.weight) * vector
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-3:
+            raise BadInputError("the query's terms cancel each other out: nothing is left to look for")
+        return total / norm, tuple(own)
+
+    def search_image(
+        self, data: bytes, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS, relevant: bool = False
+    ) -> list[Hit]:
+        """Images that look like the given image file content."""
+        return self.search_vector(self.embed_image(data), k, offset, filters=filters, relevant=relevant)
+
+    def similar(
+        self, target: int | str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS, relevant: bool = False
+    ) -> list[Hit]:
+        """Images most like a stored one (by id or path; not itself) or like any image file."""
+        vector, image_id = self.image_vector(str(target))
+        exclude = () if image_id is None else (image_id,)
+        return self.search_vector(vector, k, offset, exclude, filters, relevant)
 
     def search_vector(
         self,
         vector: np.ndarray,
         k: int,
         offset: int = 0,
-        exclude: int | None = None,
+        exclude: tuple[int, ...] = (),
         filters: Filters = NO_FILTERS,
+        relevant: bool = False,
     ) -> list[Hit]:
-        """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits."""
+        """Top-k stored images by cosine similarity to a unit vector, after skipping `offset` hits.
+
+        `relevant`: only the hits that stand out from what this vector scores on the store's typical image
+        (search/relevance.py), each with its relevance; every hit in a store of under MIN_POPULATION images.
+        """
         check_page(k, offset)
-        return self.hits(self.store.search(vector, k, offset, filters, exclude))
+        calibration = self.background().calibrate(vector) if relevant else None
+        if calibration is None:  # not asked for, or a store too small to tell (search/relevance.py)
+            return self.hits(self.store.search(vector, k, offset, filters, exclude))
+        cut = max(calibration.cut, filters.min_score if filters.min_score is not None else -1.0)
+        hits = self.hits(self.store.search(vector, k, offset, replace(filters, min_score=cut), exclude))
+        for hit in hits:
+            hit.relevance = calibration.relevance(hit.score)
+        return hits
+
+    def background(self) -> Background:
+        """The sample of stored vectors that relevance is measured against, drawn again every
+        RELEVANCE_SAMPLE_SECONDS: a collection's make-up changes slowly."""
+        drawn_at, background = self._background
+        if background is None or time.monotonic() - drawn_at > RELEVANCE_SAMPLE_SECONDS:
+            background = sample_store(self.store)
+            self._background = (time.monotonic(), background)
+        return background
 
     def hits(self, ranked: list[tuple[int, float]], matched: dict[int, str] | None = None) -> list[Hit]:
-        """Hits for ranked (id, score) pairs, with paths and captions from one query; `matched` are captions
-        that matched the query, shown instead of an image's newest one. Ids gone from the store are left out."""
+        """Hits for ranked (id, score) pairs, with paths, captions and capture times from one query; `matched`
+        are captions that matched the query, shown instead of an image's newest one. Ids gone from the store are
+        left out."""
         rows = self.store.hit_rows([i for i, _ in ranked])
         matched = matched or {}
         return [
-            Hit(id=i, path=rows[i][0], score=score, caption=matched.get(i) or rows[i][1])
+            Hit(id=i, path=rows[i][0], score=score, caption=matched.get(i) or rows[i][1], taken_at=rows[i][2])
             for i, score in ranked
             if i in rows
         ]
 
     def search(
-        self, query: str, mode: str = "hybrid", k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS
+        self,
+        query: str,
+        mode: str = "hybrid",
+        k: int = 10,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        like: Sequence[str] = (),
+        relevant: bool = False,
+        sort: str = "score",
     ) -> list[Hit]:
-        """Text search ranked by embedding similarity, caption match, or both; hits carry a caption when they have one.
+        """A search written in the query grammar (search/query.py), plus images to look like (ids, paths, files)."""
+        terms = parse_query(query) + [Term(1.0, image=target) for target in like]
+        return self.search_terms(terms, mode, k, offset, filters, relevant, sort)
 
-        Row filters apply in every mode; min_score, a cosine similarity, only in embedding mode.
+    def search_terms(
+        self,
+        terms: list[Term],
+        mode: str = "hybrid",
+        k: int = 10,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        relevant: bool = False,
+        sort: str = "score",
+    ) -> list[Hit]:
+        """Search ranked by embedding similarity, caption match, or both; hits carry a caption when they have one.
+
+        Row filters apply in every mode; min_score (a cosine) and `relevant` to the embedding ranking. Several
+        terms, or an image, need the embedding ranking: hybrid matches captions on the words of the terms to find.
+        `sort` "newest"/"oldest" orders the best MAX_K hits (those past the cut-off) by capture time, undated last.
         """
+        check_page(k, offset)
+        if mode not in SEARCH_MODES:
+            raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
+        if sort not in SORTS:
+            raise BadInputError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
         if mode != "embedding" and filters.min_score is not None:
             raise BadInputError(f"min_score is a cosine similarity: use it with the embedding mode, not {mode}")
-        if mode == "embedding":
-            hits = self.search_text(query, k, offset, filters)
-        elif mode == "caption":
-            hits = self.search_captions(query, k, offset, filters)
-        elif mode == "hybrid":
-            hits = self.search_hybrid(query, k, offset, filters)
-        else:
-            raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
-        return hits
+        if sort != "score":
+            hits = self.search_terms(terms, mode, MAX_K, 0, filters, relevant)
+            dated = sorted((h for h in hits if h.taken_at), key=lambda h: h.taken_at, reverse=sort == "newest")
+            return (dated + [h for h in hits if not h.taken_at])[offset : offset + k]
+        words = " ".join(t.text for t in check_terms(terms) if t.text is not None and t.weight > 0)
+        if mode == "caption":
+            if len(terms) > 1 or not words:
+                raise BadInputError("caption search matches words: combining terms or images needs embedding or hybrid")
+            return self.search_captions(words, k, offset, filters)
+        vector, exclude = self.query_vector(terms)
+        if mode == "embedding" or not words or not self.store.has_captions():
+            return self.search_vector(vector, k, offset, exclude, filters, relevant)
+        return self.search_hybrid(vector, words, k, offset, filters, exclude, relevant)
 
     def search_captions(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images whose captions match the query's words; the score is the store's text relevance (higher is better)."""
@@ -192,18 +277,26 @@ class SearchEngine:
         matches = self.match_captions(query, k + offset, filters)[offset:]
         return self.hits([(i, score) for i, score, _ in matches], {i: text for i, _, text in matches})
 
-    def search_hybrid(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Reciprocal rank fusion of the embedding ranking and the caption ranking; the score is the fused one.
+    def search_hybrid(
+        self,
+        vector: np.ndarray,
+        words: str,
+        k: int = 10,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        exclude: tuple[int, ...] = (),
+        relevant: bool = False,
+    ) -> list[Hit]:
+        """Reciprocal rank fusion of the embedding ranking of `vector` and the caption ranking of `words`; the
+        score is the fused one.
 
         An image only one ranking found gets that ranking's share; equal scores go to the better embedding rank.
-        In a store without captions this is embedding search, with cosine scores.
+        `relevant` cuts the embedding ranking only: a caption that matches the words is itself evidence.
         """
         check_page(k, offset)
-        if not self.store.has_captions():
-            return self.search_text(query, k, offset, filters)
         depth = max(FUSION_DEPTH, k + offset)
-        by_embedding = self.search_vector(self.embed_query(query), min(depth, MAX_K), filters=filters.rows_only)
-        by_caption = self.match_captions(query, depth, filters)
+        by_embedding = self.search_vector(vector, min(depth, MAX_K), 0, exclude, filters.rows_only, relevant)
+        by_caption = [m for m in self.match_captions(words, depth, filters) if m[0] not in exclude]
         embedding_rank = {hit.id: rank for rank, hit in enumerate(by_embedding, 1)}
         caption_rank = {image_id: rank for rank, (image_id, _, _) in enumerate(by_caption, 1)}
         fused = {
@@ -214,8 +307,11 @@ class SearchEngine:
         }
         no_rank = depth + 1
         order = sorted(fused, key=lambda i: (-fused[i], embedding_rank.get(i, no_rank), caption_rank.get(i, no_rank)))
-        page = order[offset : offset + k]
-        return self.hits([(i, fused[i]) for i in page], {image_id: text for image_id, _, text in by_caption})
+        hits = self.hits([(i, fused[i]) for i in order[offset : offset + k]], {i: text for i, _, text in by_caption})
+        relevance = {hit.id: hit.relevance for hit in by_embedding}
+        for hit in hits:
+            hit.relevance = relevance.get(hit.id)
+        return hits
 
     def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
         """(image id, relevance, matching caption) of the images whose captions share words with the query."""

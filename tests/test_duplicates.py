@@ -76,6 +76,7 @@ def test_planted_groups_come_back_exactly_with_their_keepers(planted, monkeypatc
                                                                   ([30, 31], False)]  # fmt: skip
     assert groups_of(find_duplicates(open_store(store), 0.95, folder="/planted/burst")) == [([22, 20, 21, 23], False)]
     assert find_duplicates(open_store(store), 0.95, folder="/elsewhere") == []
+    assert find_duplicates(open_store(store), 1.0, folder="/planted/burst") == []  # images, none alike enough
     with pytest.raises(BadInputError, match="threshold must be a cosine between 0.5 and 1.0"):
         find_duplicates(open_store(store), 1.5)
 

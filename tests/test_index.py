@@ -206,7 +206,7 @@ def test_other_model_families_index_and_search(tmp_path, request, model_fixture)
     shutil.copy(photos / "img001.jpg", photos / "dup.jpg")
     index_folder(photos, settings, show_progress=False)
     engine = SearchEngine(Settings(store=settings.store))  # the store's own model is used
-    hits = engine.similar_to(str(photos / "img001.jpg"), k=2)
+    hits = engine.similar(str(photos / "img001.jpg"), k=2)
     assert hits[0].path == str(photos / "dup.jpg")
     assert len(engine.search_text("sunset over the mountains", k=3)) == 3
 

@@ -1,5 +1,6 @@
 """The web page in a real browser: Debian's headless Chromium driven by Playwright, against uvicorn."""
 
+import json
 import shutil
 import socket
 import threading
@@ -9,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from sqlalchemy import select
 
+from indexer.store import Image, open_store
 from search.api import create_app
 from tests.conftest import write_photos
 from tests.test_api import planted  # noqa: F401  (the planted store fixture)
+from tests.test_query import lighthouses  # noqa: F401  (a store where five images stand out)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -134,3 +138,80 @@ def test_phone_layout_has_two_columns_and_no_sideways_scroll(server, browser):
     tops = page.eval_on_selector_all("#grid .hit", "cells => cells.map(c => c.getBoundingClientRect().top)")
     assert tops[0] == tops[1] != tops[2]
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_a_search_is_a_link_and_back_steps_through_searches(server, browser, planted):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(f"{server}/?q=a+dog+on+a+beach&folder=beach")
+    page.wait_for_function(
+        "document.querySelector('#status').textContent.startsWith('3 results for “a dog on a beach”')"
+    )
+    assert page.input_value("#q") == "a dog on a beach" and page.input_value("input[name=folder]") == "beach"
+    page.fill("#q", "city lights")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('for “city lights”')")
+    assert "q=city+lights" in page.url and "folder=beach" in page.url
+    page.select_option("select[name=sort]", "oldest")
+    with open_store(planted.store).session() as s:  # dated 2021-06-(1 + id): the beach photos in id order
+        oldest_first = list(s.scalars(select(Image.relpath).where(Image.relpath.like("beach/%")).order_by(Image.id)))
+    names = json.dumps([Path(p).name for p in oldest_first], separators=(",", ":"))  # as JSON.stringify writes
+    page.wait_for_function(
+        f"JSON.stringify([...document.querySelectorAll('#grid .name')].map(n => n.textContent)) === '{names}'"
+    )
+    assert "sort=oldest" in page.url
+    page.go_back()
+    page.wait_for_function("!location.search.includes('sort=oldest')")
+    page.go_back()
+    page.wait_for_function("document.querySelector('#status').textContent.includes('for “a dog on a beach”')")
+    assert page.input_value("#q") == "a dog on a beach"
+
+
+def test_photo_view_and_more_like_this_but(server, browser):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(f"{server}/?q=sunny")
+    page.wait_for_selector("#grid .hit img")
+    first = page.locator("#grid .hit-wrap").first
+    name = first.locator(".name").inner_text()
+    first.hover()
+    first.locator(".open").click()
+    viewer = page.locator("#viewer")
+    viewer.wait_for(state="visible")
+    assert viewer.locator("h2").inner_text() == name
+    details = viewer.locator("dl").inner_text()
+    assert "Taken" in details and "320 × 240 px" in details and "Tags" in details
+    page.wait_for_function("document.querySelector('#viewer img').naturalWidth === 320")  # the file, full size
+    viewer.locator("input[name=but]").fill("at night")
+    viewer.locator("input[name=but]").press("Enter")
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('like {name}, but “at night”')")
+    assert not viewer.is_visible() and "like=" in page.url
+    names = page.locator("#grid .hit .name").all_inner_texts()
+    assert len(names) == 5 and name not in names  # the image itself is left out
+
+
+def test_duplicates_view_shows_groups_side_by_side(server, browser):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(server)
+    page.click("#show-duplicates")
+    page.wait_for_function("/groups? of copies|No duplicates/.test(document.querySelector('#status').textContent)")
+    assert page.url.endswith("/?view=duplicates")
+    for group in page.locator("#grid .group").all():
+        members = group.locator(".member")
+        assert members.count() >= 2 and "keeper" in members.first.get_attribute("class")
+    page.reload()  # the view is a link too
+    page.wait_for_function("/groups? of copies|No duplicates/.test(document.querySelector('#status').textContent)")
+
+
+def test_only_relevant_is_on_by_default_and_says_when_nothing_stands_out(lighthouses, browser):  # noqa: F811
+    from indexer.settings import Settings
+
+    with serving(create_app(Settings(store=lighthouses))) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(f"{url}/?q=unicorn")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('Nothing stands out')")
+        assert page.locator("#grid .hit").count() == 0
+        page.goto(f"{url}/?q=lighthouse")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('5 results')")
+        assert "σ" in page.locator("#grid .hit .score").first.inner_text()
+        page.uncheck("input[name=relevant]")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('24 results')")
+        assert "relevant=false" in page.url

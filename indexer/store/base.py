@@ -113,12 +113,17 @@ class Store(ABC):
 
     @abstractmethod
     def search(
-        self, vector: np.ndarray, k: int, offset: int = 0, filters: Filters = NO_FILTERS, exclude: int | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        exclude: tuple[int, ...] = (),
     ) -> list[tuple[int, float]]:
         """(id, cosine) of the best stored vectors for a unit vector, best first, after skipping `offset`.
 
         Row filters are part of the search: k hits come back whenever k images match, however few do;
-        min_score cuts the ranked list. `exclude` leaves one id out (the query image itself).
+        min_score cuts the ranked list. `exclude` leaves ids out (the query images themselves).
         """
 
     @abstractmethod
@@ -154,8 +159,8 @@ class Store(ABC):
             rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
         return {i: str(Path(root) / rel) for i, root, rel in rows}
 
-    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
-        """(absolute path, newest caption or None) of the given image ids: one query for a page of hits."""
+    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None, datetime | None]]:
+        """(absolute path, newest caption or None, capture time) of the given image ids: one query for a page."""
         newest = (
             select(Caption.text)
             .where(Caption.image_id == Image.id)
@@ -163,9 +168,9 @@ class Store(ABC):
             .limit(1)
             .scalar_subquery()
         )
-        query = select(Image.id, Root.path, Image.relpath, newest).join(Root).where(Image.id.in_(ids))
+        query = select(Image.id, Root.path, Image.relpath, newest, Image.taken_at).join(Root).where(Image.id.in_(ids))
         with self.engine.connect() as conn:
-            return {i: (str(Path(root) / rel), caption) for i, root, rel, caption in conn.execute(query)}
+            return {i: (str(Path(root) / rel), caption, taken) for i, root, rel, caption, taken in conn.execute(query)}
 
     def find_path(self, path: Path) -> int | None:
         """The id of an indexed image by its absolute path, if it lies under a known root."""
@@ -223,11 +228,11 @@ def check_manifest(manifest: Manifest, model: str | None, location: str) -> None
 
 
 def page(
-    ranked: Iterable[tuple[int, float]], k: int, offset: int, filters: Filters, exclude: int | None
+    ranked: Iterable[tuple[int, float]], k: int, offset: int, filters: Filters, exclude: tuple[int, ...]
 ) -> list[tuple[int, float]]:
     """The page a search returns from its (id, score) ranking, best first: `exclude` left out, `offset` hits
     skipped, k kept, then cut at min_score (exact, since the ranking is sorted)."""
-    hits = [(i, score) for i, score in ranked if i != exclude][offset : offset + k]
+    hits = [(i, score) for i, score in ranked if i not in exclude][offset : offset + k]
     return hits if filters.min_score is None else [(i, score) for i, score in hits if score >= filters.min_score]
 
 

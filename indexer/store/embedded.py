@@ -410,7 +410,7 @@ class EmbeddedStore(Store):
         k: int,
         offset: int = 0,
         filters: Filters = NO_FILTERS,
-        exclude: int | None = None,
+        exclude: tuple[int, ...] = (),
     ) -> list[tuple[int, float]]:
         """(id, cosine) of the best stored vectors for a unit vector, best first, after skipping `offset`.
 
@@ -420,7 +420,7 @@ class EmbeddedStore(Store):
         index = self.sync_index()
         if index.ntotal == 0:
             return []
-        want = min(k + offset + (exclude is not None), index.ntotal)
+        want = min(k + offset + len(exclude), index.ntotal)
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         selector, fraction = None, 1.0
         if filters.selects_rows:

@@ -274,9 +274,14 @@ class PostgresStore(Store):
                     yield ids, np.stack([r[1].to_numpy() for r in rows]).astype(np.float32, copy=False)
 
     def search(
-        self, vector: np.ndarray, k: int, offset: int = 0, filters: Filters = NO_FILTERS, exclude: int | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        offset: int = 0,
+        filters: Filters = NO_FILTERS,
+        exclude: tuple[int, ...] = (),
     ) -> list[tuple[int, float]]:
-        want = k + offset + (exclude is not None)
+        want = k + offset + len(exclude)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         among = matching_ids(filters) if filters.selects_rows else None
         with self.engine.connect() as conn, conn.begin():  # one snapshot; ef_search is set for it alone

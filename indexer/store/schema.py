@@ -148,6 +148,8 @@ class Hit:
     path: str
     score: float
     caption: str | None = None
+    taken_at: datetime | None = None
+    relevance: float | None = None  # with a relevance cut-off: spreads above the query's baseline (search/relevance.py)
 
 
 def utcnow() -> datetime:

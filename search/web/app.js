@@ -9,19 +9,63 @@ const status = $("#status");
 const more = $("#more");
 const fileInput = $("#file");
 
-// What the grid shows: {kind: "text", q} | {kind: "image", file} | {kind: "similar", id, name, thumb}
+// What the grid shows: {kind: "text", q, like: [{id, name}]} | {kind: "image", file} | {kind: "similar", id, name}
+// | {kind: "duplicates"}. Every kind but an upload is also a URL (/?q=..., /?similar=ID, /?view=duplicates).
+const FILTERS = ["folder", "tag", "taken_from", "taken_to", "min_score"];
 let current = null;
 let offset = 0;
 let latest = 0; // the newest run: answers to older ones arrive late and are dropped
 
 function filterParams() {
   const params = new URLSearchParams();
-  for (const name of ["folder", "tag", "taken_from", "taken_to", "min_score"]) {
+  for (const name of FILTERS) {
     const value = form.elements[name].value.trim();
     if (value) params.set(name, value);
   }
   $("#filter-count").textContent = [...params.keys()].length || "";
+  if (form.elements.relevant.checked) params.set("relevant", "true");
   return params;
+}
+
+// The address of what the grid shows, so a search is a link and the back button steps through searches.
+function pageUrl() {
+  const params = filterParams();
+  params.delete("relevant");
+  if (!form.elements.relevant.checked) params.set("relevant", "false");
+  if (current.kind === "text") {
+    if (current.q) params.set("q", current.q);
+    for (const image of current.like) params.append("like", image.id);
+    if (form.elements.mode.value !== "hybrid") params.set("mode", form.elements.mode.value);
+    if (form.elements.sort.value !== "score") params.set("sort", form.elements.sort.value);
+  } else if (current.kind === "similar") {
+    params.set("similar", current.id);
+  } else if (current.kind === "duplicates") {
+    params.set("view", "duplicates");
+  }
+  return params.size ? `/?${params}` : "/";
+}
+
+// The page for an address: fills the form from it and shows what it names.
+async function openUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const name of FILTERS) form.elements[name].value = params.get(name) || "";
+  form.elements.mode.value = params.get("mode") || "hybrid";
+  form.elements.sort.value = params.get("sort") || "score";
+  form.elements.relevant.checked = params.get("relevant") !== "false";
+  form.elements.q.value = params.get("q") || "";
+  if ([...FILTERS, "mode", "sort"].some((name) => params.get(name))) $("#filters").open = true;
+  $("#query-image").hidden = true;
+  const like = params.getAll("like").filter((id) => /^\d+$/.test(id));
+  if (params.get("view") === "duplicates") current = { kind: "duplicates" };
+  else if (/^\d+$/.test(params.get("similar") || "")) current = { kind: "similar", id: params.get("similar") };
+  else if (params.get("q") || like.length) current = { kind: "text", q: params.get("q") || "", like: like.map((id) => ({ id })) };
+  else return;
+  const shown = current.kind === "similar" ? [current] : current.like || [];
+  await Promise.all(shown.map(async (image) => {
+    image.name = await api(`/api/images/${image.id}`).then((info) => info.name, () => `image ${image.id}`);
+  }));
+  showQuery();
+  run(false, false);
 }
 
 async function api(url, options = {}) {
@@ -44,10 +88,14 @@ async function api(url, options = {}) {
   return body;
 }
 
-async function run(append = false) {
+async function run(append = false, remember = true) {
   if (!current) return;
+  if (current.kind === "duplicates") return showDuplicates(append, remember);
   const mine = ++latest;
   offset = append ? offset + PAGE : 0;
+  if (!append && remember && current.kind !== "image" && pageUrl() !== location.pathname + location.search) {
+    history.pushState(null, "", pageUrl());
+  }
   const params = filterParams();
   params.set("k", PAGE);
   params.set("offset", offset);
@@ -55,7 +103,9 @@ async function run(append = false) {
   let request;
   if (current.kind === "text") {
     params.set("q", current.q);
+    for (const image of current.like) params.append("like", image.id);
     params.set("mode", form.elements.mode.value);
+    params.set("sort", form.elements.sort.value);
     request = api(`/api/search?${params}`);
   } else if (current.kind === "image") {
     const body = new FormData();
@@ -70,10 +120,14 @@ async function run(append = false) {
     const { hits } = await request;
     if (mine !== latest) return;
     if (!append) grid.replaceChildren();
+    grid.className = "";
     hits.forEach((hit, i) => grid.append(card(hit, offset + i)));
     const ms = Math.round(performance.now() - started);
     const shown = grid.children.length;
-    status.textContent = shown ? `${shown} result${shown === 1 ? "" : "s"} ${describe()} · ${ms} ms` : `Nothing found ${describe()}.`;
+    const none = form.elements.relevant.checked
+      ? `Nothing stands out ${describe()}: no image scores clearly above the rest. Untick “Only relevant” for the closest matches.`
+      : `Nothing found ${describe()}.`;
+    status.textContent = shown ? `${shown} result${shown === 1 ? "" : "s"} ${describe()} · ${ms} ms` : none;
     more.hidden = hits.length < PAGE;
     $("#hint").hidden = true;
     if (!append && shown && current.kind !== "text") grid.querySelector(".hit").focus({ preventScroll: true });
@@ -86,6 +140,10 @@ async function run(append = false) {
 }
 
 function describe() {
+  if (current.kind === "text" && current.like.length) {
+    const names = current.like.map((image) => image.name).join(", ");
+    return current.q ? `like ${names}, but “${current.q}”` : `like ${names}`;
+  }
   if (current.kind === "text") return `for “${current.q}”`;
   if (current.kind === "image") return `like ${current.file.name || "your image"}`;
   return `like ${current.name}`;
@@ -99,14 +157,16 @@ function card(hit, rank) {
   button.type = "button";
   button.dataset.id = hit.id;
   button.title = `${hit.path}\nClick for similar images`;
-  button.setAttribute("aria-label", `${rank + 1}: ${hit.name}, score ${hit.score.toFixed(3)}. Show similar images`);
+  const relevance = hit.relevance == null ? "" : `, relevance ${hit.relevance.toFixed(1)}`;
+  button.setAttribute("aria-label", `${rank + 1}: ${hit.name}, score ${hit.score.toFixed(3)}${relevance}. Show similar images`);
   const img = document.createElement("img");
   img.src = hit.thumbnail_url;
   img.alt = hit.caption || hit.name;
   img.loading = "lazy";
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = hit.score.toFixed(3);
+  score.textContent = hit.score.toFixed(3) + (hit.relevance == null ? "" : ` · ${hit.relevance.toFixed(1)}σ`);
+  score.title = hit.relevance == null ? "cosine similarity" : "cosine similarity · spreads above this query's typical score";
   const meta = document.createElement("span");
   meta.className = "meta";
   const name = document.createElement("span");
@@ -121,28 +181,38 @@ function card(hit, rank) {
   }
   button.append(img, score, meta);
   button.addEventListener("click", () => showSimilar(hit));
-  const open = document.createElement("a");
+  const open = document.createElement("button");
+  open.type = "button";
   open.className = "open";
-  open.href = hit.image_url;
-  open.target = "_blank";
-  open.rel = "noopener";
-  open.title = "Open the full image";
-  open.setAttribute("aria-label", `Open ${hit.name}`);
-  open.textContent = "↗";
+  open.title = "View larger, with its details";
+  open.setAttribute("aria-label", `View ${hit.name}`);
+  open.textContent = "⤢";
+  open.addEventListener("click", () => viewImage(hit.id));
   li.append(button, open);
   return li;
 }
 
-function showQueryImage(src, name) {
+function showQueryImage(src, label, name) {
   const box = $("#query-image");
   box.hidden = false;
   box.querySelector("img").src = src;
+  box.querySelector("strong").textContent = label;
   box.querySelector(".name").textContent = name;
+}
+
+// The query image box, for what `current` holds.
+function showQuery() {
+  $("#query-image").hidden = true;
+  if (current.kind === "similar") showQueryImage(`/api/images/${current.id}/thumbnail`, "Similar to", current.name);
+  if (current.kind === "text" && current.like.length) {
+    const first = current.like[0];
+    showQueryImage(`/api/images/${first.id}/thumbnail`, "Like", current.q ? `${first.name}, but “${current.q}”` : first.name);
+  }
 }
 
 function showSimilar(hit) {
   current = { kind: "similar", id: hit.id, name: hit.name };
-  showQueryImage(hit.thumbnail_url, hit.name);
+  showQuery();
   window.scrollTo({ top: 0, behavior: "smooth" });
   run();
 }
@@ -150,7 +220,7 @@ function showSimilar(hit) {
 function searchByFile(file) {
   if (!file) return;
   current = { kind: "image", file };
-  showQueryImage(URL.createObjectURL(file), file.name || "your image");
+  showQueryImage(URL.createObjectURL(file), "Similar to", file.name || "your image");
   run();
 }
 
@@ -158,7 +228,7 @@ form.addEventListener("submit", (event) => {
   event.preventDefault();
   const q = form.elements.q.value.trim();
   if (q) {
-    current = { kind: "text", q };
+    current = { kind: "text", q, like: [] };
     $("#query-image").hidden = true;
   }
   run();
@@ -172,10 +242,142 @@ $("#pick").addEventListener("keydown", (event) => {
   }
 });
 $("#clear-filters").addEventListener("click", () => {
-  for (const name of ["folder", "tag", "taken_from", "taken_to", "min_score"]) form.elements[name].value = "";
+  for (const name of FILTERS) form.elements[name].value = "";
   run();
 });
-for (const name of ["taken_from", "taken_to", "mode"]) form.elements[name].addEventListener("change", () => run());
+for (const name of ["taken_from", "taken_to", "mode", "sort", "relevant"]) {
+  form.elements[name].addEventListener("change", () => run());
+}
+window.addEventListener("popstate", () => {
+  viewer.close();
+  openUrl();
+});
+$("#show-duplicates").addEventListener("click", () => {
+  current = { kind: "duplicates" };
+  $("#query-image").hidden = true;
+  run();
+});
+
+// --- the larger view of one photo: its metadata, captions and tags; "more like this, but..." ----------------
+
+const viewer = $("#viewer");
+
+async function viewImage(id) {
+  const info = await api(`/api/images/${id}`).catch((error) => {
+    status.classList.add("error");
+    status.textContent = error.message;
+  });
+  if (!info) return;
+  viewer.dataset.id = info.id;
+  viewer.dataset.name = info.name;
+  const img = viewer.querySelector("img");
+  img.src = info.image_url;
+  img.alt = info.captions[0] || info.name;
+  viewer.querySelector("h2").textContent = info.name;
+  const facts = [
+    ["Path", info.path],
+    ["Taken", info.taken_at ? info.taken_at.replace("T", " ").slice(0, 16) : "unknown"],
+    ["Size", `${info.width ?? "?"} × ${info.height ?? "?"} px · ${(info.size / 1e6).toFixed(1)} MB · ${info.format || "?"}`],
+    ...info.captions.map((text) => ["Caption", text]),
+  ];
+  if (info.tags.length) facts.push(["Tags", info.tags.map((t) => `${t.label} (${t.score.toFixed(2)})`).join(", ")]);
+  viewer.querySelector("dl").replaceChildren(
+    ...facts.flatMap(([name, value]) => {
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      dt.textContent = name;
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+  viewer.querySelector("a.original").href = info.image_url;
+  viewer.querySelector("form").reset();
+  viewer.showModal();
+}
+
+viewer.querySelector(".close").addEventListener("click", () => viewer.close());
+viewer.addEventListener("click", (event) => {
+  if (event.target === viewer) viewer.close(); // a click on the backdrop
+});
+viewer.querySelector(".similar").addEventListener("click", () => {
+  viewer.close();
+  showSimilar({ id: viewer.dataset.id, name: viewer.dataset.name });
+});
+viewer.querySelector("form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const but = event.target.elements.but.value.trim();
+  viewer.close();
+  if (!but) return showSimilar({ id: viewer.dataset.id, name: viewer.dataset.name });
+  current = { kind: "text", q: but, like: [{ id: viewer.dataset.id, name: viewer.dataset.name }] };
+  form.elements.q.value = but;
+  showQuery();
+  run();
+});
+
+// --- duplicates: groups of copies side by side, the suggested keeper first --------------------------------------
+
+const GROUPS_PAGE = 20;
+
+async function showDuplicates(append, remember) {
+  const mine = ++latest;
+  offset = append ? offset + GROUPS_PAGE : 0;
+  if (!append && remember && pageUrl() !== location.pathname + location.search) history.pushState(null, "", pageUrl());
+  const params = new URLSearchParams({ limit: GROUPS_PAGE, offset });
+  const folder = form.elements.folder.value.trim();
+  if (folder) params.set("folder", folder);
+  status.classList.remove("error");
+  status.textContent = "Looking for duplicates… (a large collection takes a while the first time)";
+  try {
+    const { groups, total } = await api(`/api/duplicates?${params}`);
+    if (mine !== latest) return;
+    if (!append) grid.replaceChildren();
+    grid.className = "groups";
+    for (const group of groups) grid.append(duplicateGroup(group));
+    const mb = (bytes) => (bytes / 1e6).toFixed(1);
+    status.textContent = total
+      ? `${total} group${total === 1 ? "" : "s"} of copies and near copies${folder ? ` in ${folder}` : ""}, largest first; clipdex deletes nothing`
+      : "No duplicates found.";
+    if (groups.length) status.textContent += ` · this page: ${mb(groups.reduce((s, g) => s + g.reclaimable_bytes, 0))} MB besides the keepers`;
+    more.hidden = offset + groups.length >= total;
+    $("#hint").hidden = true;
+  } catch (error) {
+    if (mine !== latest) return;
+    status.classList.add("error");
+    status.textContent = error.message;
+  }
+}
+
+function duplicateGroup(group) {
+  const li = document.createElement("li");
+  li.className = "group";
+  const title = document.createElement("p");
+  title.textContent = `${group.members.length} ${group.exact ? "exact copies" : "near copies"} · ${(group.reclaimable_bytes / 1e6).toFixed(1)} MB besides the keeper`;
+  const row = document.createElement("div");
+  row.className = "members";
+  group.members.forEach((member, i) => {
+    const figure = document.createElement("button");
+    figure.type = "button";
+    figure.className = "member" + (i === 0 ? " keeper" : "");
+    figure.title = `${member.path}\nClick for its details`;
+    const img = document.createElement("img");
+    img.src = member.thumbnail_url;
+    img.alt = member.path;
+    img.loading = "lazy";
+    const caption = document.createElement("span");
+    const taken = member.taken_at ? ` · ${member.taken_at.slice(0, 10)}` : "";
+    caption.textContent = `${i === 0 ? "keep · " : ""}${member.width ?? "?"}×${member.height ?? "?"}${taken} · ${member.similarity.toFixed(3)}`;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = member.path.split("/").at(-1);
+    figure.append(img, name, caption);
+    figure.addEventListener("click", () => viewImage(member.id));
+    row.append(figure);
+  });
+  li.append(title, row);
+  return li;
+}
+
+openUrl();
 
 // Drag and drop anywhere on the page.
 const drop = $("#drop");
