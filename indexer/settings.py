@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     # None: the model a store was built with, or DEFAULT_MODEL for a new store.
     model: str | None = None
+    # A text encoder for queries other than the store model's own, sharing its space (search/text_models.py):
+    # sentence-transformers/clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32 stores. None: the model's own.
+    text_model: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # None: 256 on CUDA, 16 on CPU (enough to keep matrix kernels efficient, small enough for RAM).
     batch_size: int | None = None

@@ -119,6 +119,7 @@ class ImagePublic(BaseModel):
 class StatsPublic(BaseModel):
     store: str
     model: str
+    text_models: list[str] = Field(description="Other text encoders measured to share the model's space")
     dim: int
     indexed: int
     skipped: int
@@ -250,7 +251,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = SearchEngine(settings, serving=True)
-        engine.embedder.embed_texts(["warm-up"])  # load the text tower now, not on the first query
+        engine.text_tower.embed_texts(["warm-up"])  # load the text tower now, not on the first query
         engine.store.warm()  # open (or catch up) the index now, not on the first query
         # One thread per model call and per FAISS search; parallelism comes from serving several requests
         # at once. Each call is small, and OpenMP's barrier waits make 2-thread calls on a busy 2-core
@@ -260,7 +261,7 @@ def create_app(settings: Settings) -> FastAPI:
         faiss.omp_set_num_threads(1)
         # Inference and searches block for milliseconds: they run on threads (the batcher's, or FastAPI's
         # pool via run_in_threadpool) so the event loop keeps accepting and answering other requests.
-        batcher = TextBatcher(engine.embedder.embed_texts, workers=os.cpu_count() or 1)
+        batcher = TextBatcher(engine.text_tower.embed_texts, workers=os.cpu_count() or 1)
         engine.text_encoder = batcher.embed
         app.state.engine, app.state.batcher = engine, batcher
         app.state.visual_qa = VisualQA(engine.store, settings)  # its VLM loads with the first question

@@ -73,6 +73,15 @@ class SearchMode(StrEnum):
     hybrid = "hybrid"
 
 
+TextModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-model",
+        help="Embed query texts with this sentence-transformers model (hub id or directory) instead of the store "
+        "model's own text tower, once it is measured to share the store's space; e.g. "
+        "sentence-transformers/clip-ViT-B-32-multilingual-v1 for queries in 50+ languages (env CLIPDEX_TEXT_MODEL)",
+    ),
+]
 VlmOpt = Annotated[
     str | None, typer.Option("--vlm", help="Vision-language model: hub id or local directory (env CLIPDEX_VLM)")
 ]
@@ -198,10 +207,10 @@ def print_hits(hits: list[Hit], json_out: bool, relevant: bool = False) -> None:
     out.print(table)
 
 
-def open_engine(store: str | None, model: str | None = None, device: str | None = None):
+def open_engine(store: str | None, model: str | None = None, device: str | None = None, text_model: str | None = None):
     from search.engine import SearchEngine
 
-    return run(SearchEngine, make_settings(store=store, model=model, device=device))
+    return run(SearchEngine, make_settings(store=store, model=model, device=device, text_model=text_model))
 
 
 class Sort(StrEnum):
@@ -251,6 +260,7 @@ def search(
         ),
     ] = SearchMode.hybrid,
     store: StoreOpt = None,
+    text_model: TextModelOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
     ask: Annotated[str | None, typer.Option("--ask", help="Ask a VLM this question about the top hits")] = None,
@@ -259,7 +269,7 @@ def search(
     """Find images matching a text description, optionally combined with images (--like)."""
     from search.engine import Filters
 
-    engine = open_engine(store, device=device)
+    engine = open_engine(store, device=device, text_model=text_model)
     hits = run(engine.search, query, mode.value, k, offset, Filters(tag=tag), like or (), relevant, sort.value)
     print_hits(hits, json_out, relevant)
     if ask:
@@ -300,6 +310,8 @@ def stats(
         return
     for key in ("store", "model", "dim", "indexed", "skipped"):
         out.print(f"{key:8} {info[key]}", highlight=False)
+    for name in info["text_models"]:
+        out.print(f"text     {printable(name)} (shares the model's space)", highlight=False)
     for root in info["roots"]:
         out.print(f"root     {printable(root)}", highlight=False)
     for item in info.get("skipped_files", []):
@@ -435,6 +447,7 @@ def serve(
     store: StoreOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on")] = 8000,
+    text_model: TextModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Serve the store over HTTP: the REST API (docs at /docs) and the search page at /."""
@@ -444,7 +457,7 @@ def serve(
 
     from search.api import create_app
 
-    settings = make_settings(store=store, device=device)
+    settings = make_settings(store=store, device=device, text_model=text_model)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -455,7 +468,10 @@ def serve(
             "address can search your images. Set CLIPDEX_API_KEY to require one.",
             highlight=False,
         )
-    open_engine(store)  # fail with a clear message before uvicorn starts, if the store cannot be opened
+    # Fail with a clear message before uvicorn starts: a store that cannot be opened, a text model it refuses.
+    engine = open_engine(store, text_model=settings.text_model)
+    if settings.text_model:
+        run(lambda: engine.text_tower)
     out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 

@@ -80,6 +80,7 @@ class SearchEngine:
         )
         self.store.check_in_background = serving  # answer at once; the index proves itself meanwhile
         self._embedder: Embedder | None = None
+        self._text_tower = None
         self._decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
         # Embeds one query text; the service puts its micro-batcher here. None: the model, directly.
         self.text_encoder: Callable[[str], np.ndarray] | None = None
@@ -97,12 +98,27 @@ class SearchEngine:
             self._embedder = make_embedder(self.store.model, self.settings, self.serving)
         return self._embedder
 
+    @property
+    def text_tower(self):
+        """What embeds query texts: settings.text_model once it is known to share the store's space
+        (search/text_models.py), else the store model's own text tower."""
+        if self._text_tower is None:
+            if self.settings.text_model:
+                from search.text_models import paired_text_model
+
+                self._text_tower = paired_text_model(
+                    self.store, self.settings.text_model, self.settings.device, lambda: self.embedder
+                )
+            else:
+                self._text_tower = self.embedder
+        return self._text_tower
+
     def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
         """Images that best match a description (one idea: no query arithmetic)."""
         return self.search_vector(self.embed_query(query), k, offset, filters=filters)
 
     def _embed_text(self, query: str) -> np.ndarray:
-        return self.text_encoder(query) if self.text_encoder else self.embedder.embed_texts([query])[0]
+        return self.text_encoder(query) if self.text_encoder else self.text_tower.embed_texts([query])[0]
 
     def embed_query(self, query: str) -> np.ndarray:
         """The unit vector of a query text, after checking it is neither empty nor over-long."""
@@ -426,10 +442,13 @@ class SearchEngine:
 
     def stats(self) -> dict:
         """Counts, model and roots of the store."""
+        from search.text_models import paired_names
+
         counts = self.store.counts()
         return {
             "store": self.store.location,
             "model": self.store.model,
+            "text_models": [name for name, _ in paired_names(self.store)],
             "dim": self.store.dim,
             "indexed": counts.get("indexed", 0),
             "skipped": counts.get("skipped", 0),

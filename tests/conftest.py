@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 
 from indexer.settings import Settings
-from tests.model_factory import save_blip, save_clip, save_sentence_transformers_clip, save_siglip
+from tests.model_factory import (
+    CORPUS,
+    GERMAN,
+    save_blip,
+    save_clip,
+    save_sentence_transformers_clip,
+    save_siglip,
+    save_student_text_model,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,6 +45,22 @@ def blip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def st_clip_dir(tmp_path_factory) -> Path:
     return save_sentence_transformers_clip(tmp_path_factory.mktemp("models") / "tiny-st-clip")
+
+
+@pytest.fixture(scope="session")
+def student_dirs(tmp_path_factory, clip_dir) -> tuple[Path, Path]:
+    """A text model distilled into tiny-clip's space (English and German), and its untrained twin."""
+    from indexer.models import load_model
+    from indexer.torch_embed import TorchEmbedder
+    from search.text_models import PROBES
+
+    teacher = TorchEmbedder(load_model(str(clip_dir), "cpu"), 16)
+    english, translations = list(PROBES) + CORPUS, dict(zip(GERMAN, CORPUS, strict=True))
+    root = tmp_path_factory.mktemp("models")
+    return (
+        save_student_text_model(root / "student", teacher, english, translations),
+        save_student_text_model(root / "stranger", teacher, english, translations, trained=False),
+    )
 
 
 def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:

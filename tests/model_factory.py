@@ -125,6 +125,61 @@ def save_sentence_transformers_clip(out: Path, seed: int = 0) -> Path:
     return out
 
 
+# --- text models that share a CLIP's space (search/text_models.py) ------------------------------------
+
+GERMAN = [  # CORPUS, translated
+    "ein Foto von einem Hund am Strand",
+    "ein rotes Auto, nachts auf der Straße geparkt",
+    "eine Katze, die auf einem Sofa schläft",
+    "Sonnenuntergang über den Bergen und einem See",
+    "ein Dokument mit Text und einer Tabelle",
+    "ein Hochzeitspaar tanzt, Braut und Bräutigam",
+    "ein Teller mit Essen: Nudeln, Salat und Brot",
+    "Produktfoto eines weißen Turnschuhs",
+]
+
+
+def save_student_text_model(out: Path, teacher, english: list[str], translations: dict[str, str], trained=True):
+    """A tiny multilingual sentence-transformers model (DistilBERT, mean pooling, a Dense projection) distilled
+    the way clip-ViT-B-32-multilingual-v1 was: trained so that its vector of each English sentence, and of each
+    translation, matches the `teacher`'s vector of the English sentence. trained=False: the same, untrained."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    sources = english + list(translations)
+    targets = torch.tensor(teacher.embed_texts(english + [translations[s] for s in translations]))
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(sources * 2, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    sep, cls = ("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]"))
+    tok.post_processor = processors.BertProcessing(sep, cls)
+    tok.decoder = decoders.WordPiece()
+    base = out.parent / f"{out.name}-base"
+    BertTokenizerFast(tokenizer_object=tok).save_pretrained(base)
+    config = DistilBertConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=64)  # fmt: skip
+    DistilBertModel(config).save_pretrained(base)
+    transformer = st.Transformer(str(base), max_seq_length=64)
+    dense = st.Dense(32, targets.shape[1], activation_function=torch.nn.Identity())
+    model = SentenceTransformer(modules=[transformer, st.Pooling(32, "mean"), dense], device="cpu")
+    if trained:
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        features = model.tokenize(sources)
+        model.train()
+        for _ in range(400):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(dict(features))["sentence_embedding"], targets)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+    model.save(str(out))
+    return out
+
+
 # --- vision-language models (search/vlm.py) ---------------------------------------------------------
 
 VLM_CORPUS = CORPUS + [

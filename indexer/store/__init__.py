@@ -23,6 +23,7 @@ from indexer.store.schema import (
     Manifest,
     Root,
     Tag,
+    TextModel,
     get_root,
     utcnow,
 )
@@ -57,6 +58,6 @@ def open_store(
 
 __all__ = [
     "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "NO_FILTERS", "SKIPPED", "Caption", "CaptionFailure",
-    "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "get_root", "is_database_url",
-    "open_store", "utcnow",
+    "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "TextModel", "get_root",
+    "is_database_url", "open_store", "utcnow",
 ]  # fmt: skip

@@ -359,6 +359,10 @@ def open_postgres(
                 if model is None or dim is None:
                     raise ValueError("creating a store needs the model name and its dimension")
                 create_schema(conn, model, dim, shown)
+            elif set(Base.metadata.tables) - set(inspect(conn).get_table_names()):
+                # Forward migration for additive changes: tables added since the store was made are created.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
+                Base.metadata.create_all(conn)
     except OperationalError as e:
         raise StoreConnectionError(
             f"cannot connect to the PostgreSQL store {shown}: {driver_message(e)}. Check that the server is running "

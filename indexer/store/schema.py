@@ -136,6 +136,15 @@ class LabelSet(Base):
     tagged_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class TextModel(Base):
+    """A text encoder other than the store model's own, measured to share its space (search/text_models.py)."""
+
+    __tablename__ = "text_models"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    agreement: Mapped[float]  # mean cosine with the store model's text vectors on the probe sentences
+    checked_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 @dataclass
 class Hit:
     """One search result: a stored image, its score and its caption when it has one.
