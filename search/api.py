@@ -188,6 +188,21 @@ class DuplicatesPublic(BaseModel):
     offset: int
 
 
+class ClusterPublic(BaseModel):
+    number: int = Field(description="1 for the largest cluster, and so on")
+    size: int
+    labels: list[TagPublic] = Field(description="Best labels, scored by how much better they fit than elsewhere")
+    typical: list[HitPublic] = Field(description="The images nearest the centroid (score: their cosine to it)")
+
+
+class ClustersPublic(BaseModel):
+    k: int
+    chosen: str = Field(description='"given", or how the automatic choice of k went')
+    images: int
+    seconds: float
+    clusters: list[ClusterPublic]
+
+
 class LabelCountPublic(BaseModel):
     label_set: str
     label: str
@@ -587,6 +602,62 @@ def duplicates(
         for g in groups[offset : offset + limit]
     ]
     return DuplicatesPublic(groups=page, total=len(groups), limit=limit, offset=offset)
+
+
+ClusterK = Annotated[int | None, Query(ge=2, le=1000, description="Number of clusters (none: chosen by silhouette)")]
+ClusterLabels = Annotated[
+    str | None, Query(max_length=100_000, description="Comma-separated labels to name clusters by (default vocabulary)")
+]
+
+
+def clustering(engine: SearchEngine, k: int | None, labels: str | None):
+    """The store's clusters for these arguments: found once per store state (minutes at 1M), then from memory."""
+    return engine.clusters(k, tagging.parse_labels(labels) if labels else None)
+
+
+@router.get("/clusters", responses={422: {"model": ErrorPublic}})
+def clusters(
+    engine: EngineDep,
+    k: ClusterK = None,
+    labels: ClusterLabels = None,
+    typical: Annotated[int, Query(ge=0, le=50, description="Typical images per cluster")] = 8,
+) -> ClustersPublic:
+    """The collection in clusters (k-means of the stored vectors), largest first, named and shown by typical images."""
+    result = clustering(engine, k, labels)
+    return ClustersPublic(
+        k=result.k,
+        chosen=result.chosen,
+        images=result.images,
+        seconds=result.seconds,
+        clusters=[
+            ClusterPublic(
+                number=c.number,
+                size=c.size,
+                labels=[TagPublic(label=label, score=fit) for label, fit in c.labels],
+                typical=[hit_public(h) for h in engine.hits(c.typical(typical))],
+            )
+            for c in result.clusters
+        ],
+    )
+
+
+@router.get("/clusters/{number}/images", responses={404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}})
+def cluster_images(
+    engine: EngineDep,
+    number: Annotated[int, PathParam(ge=1, le=1000, description="A cluster's number (1: the largest)")],
+    k: ClusterK = None,
+    labels: ClusterLabels = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_K, description="Images per page")] = 24,
+    offset: OffsetQuery = 0,
+) -> SearchResults:
+    """A cluster's images, most typical first (score: cosine to its centroid); k and labels as for /api/clusters."""
+    result = clustering(engine, k, labels)
+    cluster = next((c for c in result.clusters if c.number == number), None)
+    if cluster is None:
+        raise NotFoundError(f"no cluster {number}: this clustering has {len(result.clusters)}")
+    window = slice(offset, offset + limit)
+    ranked = zip(cluster.members[window].tolist(), cluster.similarity[window].tolist(), strict=True)
+    return results(engine.hits(list(ranked)), limit, offset)
 
 
 # /api/conversations: follow-up questions with a VLM; an unknown conversation or image is a 404

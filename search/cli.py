@@ -425,6 +425,60 @@ def duplicates(
     )
 
 
+@app.command()
+def clusters(
+    k: Annotated[int | None, typer.Option("--k", min=2, help="Number of clusters (default: chosen, as --auto)")] = None,
+    auto: Annotated[
+        bool, typer.Option("--auto", help="Choose k by the silhouette of candidate clusterings (the default)")
+    ] = False,
+    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels to name clusters by")] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option("--labels-file", help="Labels to name clusters by, one a line (# comments)")
+    ] = None,
+    typical: Annotated[int, typer.Option("--typical", min=0, max=100, help="Typical images shown per cluster")] = 5,
+    store: StoreOpt = None,
+    text_model: TextModelOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Group the collection into clusters, name each by the labels it fits best, show its most typical images."""
+    from search.clusters import cluster_store
+    from search.tagging import parse_labels, read_labels_file
+
+    if k is not None and auto:
+        err.print("[red]error:[/red] give --k N or --auto, not both", highlight=False)
+        raise typer.Exit(2)
+    if labels is not None and labels_file is not None:
+        err.print("[red]error:[/red] give --labels or --labels-file, not both", highlight=False)
+        raise typer.Exit(2)
+    label_list = run(parse_labels, labels) if labels else run(read_labels_file, labels_file) if labels_file else None
+    engine = open_engine(store, device=device, text_model=text_model)
+    result = run(cluster_store, engine, k, label_list, sys.stderr.isatty() and not json_out)
+    paths = engine.store.paths([i for c in result.clusters for i, _ in c.typical(typical)])
+    if json_out:
+        shown = [
+            {
+                "cluster": c.number,
+                "size": c.size,
+                "labels": [{"label": label, "fit": fit} for label, fit in c.labels],
+                "typical": [{"id": i, "path": paths[i], "similarity": s} for i, s in c.typical(typical)],
+            }
+            for c in result.clusters
+        ]
+        typer.echo(json.dumps({"k": result.k, "chosen": result.chosen, "images": result.images, "clusters": shown}))
+        return
+    for c in result.clusters:
+        names = ", ".join(label for label, _ in c.labels)
+        out.print(f"cluster {c.number}: {c.size:,} images · {escape(names)}", highlight=False)
+        for i, similarity in c.typical(typical):
+            out.print(f"  {i:>8}  {similarity:.3f}  {printable(paths[i])}", highlight=False)
+    out.print(
+        f"{len(result.clusters)} clusters of {result.images:,} images (k {result.k}: {result.chosen}) "
+        f"in {result.seconds:.1f} s",
+        highlight=False,
+    )
+
+
 def duplicate_json(group) -> dict:
     return {"exact": group.exact, "reclaimable_bytes": group.reclaimable, "members": [asdict(m) for m in group.members]}
 

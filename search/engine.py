@@ -29,6 +29,7 @@ from search.query import Term, check_terms, parse_query
 from search.relevance import Background, sample_store
 
 if TYPE_CHECKING:
+    from search.clusters import Clustering
     from search.duplicates import DuplicateGroup
 
 MAX_K = 1000
@@ -86,8 +87,8 @@ class SearchEngine:
         self.text_encoder: Callable[[str], np.ndarray] | None = None
         # Paging through a text query re-asks for the same vector: keep the recent ones.
         self.embed_text = lru_cache(maxsize=1024)(self._embed_text)
-        # The last duplicate groups found, keyed by their arguments and the store's state: paging reuses them.
-        self._duplicates: tuple[tuple, list] = ((), [])
+        # The last result of each long job (duplicates, clusters), keyed by its arguments and the store's state.
+        self._remembered: dict[str, tuple] = {}
         self._background: tuple[float, Background | None] = (0.0, None)
 
     @property
@@ -337,15 +338,27 @@ class SearchEngine:
         return self.store.match_captions(query, limit, filters)
 
     def duplicates(self, threshold: float, folder: str | None = None) -> list["DuplicateGroup"]:
-        """The store's duplicate groups (search/duplicates.py), found again only once the store has changed."""
+        """The store's duplicate groups (search/duplicates.py)."""
         from search.duplicates import find_duplicates
 
+        args = (threshold, folder)
+        return self.remembered("duplicates", args, lambda: find_duplicates(self.store, *args))
+
+    def clusters(self, k: int | None = None, labels: list[str] | None = None) -> "Clustering":
+        """The store's clusters (search/clusters.py); k=None chooses k, labels=None names by the default vocabulary."""
+        from search.clusters import cluster_store
+
+        return self.remembered("clusters", (k, tuple(labels or ())), lambda: cluster_store(self, k, labels))
+
+    def remembered(self, name: str, args: tuple, compute: Callable):
+        """compute() for `args`, worked out again only once the store has changed: pages of a result that takes
+        minutes at 1M images (duplicates, clusters) come from memory."""
         with self.store.session() as s:
-            changed = select(func.count(), func.max(Image.indexed_at)).where(Image.status == INDEXED)
-            key = (threshold, folder, tuple(s.execute(changed).one()))
-        if self._duplicates[0] != key:
-            self._duplicates = (key, find_duplicates(self.store, threshold, folder))
-        return self._duplicates[1]
+            state = s.execute(select(func.count(), func.max(Image.indexed_at)).where(Image.status == INDEXED)).one()
+        key = (args, tuple(state))
+        if self._remembered.get(name, (None, None))[0] != key:
+            self._remembered[name] = (key, compute())
+        return self._remembered[name][1]
 
     def image_info(self, image_id: int) -> ImageInfo:
         """Path, file facts, captions and tags of an indexed image."""
