@@ -68,7 +68,7 @@ def test_search_ranks_exactly_and_pages(filled):
     scores = sorted((vectors @ query).tolist(), reverse=True)
     assert [s for _, s in hits] == pytest.approx(scores[:10], abs=2e-3)
     assert [i for i, _ in store.search(query, 10, offset=10)] == ranking[10:20]
-    assert [i for i, _ in store.search(vectors[7], 5, exclude=int(ids[7]))] == exact(vectors, ids, vectors[7])[1:6]
+    assert [i for i, _ in store.search(vectors[7], 5, exclude=(int(ids[7]),))] == exact(vectors, ids, vectors[7])[1:6]
     cut = store.search(query, 50, filters=Filters(min_score=(scores[3] + scores[4]) / 2))
     assert [i for i, _ in cut] == ranking[:4]
 

@@ -1,0 +1,60 @@
+"""Clustering a collection (clipdex clusters) at 100k and 1M images: time, peak memory, the k it chose.
+
+CLIP-like synthetic vectors (tests/planted.py) in an embedded store, clustered as `clipdex clusters` does:
+k chosen by silhouette (or --k), trained on a sample, every vector assigned in one streamed pass, clusters
+named by the default vocabulary through a full-size ViT-B/32 text tower (random weights: the same compute).
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.indexing import console, load, vit_b32
+from indexer.cpu import cpu_line
+from indexer.models import canonical_name
+from indexer.settings import Settings
+from search.clusters import cluster_store
+from search.engine import SearchEngine
+from tests.planted import ClipLike, plant_vectors
+
+TARGET_1M_SECONDS = 300
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    quick = os.environ.get("BENCH_QUICK") == "1"
+    parser.add_argument("--sizes", default="100000" if quick else "100000,1000000")
+    parser.add_argument("--k", type=int, default=None, help="clusters (default: chosen, as clipdex clusters does)")
+    args = parser.parse_args()
+    console.print(cpu_line())
+    model = canonical_name(str(vit_b32()))
+    with tempfile.TemporaryDirectory(dir="data") as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            location = str(Path(tmp) / f"store-{size}")
+            plant_vectors(location, ClipLike().image_chunks(size), model=model)
+            engine = SearchEngine(Settings(store=location))
+            engine.text_tower.embed_texts(["warm-up"])  # the model loads before the clock starts
+            started = time.perf_counter()
+            result = cluster_store(engine, args.k)
+            seconds = time.perf_counter() - started
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            sizes = [c.size for c in result.clusters]
+            verdict = f"; target at 1M <= {TARGET_1M_SECONDS} s: {'met' if seconds <= TARGET_1M_SECONDS else 'missed'}"
+            console.print(
+                f"{size:>9,} images: {seconds:6.1f} s, k {result.k} ({result.chosen}), cluster sizes "
+                f"{max(sizes):,} to {min(sizes):,}, peak RSS {peak:,.0f} MB{verdict if size == 1_000_000 else ''} "
+                f"({load()})"
+            )
+            console.print("  largest: " + "; ".join(
+                f"{c.size:,} {', '.join(label for label, _ in c.labels)}" for c in result.clusters[:3]
+            ))  # fmt: skip
+            engine.store.engine.dispose()
+            shutil.rmtree(location, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
