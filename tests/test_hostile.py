@@ -105,11 +105,10 @@ def test_thumbnails_on_a_full_disk_answer_503_and_cache_nothing(tmp_path, clip_d
 def fill(disk, leave: int = 0):
     """Fill the filesystem at `disk`, then give back `leave` bytes."""
     filler = disk / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:  # unbuffered: closing it has nothing left to flush onto the full disk
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     with filler.open("r+b") as f:

@@ -215,3 +215,19 @@ def test_only_relevant_is_on_by_default_and_says_when_nothing_stands_out(lightho
         page.uncheck("input[name=relevant]")
         page.wait_for_function("document.querySelector('#status').textContent.startsWith('24 results')")
         assert "relevant=false" in page.url
+
+
+def test_clusters_view_names_groups_and_opens_one(server, browser):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(server)
+    page.click("#show-clusters")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('2 clusters of 6 images')")
+    groups = page.locator("#grid .group")
+    assert groups.count() == 2 and page.url.endswith("/?view=clusters")
+    sizes = [int(t.split(" · ")[1].split()[0]) for t in page.locator("#grid .group > p").all_inner_texts()]
+    assert sum(sizes) == 6 and sizes == sorted(sizes, reverse=True)
+    groups.first.locator("button.all").click()
+    page.wait_for_function("document.querySelector('#status').textContent.includes('in cluster 1 (')")
+    assert page.locator("#grid .hit").count() == sizes[0] and "cluster=1" in page.url
+    page.go_back()
+    page.wait_for_function("document.querySelectorAll('#grid .group').length === 2")

@@ -10,7 +10,8 @@ const more = $("#more");
 const fileInput = $("#file");
 
 // What the grid shows: {kind: "text", q, like: [{id, name}]} | {kind: "image", file} | {kind: "similar", id, name}
-// | {kind: "duplicates"}. Every kind but an upload is also a URL (/?q=..., /?similar=ID, /?view=duplicates).
+// | {kind: "duplicates"} | {kind: "clusters"} | {kind: "cluster", number, title}. Every kind but an upload is also
+// a URL (/?q=..., /?similar=ID, /?view=duplicates, /?view=clusters&cluster=N).
 const FILTERS = ["folder", "tag", "taken_from", "taken_to", "min_score"];
 let current = null;
 let offset = 0;
@@ -39,8 +40,11 @@ function pageUrl() {
     if (form.elements.sort.value !== "score") params.set("sort", form.elements.sort.value);
   } else if (current.kind === "similar") {
     params.set("similar", current.id);
-  } else if (current.kind === "duplicates") {
-    params.set("view", "duplicates");
+  } else if (current.kind === "duplicates" || current.kind === "clusters") {
+    params.set("view", current.kind);
+  } else if (current.kind === "cluster") {
+    params.set("view", "clusters");
+    params.set("cluster", current.number);
   }
   return params.size ? `/?${params}` : "/";
 }
@@ -56,7 +60,11 @@ async function openUrl() {
   if ([...FILTERS, "mode", "sort"].some((name) => params.get(name))) $("#filters").open = true;
   $("#query-image").hidden = true;
   const like = params.getAll("like").filter((id) => /^\d+$/.test(id));
+  const cluster = params.get("cluster") || "";
   if (params.get("view") === "duplicates") current = { kind: "duplicates" };
+  else if (params.get("view") === "clusters" && /^\d+$/.test(cluster)) {
+    current = { kind: "cluster", number: cluster, title: `cluster ${cluster}` };
+  } else if (params.get("view") === "clusters") current = { kind: "clusters" };
   else if (/^\d+$/.test(params.get("similar") || "")) current = { kind: "similar", id: params.get("similar") };
   else if (params.get("q") || like.length) current = { kind: "text", q: params.get("q") || "", like: like.map((id) => ({ id })) };
   else return;
@@ -91,6 +99,7 @@ async function api(url, options = {}) {
 async function run(append = false, remember = true) {
   if (!current) return;
   if (current.kind === "duplicates") return showDuplicates(append, remember);
+  if (current.kind === "clusters") return showClusters(remember);
   const mine = ++latest;
   offset = append ? offset + PAGE : 0;
   if (!append && remember && current.kind !== "image" && pageUrl() !== location.pathname + location.search) {
@@ -107,6 +116,10 @@ async function run(append = false, remember = true) {
     params.set("mode", form.elements.mode.value);
     params.set("sort", form.elements.sort.value);
     request = api(`/api/search?${params}`);
+  } else if (current.kind === "cluster") {
+    params.delete("k"); // here k is the number of clusters: the clustering /api/clusters chose
+    params.set("limit", PAGE);
+    request = api(`/api/clusters/${current.number}/images?${params}`);
   } else if (current.kind === "image") {
     const body = new FormData();
     body.append("file", current.file);
@@ -146,6 +159,7 @@ function describe() {
   }
   if (current.kind === "text") return `for “${current.q}”`;
   if (current.kind === "image") return `like ${current.file.name || "your image"}`;
+  if (current.kind === "cluster") return `in ${current.title}, most typical first`;
   return `like ${current.name}`;
 }
 
@@ -252,11 +266,13 @@ window.addEventListener("popstate", () => {
   viewer.close();
   openUrl();
 });
-$("#show-duplicates").addEventListener("click", () => {
-  current = { kind: "duplicates" };
-  $("#query-image").hidden = true;
-  run();
-});
+for (const kind of ["duplicates", "clusters"]) {
+  $(`#show-${kind}`).addEventListener("click", () => {
+    current = { kind };
+    $("#query-image").hidden = true;
+    run();
+  });
+}
 
 // --- the larger view of one photo: its metadata, captions and tags; "more like this, but..." ----------------
 
@@ -348,33 +364,84 @@ async function showDuplicates(append, remember) {
 }
 
 function duplicateGroup(group) {
+  const title = `${group.members.length} ${group.exact ? "exact copies" : "near copies"} · ${(group.reclaimable_bytes / 1e6).toFixed(1)} MB besides the keeper`;
+  return thumbGroup(title, group.members.map((member, i) => ({
+    id: member.id,
+    thumbnail_url: member.thumbnail_url,
+    name: member.path.split("/").at(-1),
+    title: member.path,
+    keeper: i === 0,
+    note: `${i === 0 ? "keep · " : ""}${member.width ?? "?"}×${member.height ?? "?"}${member.taken_at ? ` · ${member.taken_at.slice(0, 10)}` : ""} · ${member.similarity.toFixed(3)}`,
+  })));
+}
+
+// A row of thumbnails under a title (a duplicate group, a cluster); a click shows a photo's details.
+function thumbGroup(title, items) {
   const li = document.createElement("li");
   li.className = "group";
-  const title = document.createElement("p");
-  title.textContent = `${group.members.length} ${group.exact ? "exact copies" : "near copies"} · ${(group.reclaimable_bytes / 1e6).toFixed(1)} MB besides the keeper`;
+  const heading = document.createElement("p");
+  heading.textContent = title;
   const row = document.createElement("div");
   row.className = "members";
-  group.members.forEach((member, i) => {
+  for (const item of items) {
     const figure = document.createElement("button");
     figure.type = "button";
-    figure.className = "member" + (i === 0 ? " keeper" : "");
-    figure.title = `${member.path}\nClick for its details`;
+    figure.className = "member" + (item.keeper ? " keeper" : "");
+    figure.title = `${item.title}\nClick for its details`;
     const img = document.createElement("img");
-    img.src = member.thumbnail_url;
-    img.alt = member.path;
+    img.src = item.thumbnail_url;
+    img.alt = item.title;
     img.loading = "lazy";
-    const caption = document.createElement("span");
-    const taken = member.taken_at ? ` · ${member.taken_at.slice(0, 10)}` : "";
-    caption.textContent = `${i === 0 ? "keep · " : ""}${member.width ?? "?"}×${member.height ?? "?"}${taken} · ${member.similarity.toFixed(3)}`;
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = member.path.split("/").at(-1);
-    figure.append(img, name, caption);
-    figure.addEventListener("click", () => viewImage(member.id));
+    name.textContent = item.name;
+    const note = document.createElement("span");
+    note.textContent = item.note;
+    figure.append(img, name, note);
+    figure.addEventListener("click", () => viewImage(item.id));
     row.append(figure);
-  });
-  li.append(title, row);
+  }
+  li.append(heading, row);
   return li;
+}
+
+// --- clusters: the collection in groups of look-alikes, each named and shown by its most typical photos ------------
+
+async function showClusters(remember) {
+  const mine = ++latest;
+  if (remember && pageUrl() !== location.pathname + location.search) history.pushState(null, "", pageUrl());
+  status.classList.remove("error");
+  status.textContent = "Grouping the collection… (a large one takes a while the first time)";
+  try {
+    const result = await api("/api/clusters?typical=8");
+    if (mine !== latest) return;
+    grid.replaceChildren();
+    grid.className = "groups";
+    for (const cluster of result.clusters) {
+      const names = cluster.labels.map((l) => l.label).join(", ");
+      const title = `Cluster ${cluster.number} · ${cluster.size.toLocaleString()} image${cluster.size === 1 ? "" : "s"} · ${names}`;
+      const group = thumbGroup(title, cluster.typical.map((hit) => ({
+        id: hit.id, thumbnail_url: hit.thumbnail_url, name: hit.name, title: hit.path, note: hit.score.toFixed(3),
+      })));
+      const all = document.createElement("button");
+      all.type = "button";
+      all.className = "all";
+      all.textContent = `Show all ${cluster.size.toLocaleString()}`;
+      all.addEventListener("click", () => {
+        current = { kind: "cluster", number: cluster.number, title: `cluster ${cluster.number} (${names})` };
+        run();
+      });
+      group.querySelector("p").append(" ", all);
+      grid.append(group);
+    }
+    status.textContent = `${result.clusters.length} clusters of ${result.images.toLocaleString()} images, largest first (k ${result.k}: ${result.chosen}) · ${result.seconds.toFixed(1)} s`;
+    more.hidden = true;
+    $("#hint").hidden = true;
+  } catch (error) {
+    if (mine !== latest) return;
+    status.classList.add("error");
+    status.textContent = error.message;
+  }
 }
 
 openUrl();
