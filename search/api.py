@@ -604,15 +604,16 @@ def duplicates(
     return DuplicatesPublic(groups=page, total=len(groups), limit=limit, offset=offset)
 
 
-ClusterK = Annotated[int | None, Query(ge=2, le=1000, description="Number of clusters (none: chosen by silhouette)")]
+ClusterK = Annotated[int | None, Query(ge=2, le=1000, description="Number of clusters (none: by auto, or size)")]
+ClusterAuto = Annotated[bool, Query(description="Without k: choose it by silhouette (else sqrt(images / 50))")]
 ClusterLabels = Annotated[
     str | None, Query(max_length=100_000, description="Comma-separated labels to name clusters by (default vocabulary)")
 ]
 
 
-def clustering(engine: SearchEngine, k: int | None, labels: str | None):
+def clustering(engine: SearchEngine, k: int | None, labels: str | None, auto: bool):
     """The store's clusters for these arguments: found once per store state (minutes at 1M), then from memory."""
-    return engine.clusters(k, tagging.parse_labels(labels) if labels else None)
+    return engine.clusters(k, tagging.parse_labels(labels) if labels else None, auto)
 
 
 @router.get("/clusters", responses={422: {"model": ErrorPublic}})
@@ -620,10 +621,11 @@ def clusters(
     engine: EngineDep,
     k: ClusterK = None,
     labels: ClusterLabels = None,
+    auto: ClusterAuto = False,
     typical: Annotated[int, Query(ge=0, le=50, description="Typical images per cluster")] = 8,
 ) -> ClustersPublic:
     """The collection in clusters (k-means of the stored vectors), largest first, named and shown by typical images."""
-    result = clustering(engine, k, labels)
+    result = clustering(engine, k, labels, auto)
     return ClustersPublic(
         k=result.k,
         chosen=result.chosen,
@@ -647,11 +649,12 @@ def cluster_images(
     number: Annotated[int, PathParam(ge=1, le=1000, description="A cluster's number (1: the largest)")],
     k: ClusterK = None,
     labels: ClusterLabels = None,
+    auto: ClusterAuto = False,
     limit: Annotated[int, Query(ge=1, le=MAX_K, description="Images per page")] = 24,
     offset: OffsetQuery = 0,
 ) -> SearchResults:
-    """A cluster's images, most typical first (score: cosine to its centroid); k and labels as for /api/clusters."""
-    result = clustering(engine, k, labels)
+    """A cluster's images, most typical first (score: cosine to its centroid); k, labels, auto as for /api/clusters."""
+    result = clustering(engine, k, labels, auto)
     cluster = next((c for c in result.clusters if c.number == number), None)
     if cluster is None:
         raise NotFoundError(f"no cluster {number}: this clustering has {len(result.clusters)}")

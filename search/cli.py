@@ -427,9 +427,11 @@ def duplicates(
 
 @app.command()
 def clusters(
-    k: Annotated[int | None, typer.Option("--k", min=2, help="Number of clusters (default: chosen, as --auto)")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=2, help="Number of clusters (default: sqrt(images / 50), 2 to 100)")
+    ] = None,
     auto: Annotated[
-        bool, typer.Option("--auto", help="Choose k by the silhouette of candidate clusterings (the default)")
+        bool, typer.Option("--auto", help="Choose k by the silhouette of candidate clusterings (2 to 64)")
     ] = False,
     labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels to name clusters by")] = None,
     labels_file: Annotated[
@@ -453,7 +455,7 @@ def clusters(
         raise typer.Exit(2)
     label_list = run(parse_labels, labels) if labels else run(read_labels_file, labels_file) if labels_file else None
     engine = open_engine(store, device=device, text_model=text_model)
-    result = run(cluster_store, engine, k, label_list, sys.stderr.isatty() and not json_out)
+    result = run(cluster_store, engine, k, label_list, auto, sys.stderr.isatty() and not json_out)
     paths = engine.store.paths([i for c in result.clusters for i, _ in c.typical(typical)])
     if json_out:
         shown = [

@@ -4,9 +4,11 @@ CLIP's paper lists clustering among its uses: group the images, then find which 
 - Grouping: FAISS spherical k-means (cosine, as the vectors are compared everywhere else), trained on a random
   sample of at most TRAIN_PER_CLUSTER vectors a cluster (FAISS's own default cap), then every stored vector is
   assigned to its nearest centroid in one streamed pass, chunk by chunk, as tagging reads the store.
-- Choosing k (--auto, or no k): k-means for each candidate k on one sample, keeping the k with the best mean
+- Choosing k: with --auto, k-means for each candidate k on one sample, keeping the k with the best mean
   simplified silhouette ((b - a) / max(a, b), a and b the cosine distances to the nearest and second-nearest
-  centroid), a standard internal criterion that needs no labels and costs one pass over the sample per k.
+  centroid), a standard internal criterion that needs no labels. It finds k where the collection has clear
+  groups (planted ones in the tests) but prefers k = 2 where it has none (CLIP-like vectors, bench/clusters.py),
+  so without --k or --auto k follows the collection's size instead (default_k): groups to browse.
 - Naming: each label (a given set, or the default vocabulary in vocabulary.txt) is embedded through the tagging
   templates; a cluster's names are the labels its centroid matches best *compared with the other clusters*
   (the cosine minus that label's mean cosine over all centroids). Raw cosines would name every cluster after the
@@ -14,6 +16,7 @@ CLIP's paper lists clustering among its uses: group the images, then find which 
 - Showing: the images nearest each centroid are its most typical.
 """
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,7 @@ RESTARTS = 5  # k-means from this many random starts, keeping the best: one star
 AUTO_SAMPLE = 20_000  # vectors the candidate k are compared on
 AUTO_CANDIDATES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 NAMES = 3  # labels shown per cluster
+DEFAULT_MAX_K = 100
 
 
 @dataclass
@@ -86,6 +90,11 @@ def silhouette(vectors: np.ndarray, centroids: np.ndarray) -> float:
     return float(np.mean((b - a) / np.maximum(np.maximum(a, b), 1e-9)))
 
 
+def default_k(images: int) -> int:
+    """sqrt(images / 50), 2 to DEFAULT_MAX_K: 14 clusters of 10k images, 45 of 100k, 100 of 1M."""
+    return min(DEFAULT_MAX_K, max(2, round(math.sqrt(images / 50))))
+
+
 def choose_k(store: Store, images: int) -> tuple[int, str]:
     """The candidate k with the best silhouette on a sample (at most one cluster per ten images)."""
     sample = sample_rows(store, AUTO_SAMPLE)
@@ -105,9 +114,10 @@ def name_clusters(centroids: np.ndarray, label_vectors: np.ndarray, labels: list
 
 
 def cluster_store(
-    engine, k: int | None = None, labels: list[str] | None = None, show_progress: bool = False
+    engine, k: int | None = None, labels: list[str] | None = None, auto: bool = False, show_progress: bool = False
 ) -> Clustering:
-    """Cluster the engine's store (k=None: choose k), name the clusters by `labels` (None: the default vocabulary)."""
+    """Cluster the engine's store into k clusters (None: by silhouette if `auto`, else default_k), named by
+    `labels` (None: the default vocabulary)."""
     started = time.perf_counter()
     store: Store = engine.store
     images = store.count_vectors()
@@ -118,8 +128,10 @@ def cluster_store(
     labels = check_labels(labels) if labels is not None else default_vocabulary()
     label_vectors = embed_prompts(engine.text_tower, labels, DEFAULT_TEMPLATES)
     chosen = "given"
-    if k is None:
+    if k is None and auto:
         k, chosen = choose_k(store, images)
+    elif k is None:
+        k, chosen = min(default_k(images), images), "by the collection's size"
     centroids = train(sample_rows(store, k * TRAIN_PER_CLUSTER), k)
     ids, assigned, similarity = assign(store, centroids, images, show_progress)
     result = Clustering(k=k, images=images, chosen=chosen)

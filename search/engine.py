@@ -344,11 +344,12 @@ class SearchEngine:
         args = (threshold, folder)
         return self.remembered("duplicates", args, lambda: find_duplicates(self.store, *args))
 
-    def clusters(self, k: int | None = None, labels: list[str] | None = None) -> "Clustering":
-        """The store's clusters (search/clusters.py); k=None chooses k, labels=None names by the default vocabulary."""
+    def clusters(self, k: int | None = None, labels: list[str] | None = None, auto: bool = False) -> "Clustering":
+        """The store's clusters (search/clusters.py cluster_store)."""
         from search.clusters import cluster_store
 
-        return self.remembered("clusters", (k, tuple(labels or ())), lambda: cluster_store(self, k, labels))
+        args = (k, tuple(labels or ()), auto)
+        return self.remembered("clusters", args, lambda: cluster_store(self, k, labels, auto))
 
     def remembered(self, name: str, args: tuple, compute: Callable):
         """compute() for `args`, worked out again only once the store has changed: pages of a result that takes

@@ -63,9 +63,10 @@ def test_planted_groups_come_back_named(store_dir):
     assert "mountain" not in [c.labels[0][0] for c in result.clusters]  # a label no cluster fits names none
 
 
-def test_k_is_chosen_when_not_given(store_dir):
-    result = cluster_store(SearchEngine(Settings(store=store_dir)), labels=LABELS)
+def test_k_is_chosen_by_silhouette_or_by_size(store_dir):
+    result = cluster_store(SearchEngine(Settings(store=store_dir)), labels=LABELS, auto=True)
     assert result.k == 4 and result.chosen.startswith("auto (silhouette")
+    assert cluster_store(SearchEngine(Settings(store=store_dir)), labels=LABELS).k == 2  # sqrt(150 / 50) = 1.7
     names = {
         label for c in cluster_store(SearchEngine(Settings(store=store_dir)), k=4).clusters for label, _ in c.labels
     }
