@@ -22,14 +22,14 @@ $(BIN)/clipdex: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray,ocr]"
 	touch $@
 
 install: $(BIN)/clipdex ## Create .venv and install clipdex into it
 
-index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir] [CAPTION=1] [RAY=address]
+index: $(BIN)/clipdex ## Index a folder: make index DIR=photos [STORE=path] [MODEL=id-or-dir] [CAPTION=1] [OCR=1] [RAY=address]
 	@test -n "$(DIR)" || (echo "usage: make index DIR=path/to/photos" >&2; exit 2)
-	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",) $(if $(CAPTION),--caption,) \
+	$(BIN)/clipdex index "$(DIR)" $(STORE_FLAG) $(if $(MODEL),--model "$(MODEL)",) $(if $(CAPTION),--caption,) $(if $(OCR),--ocr,) \
 		$(if $(RAY),--ray-address "$(RAY)",)
 
 search: $(BIN)/clipdex ## Search by text: make search Q="a dog on a beach" [MODE=embedding|caption|hybrid]

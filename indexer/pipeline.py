@@ -25,6 +25,7 @@ from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, 
 if TYPE_CHECKING:
     from indexer.caption import CaptionSummary
     from indexer.embed import Embedder
+    from indexer.ocr import OcrSummary
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class IndexSummary:
     skipped: Counter = field(default_factory=Counter)  # reason code -> count
     seconds: float = 0.0
     captions: "CaptionSummary | None" = None  # when the run also captioned
+    text: "OcrSummary | None" = None  # when the run also read the text in the images
     index: str = ""  # the search index after a run that changed it: its kind and tuning
     cluster: str = ""  # for a run on Ray: the workers and GPUs that took part
 
@@ -59,6 +61,7 @@ class IndexSummary:
             + (f"; index {self.index}" if self.index else "")
             + (f"; {self.cluster}" if self.cluster else "")
             + (f"; {self.captions.line()}" if self.captions else "")
+            + (f"; {self.text.line()}" if self.text else "")
         )
 
 
@@ -86,13 +89,15 @@ def index_folder(
     show_progress: bool = True,
     caption: bool = False,
     embedder: "Embedder | None" = None,
+    ocr: bool = False,
 ) -> IndexSummary:
     """Bring the store up to date with `folder`; safe to interrupt and re-run at any point.
 
     With `caption`, the folder's images that lack a caption from the configured captioner are captioned
-    after embedding: new and changed images, and any a killed run left uncaptioned.
-    `embedder`, when given, is an already loaded model for the store (benchmarks time the pipeline without
-    model loading); otherwise the model is loaded only if there is something to embed.
+    after embedding: new and changed images, and any a killed run left uncaptioned; with `ocr`, the same for
+    the text in them (indexer/ocr.py). `embedder`, when given, is an already loaded model for the store
+    (benchmarks time the pipeline without model loading); otherwise the model is loaded only if there is
+    something to embed.
     """
     started = time.perf_counter()
     root = Path(folder).expanduser().resolve()
@@ -102,6 +107,11 @@ def index_folder(
         from indexer.caption import resolve_captioner
 
         resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
+    reader = None
+    if ocr:
+        from indexer.ocr import Reader
+
+        reader = Reader(settings.ocr_model, settings.ocr_keys)  # so does a missing OCR model
     if settings.ray:
         from indexer.cluster import connect
 
@@ -115,6 +125,10 @@ def index_folder(
             from indexer.caption import caption_store
 
             summary.captions = caption_store(store, settings, root_id=root_id, show_progress=show_progress)
+        if reader is not None:
+            from indexer.ocr import ocr_store
+
+            summary.text = ocr_store(store, settings, root_id=root_id, show_progress=show_progress, reader=reader)
     return summary
 
 

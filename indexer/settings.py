@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Captioning (clipdex caption, clipdex index --caption). None: Salesforce/blip2-opt-2.7b on CUDA,
     # Salesforce/blip-image-captioning-base on CPU; any BLIP or BLIP-2 hub id or directory.
     caption_model: str | None = None
+    # Text reading (indexer/ocr.py): None is the wheel's PP-OCRv4 recognizer; else a rec .onnx and its characters.
+    ocr_model: str | None = None
+    ocr_keys: str | None = None
     # None: the family's default ("a photography of" for BLIP, a "Question: ... Answer:" for BLIP-2).
     caption_prompt: str | None = None
     caption_max_new_tokens: int = 30

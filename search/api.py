@@ -50,7 +50,7 @@ API_KEY_HEADER = "X-API-Key"
 # Each clipdex error's HTTP status; any other is a 400. A full disk is the server's trouble, not the request's.
 ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
 API_KEY_COOKIE = "clipdex_api_key"  # lets <img> tags on the page, which cannot send headers, carry the key
-SearchMode = Literal["embedding", "caption", "hybrid"]
+SearchMode = Literal["embedding", "caption", "text", "hybrid"]
 SortOrder = Literal["score", "newest", "oldest"]
 StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
 
@@ -96,6 +96,14 @@ class TagPublic(BaseModel):
     score: float
 
 
+class TextLinePublic(BaseModel):
+    text: str
+    confidence: float
+    box: list[list[float]] = Field(
+        description="Four [x, y] corners as fractions of the image's width and height, clockwise from the top left"
+    )
+
+
 class ImagePublic(BaseModel):
     id: int
     path: str
@@ -112,8 +120,19 @@ class ImagePublic(BaseModel):
     )
     captions: list[str]
     tags: list[TagPublic]
+    text: list[TextLinePublic] = Field(description="Lines of text read in the image (clipdex ocr), top to bottom")
     thumbnail_url: str
     image_url: str
+
+
+class OcrJobPublic(BaseModel):
+    id: str
+    status: str  # queued, running, done or failed
+    read: int | None = None  # when done: images with text
+    empty: int | None = None  # images without
+    failed: int | None = None
+    seconds: float | None = None
+    error: str | None = None  # when failed
 
 
 class StatsPublic(BaseModel):
@@ -283,6 +302,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.conversations = Conversations()
         app.state.tag_jobs = {}
         app.state.tag_lock = asyncio.Lock()  # one tagging job writes at a time
+        app.state.ocr_jobs = {}
+        app.state.ocr_lock = asyncio.Lock()
         try:
             yield
         finally:
@@ -474,6 +495,7 @@ def image_info(engine: EngineDep, image_id: ImageId) -> ImagePublic:
         taken_at=info.taken_at.isoformat() if info.taken_at else None,
         captions=info.captions,
         tags=[TagPublic(label=label, score=score) for label, score in info.tags],
+        text=[TextLinePublic(text=line.text, confidence=line.confidence, box=line.box) for line in info.text],
         thumbnail_url=f"/api/images/{info.id}/thumbnail",
         image_url=f"/api/images/{info.id}/file",
     )
@@ -520,14 +542,18 @@ async def create_tag_job(
     """Start tagging the whole store with a label set (replacing a set of that name); poll the job for its end."""
     options = tagging.TagOptions(body.top_k, body.threshold, body.multi_label)
     spec = tagging.check_request(body.labels, body.templates, options, body.name)
-    jobs: dict[str, TagJobPublic] = request.app.state.tag_jobs
     job = TagJobPublic(id=uuid.uuid4().hex, status="queued", label_set=spec.name, labels=len(spec.labels))
-    finished = [j.id for j in jobs.values() if j.status in ("done", "failed")]
-    for old in finished[: max(0, len(jobs) - MAX_TAG_JOBS + 1)]:  # the oldest first: dicts keep their order
-        del jobs[old]
-    jobs[job.id] = job
+    remember_job(request.app.state.tag_jobs, job)
     background.add_task(run_tag_job, request, engine, spec, job)
     return job
+
+
+def remember_job(jobs: dict, job) -> None:
+    """Add a job, forgetting the oldest finished ones beyond MAX_TAG_JOBS (dicts keep their order)."""
+    finished = [j.id for j in jobs.values() if j.status in ("done", "failed")]
+    for old in finished[: max(0, len(jobs) - MAX_TAG_JOBS + 1)]:
+        del jobs[old]
+    jobs[job.id] = job
 
 
 async def run_tag_job(request: Request, engine: SearchEngine, spec: tagging.LabelSetRequest, job: TagJobPublic) -> None:
@@ -550,6 +576,46 @@ def tag_job(request: Request, job_id: Annotated[str, PathParam(max_length=32)]) 
     job = request.app.state.tag_jobs.get(job_id)
     if job is None:
         raise NotFoundError(f"no tagging job {job_id}; jobs are forgotten when the service restarts")
+    return job
+
+
+# --- reading the text in images -------------------------------------------------------------------------
+
+
+@router.post("/ocr-jobs", status_code=202)
+async def create_ocr_job(
+    request: Request,
+    engine: EngineDep,
+    background: BackgroundTasks,
+    redo: Annotated[bool, Query(description="Read every image again, failed ones included")] = False,
+) -> OcrJobPublic:
+    """Start reading the text in the stored images not yet read (indexer/ocr.py); poll the job for its end."""
+    job = OcrJobPublic(id=uuid.uuid4().hex, status="queued")
+    remember_job(request.app.state.ocr_jobs, job)
+    background.add_task(run_ocr_job, request, engine, redo, job)
+    return job
+
+
+async def run_ocr_job(request: Request, engine: SearchEngine, redo: bool, job: OcrJobPublic) -> None:
+    from indexer.ocr import ocr_store
+
+    async with request.app.state.ocr_lock:
+        job.status = "running"
+        try:
+            summary = await run_in_threadpool(ocr_store, engine.store, engine.settings, redo, None, False)
+        except ClipdexError as e:
+            job.status, job.error = "failed", str(e)
+            return
+        job.read, job.empty, job.failed, job.seconds = summary.read, summary.empty, summary.failed, summary.seconds
+        job.status = "done"
+
+
+@router.get("/ocr-jobs/{job_id}", responses={404: {"model": ErrorPublic}})
+def ocr_job(request: Request, job_id: Annotated[str, PathParam(max_length=32)]) -> OcrJobPublic:
+    """A text-reading job: its status and, when done, how many images had text."""
+    job = request.app.state.ocr_jobs.get(job_id)
+    if job is None:
+        raise NotFoundError(f"no text-reading job {job_id}; jobs are forgotten when the service restarts")
     return job
 
 

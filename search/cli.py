@@ -67,9 +67,23 @@ CaptionModelOpt = Annotated[
 ]
 
 
+OcrModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ocr-model",
+        help="Another language's PP-OCR recognition model (.onnx; default: the English/Chinese PP-OCRv4 one in the "
+        "rapidocr-onnxruntime wheel; env CLIPDEX_OCR_MODEL)",
+    ),
+]
+OcrKeysOpt = Annotated[
+    str | None, typer.Option("--ocr-keys", help="The character list of --ocr-model (env CLIPDEX_OCR_KEYS)")
+]
+
+
 class SearchMode(StrEnum):
     embedding = "embedding"
     caption = "caption"
+    text = "text"
     hybrid = "hybrid"
 
 
@@ -142,6 +156,9 @@ def index(
     ] = False,
     caption: Annotated[bool, typer.Option("--caption", help="Also caption new and changed images")] = False,
     caption_model: CaptionModelOpt = None,
+    ocr: Annotated[bool, typer.Option("--ocr", help="Also read the text in new and changed images")] = False,
+    ocr_model: OcrModelOpt = None,
+    ocr_keys: OcrKeysOpt = None,
     index_memory: Annotated[
         str | None,
         typer.Option("--index-memory", help="RAM the search index may take, e.g. 2GB; picks the index kind"),
@@ -160,10 +177,12 @@ def index(
         device=device,
         workers=workers,
         caption_model=caption_model,
+        ocr_model=ocr_model,
+        ocr_keys=ocr_keys,
         index_memory=index_memory,
         ray=ray_setting(ray, ray_address),
     )
-    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption)
+    summary = run(index_folder, folder, settings, not json_out and sys.stderr.isatty(), caption, None, ocr)
     # Tagging lives in search/ (indexer never imports search), so the CLI runs it after indexing.
     tagged = run(retag_saved_sets, settings.store, not json_out and sys.stderr.isatty()) if retag else []
     if json_out:
@@ -255,8 +274,9 @@ def search(
         SearchMode,
         typer.Option(
             "--mode",
-            help="Rank by embedding similarity, caption match (full-text relevance), or both fused by reciprocal rank "
-            "(hybrid; plain embedding search while the store has no captions)",
+            help="Rank by embedding similarity, caption match, match of the text read in the images (full-text "
+            "relevance; see clipdex ocr), or all fused by reciprocal rank (hybrid; plain embedding search while the "
+            "store has no captions or read text)",
         ),
     ] = SearchMode.hybrid,
     store: StoreOpt = None,
@@ -578,6 +598,27 @@ def caption(
     summary = run(caption_store, opened, settings, redo, None, not json_out and sys.stderr.isatty())
     if json_out:
         typer.echo(json.dumps({**asdict(summary), "captions_per_second": summary.captions_per_second}))
+    else:
+        out.print(summary.line(), highlight=False)
+
+
+@app.command()
+def ocr(
+    store: StoreOpt = None,
+    redo: Annotated[bool, typer.Option("--redo", help="Read every image again, failed ones included")] = False,
+    ocr_model: OcrModelOpt = None,
+    ocr_keys: OcrKeysOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Read the text in the stored images not yet read (all of them with --redo), for --mode text searches."""
+    from indexer.ocr import ocr_store
+    from indexer.store import open_store
+
+    settings = make_settings(store=store, ocr_model=ocr_model, ocr_keys=ocr_keys)
+    opened = run(open_store, settings.store)
+    summary = run(ocr_store, opened, settings, redo, None, not json_out and sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps({**asdict(summary), "images_per_second": summary.images_per_second}))
     else:
         out.print(summary.line(), highlight=False)
 

@@ -24,7 +24,8 @@ from indexer.embed import Embedder
 from indexer.errors import BadInputError, NotFoundError, StorageFullError, is_disk_full
 from indexer.models import canonical_name
 from indexer.settings import Settings
-from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, open_store
+from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, TextLine, open_store
+from indexer.store.base import caption_source
 from search.query import Term, check_terms, parse_query
 from search.relevance import Background, sample_store
 
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
-SEARCH_MODES = ("embedding", "caption", "hybrid")
+SEARCH_MODES = ("embedding", "caption", "text", "hybrid")
+WORD_SOURCES = ("caption", "text")  # what the words of a query can match: written captions, text read in images
 SORTS = ("score", "newest", "oldest")
 RELEVANCE_SAMPLE_SECONDS = 600
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (RRF_K + rank). 60 is the
@@ -64,6 +66,7 @@ class ImageInfo:
     taken_at: datetime | None
     captions: list[str] = field(default_factory=list)
     tags: list[tuple[str, float]] = field(default_factory=list)  # (label, score), best first
+    text: list[TextLine] = field(default_factory=list)  # lines read in it (OCR), with their boxes
 
 
 class SearchEngine:
@@ -279,63 +282,72 @@ class SearchEngine:
             dated = sorted((h for h in hits if h.taken_at), key=lambda h: h.taken_at, reverse=sort == "newest")
             return (dated + [h for h in hits if not h.taken_at])[offset : offset + k]
         words = " ".join(t.text for t in check_terms(terms) if t.text is not None and t.weight > 0)
-        if mode == "caption":
+        if mode in WORD_SOURCES:
             if len(terms) > 1 or not words:
-                raise BadInputError("caption search matches words: combining terms or images needs embedding or hybrid")
-            return self.search_captions(words, k, offset, filters)
+                raise BadInputError(f"{mode} search matches words: combining terms or images needs embedding or hybrid")
+            return self.search_captions(words, k, offset, filters, mode)
         vector, exclude = self.query_vector(terms)
-        if mode == "embedding" or not words or not self.store.has_captions():
+        sources = [source for source in WORD_SOURCES if words and self.store.has_captions(source)]
+        if mode == "embedding" or not sources:
             return self.search_vector(vector, k, offset, exclude, filters, relevant)
-        return self.search_hybrid(vector, words, k, offset, filters, exclude, relevant)
+        return self.search_hybrid(vector, words, sources, k, offset, filters, exclude, relevant)
 
-    def search_captions(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Images whose captions match the query's words; the score is the store's text relevance (higher is better)."""
+    def search_captions(
+        self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS, source: str = "caption"
+    ) -> list[Hit]:
+        """Images whose captions (source "caption") or read text ("text") match the query's words; the score is
+        the store's full-text relevance (higher is better), and each hit shows the text that matched."""
         check_page(k, offset)
-        matches = self.match_captions(query, k + offset, filters)[offset:]
+        matches = self.match_captions(query, k + offset, filters, source)[offset:]
         return self.hits([(i, score) for i, score, _ in matches], {i: text for i, _, text in matches})
 
     def search_hybrid(
         self,
         vector: np.ndarray,
         words: str,
+        sources: list[str],
         k: int = 10,
         offset: int = 0,
         filters: Filters = NO_FILTERS,
         exclude: tuple[int, ...] = (),
         relevant: bool = False,
     ) -> list[Hit]:
-        """Reciprocal rank fusion of the embedding ranking of `vector` and the caption ranking of `words`; the
-        score is the fused one.
+        """Reciprocal rank fusion of the embedding ranking of `vector` and the full-text rankings of `words` in
+        each of `sources` (captions, read text); the score is the fused one.
 
-        An image only one ranking found gets that ranking's share; equal scores go to the better embedding rank.
-        `relevant` cuts the embedding ranking only: a caption that matches the words is itself evidence.
+        An image only some rankings found gets their shares; equal scores go to the better embedding rank.
+        `relevant` cuts the embedding ranking only: text that matches the words is itself evidence. A hit shows
+        the caption or read text that matched, the caption first.
         """
         check_page(k, offset)
         depth = max(FUSION_DEPTH, k + offset)
         by_embedding = self.search_vector(vector, min(depth, MAX_K), 0, exclude, filters.rows_only, relevant)
-        by_caption = [m for m in self.match_captions(words, depth, filters) if m[0] not in exclude]
-        embedding_rank = {hit.id: rank for rank, hit in enumerate(by_embedding, 1)}
-        caption_rank = {image_id: rank for rank, (image_id, _, _) in enumerate(by_caption, 1)}
-        fused = {
-            image_id: sum(
-                1 / (RRF_K + rank) for rank in (embedding_rank.get(image_id), caption_rank.get(image_id)) if rank
-            )
-            for image_id in embedding_rank | caption_rank
-        }
+        rankings = [{hit.id: rank for rank, hit in enumerate(by_embedding, 1)}]
+        matched: dict[int, str] = {}
+        for source in reversed(sources):  # captions last: their matched text wins
+            by_words = [m for m in self.match_captions(words, depth, filters, source) if m[0] not in exclude]
+            rankings.append({image_id: rank for rank, (image_id, _, _) in enumerate(by_words, 1)})
+            matched.update({image_id: text for image_id, _, text in by_words})
+        fused: dict[int, float] = {}
+        for ranking in rankings:
+            for image_id, rank in ranking.items():
+                fused[image_id] = fused.get(image_id, 0.0) + 1 / (RRF_K + rank)
         no_rank = depth + 1
-        order = sorted(fused, key=lambda i: (-fused[i], embedding_rank.get(i, no_rank), caption_rank.get(i, no_rank)))
-        hits = self.hits([(i, fused[i]) for i in order[offset : offset + k]], {i: text for i, _, text in by_caption})
+        order = sorted(fused, key=lambda i: (-fused[i], *(ranking.get(i, no_rank) for ranking in rankings)))
+        hits = self.hits([(i, fused[i]) for i in order[offset : offset + k]], matched)
         relevance = {hit.id: hit.relevance for hit in by_embedding}
         for hit in hits:
             hit.relevance = relevance.get(hit.id)
         return hits
 
-    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
-        """(image id, relevance, matching caption) of the images whose captions share words with the query."""
+    def match_captions(
+        self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
+    ) -> list[tuple[int, float, str]]:
+        """(image id, relevance, matching caption or read text) of the images whose text shares words with the query."""
         query = query.strip()
         if not query:
             raise BadInputError("the query text is empty")
-        return self.store.match_captions(query, limit, filters)
+        return self.store.match_captions(query, limit, filters, source)
 
     def duplicates(self, threshold: float, folder: str | None = None) -> list["DuplicateGroup"]:
         """The store's duplicate groups (search/duplicates.py)."""
@@ -371,8 +383,11 @@ class SearchEngine:
                 raise NotFoundError(f"no indexed image with id {image_id}")
             image, root = row
             captions = s.scalars(
-                select(Caption.text).where(Caption.image_id == image_id).order_by(Caption.created_at.desc())
+                select(Caption.text)
+                .where(Caption.image_id == image_id, caption_source("caption"))
+                .order_by(Caption.created_at.desc())
             ).all()
+            text = s.scalars(select(TextLine).where(TextLine.image_id == image_id).order_by(TextLine.id)).all()
             tags = s.execute(
                 select(Tag.label, Tag.score).where(Tag.image_id == image_id).order_by(Tag.score.desc())
             ).all()
@@ -386,6 +401,7 @@ class SearchEngine:
             taken_at=image.taken_at,
             captions=list(captions),
             tags=[(label, float(score)) for label, score in tags],
+            text=list(text),
         )
 
     def image_file(self, image_id: int) -> Path:

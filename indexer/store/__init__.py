@@ -14,6 +14,7 @@ from indexer.store.embedded import DB_FILE, DEFAULT_INDEX_MEMORY, INDEX_FILE, IN
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     INDEXED,
+    READ_TEXT,
     SKIPPED,
     Caption,
     CaptionFailure,
@@ -23,6 +24,7 @@ from indexer.store.schema import (
     Manifest,
     Root,
     Tag,
+    TextLine,
     TextModel,
     get_root,
     utcnow,
@@ -57,7 +59,7 @@ def open_store(
 
 
 __all__ = [
-    "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "NO_FILTERS", "SKIPPED", "Caption", "CaptionFailure",
-    "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "TextModel", "get_root",
-    "is_database_url", "open_store", "utcnow",
+    "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "READ_TEXT", "NO_FILTERS", "SKIPPED", "Caption",
+    "CaptionFailure", "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "TextLine",
+    "TextModel", "get_root", "is_database_url", "open_store", "utcnow",
 ]  # fmt: skip

@@ -18,7 +18,18 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import ModelMismatchError, StoreFormatError
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
-from indexer.store.schema import FORMAT_VERSION, INDEXED, SKIPPED, Caption, CaptionFailure, Image, Manifest, Root
+from indexer.store.schema import (
+    FORMAT_VERSION,
+    INDEXED,
+    READ_TEXT,
+    SKIPPED,
+    Caption,
+    CaptionFailure,
+    Image,
+    Manifest,
+    Root,
+    TextLine,
+)
 
 READ_CHUNK = 10_000
 
@@ -66,11 +77,12 @@ class Store(ABC):
         """Insert many plain tuples into a table in the session's transaction, the backend's fastest way."""
 
     def delete_captions(self, session: Session, ids: list[int]) -> None:
-        """Forget the captions and caption failures of images whose content changed (in the caller's transaction)."""
+        """Forget the captions, caption failures and read text of images whose content changed (in the caller's
+        transaction)."""
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            session.execute(delete(Caption).where(Caption.image_id.in_(chunk)))
-            session.execute(delete(CaptionFailure).where(CaptionFailure.image_id.in_(chunk)))
+            for table in (Caption, CaptionFailure, TextLine):
+                session.execute(delete(table).where(table.image_id.in_(chunk)))
 
     # The search index: a backend whose index is derived from the rows (the embedded FAISS file) saves it
     # here; one whose database keeps its index in step (pgvector's HNSW) has nothing to do.
@@ -127,9 +139,13 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+    def match_captions(
+        self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
+    ) -> list[tuple[int, float, str]]:
         """(image id, relevance, best matching caption) of images whose captions share words with `query`,
-        most relevant first (relevance: higher is better, in the backend's own full-text scoring)."""
+        most relevant first (relevance: higher is better, in the backend's own full-text scoring).
+
+        `source`: "caption" for written captions, "text" for the text read in the images (READ_TEXT)."""
 
     def vector(self, image_id: int) -> np.ndarray | None:
         """The stored vector of an indexed image (None for another id)."""
@@ -163,7 +179,7 @@ class Store(ABC):
         """(absolute path, newest caption or None, capture time) of the given image ids: one query for a page."""
         newest = (
             select(Caption.text)
-            .where(Caption.image_id == Image.id)
+            .where(Caption.image_id == Image.id, Caption.model.not_like(f"{READ_TEXT}%"))
             .order_by(Caption.created_at.desc(), Caption.id.desc())
             .limit(1)
             .scalar_subquery()
@@ -207,9 +223,10 @@ class Store(ABC):
         with self.session() as s:
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
-    def has_captions(self) -> bool:
+    def has_captions(self, source: str = "caption") -> bool:
+        """Whether any image has a caption (source "caption") or read text ("text")."""
         with self.session() as s:
-            return s.scalar(select(Caption.id).limit(1)) is not None
+            return s.scalar(select(Caption.id).where(caption_source(source)).limit(1)) is not None
 
 
 def check_manifest(manifest: Manifest, model: str | None, location: str) -> None:
@@ -242,6 +259,12 @@ def indexed_since(indexed_after: datetime | None) -> list:
     if indexed_after is not None:
         conditions.append(Image.indexed_at > indexed_after)
     return conditions
+
+
+def caption_source(source: str):
+    """SQL condition on Caption.model: written captions ("caption") or text read in the images ("text")."""
+    read = Caption.model.like(f"{READ_TEXT}%")
+    return read if source == "text" else ~read
 
 
 def query_words(text: str) -> list[str]:

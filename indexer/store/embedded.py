@@ -29,6 +29,7 @@ from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     FORMAT_VERSION,
     INDEXED,
+    READ_TEXT,
     Base,
     Image,
     Manifest,
@@ -479,7 +480,9 @@ class EmbeddedStore(Store):
 
     # --- captions ----------------------------------------------------------------------------------
 
-    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+    def match_captions(
+        self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
+    ) -> list[tuple[int, float, str]]:
         """FTS5 over the captions: the query's words, quoted (no FTS5 syntax from users), joined by OR.
 
         Relevance is minus FTS5's bm25 (bm25 is lower for better matches); an image with several captions
@@ -495,6 +498,7 @@ class EmbeddedStore(Store):
             "SELECT c.image_id, MIN(f.rank) AS best, c.text FROM captions_fts AS f "
             "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
             "WHERE captions_fts MATCH :query AND i.status = :status "
+            + f"AND c.model {'' if source == 'text' else 'NOT '}LIKE '{READ_TEXT}%' "
             + ("AND c.image_id IN (SELECT value FROM json_each(:among)) " if among is not None else "")
             + "GROUP BY c.image_id ORDER BY best, c.image_id LIMIT :limit"
         )

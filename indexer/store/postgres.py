@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError, driver_message
-from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, page, query_words
+from indexer.store.base import READ_CHUNK, Store, caption_source, check_manifest, indexed_since, page, query_words
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import FORMAT_VERSION, INDEXED, Base, Caption, Image, Manifest, utcnow
 
@@ -312,7 +312,9 @@ class PostgresStore(Store):
         ranked = select(self.vectors.c.id, distance).order_by(distance + 0 if exact else distance)
         return ranked if among is None else ranked.where(self.vectors.c.id.in_(among))
 
-    def match_captions(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+    def match_captions(
+        self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
+    ) -> list[tuple[int, float, str]]:
         """PostgreSQL text search (english stemming): any of the query's words; relevance is ts_rank_cd."""
         words = query_words(query)
         if not words:
@@ -325,7 +327,7 @@ class PostgresStore(Store):
         best = (
             select(Caption.image_id, relevance.label("relevance"), Caption.text)
             .join(Image, Image.id == Caption.image_id)
-            .where(document.op("@@")(tsquery), Image.status == INDEXED)
+            .where(document.op("@@")(tsquery), Image.status == INDEXED, caption_source(source))
             .distinct(Caption.image_id)
             .order_by(Caption.image_id, relevance.desc(), Caption.id)
         )

@@ -101,6 +101,24 @@ class CaptionFailure(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+# Text read in images (OCR) is stored as captions of a reader whose name starts with this: searchable with the
+# same full-text index, replaced and forgotten with them; `source="text"` searches it, "caption" the rest.
+READ_TEXT = "ocr:"
+
+
+class TextLine(Base):
+    """A line of text read in an image (OCR), with where it sits (four corners as fractions of the image's width
+    and height, as displayed) and the reader's confidence; the image's whole text is also a caption (indexer/ocr.py)."""
+
+    __tablename__ = "text_lines"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str]
+    text: Mapped[str]
+    confidence: Mapped[float]
+    box: Mapped[list] = mapped_column(JSON)  # [[x, y] x 4], 0-1, clockwise from the top left
+
+
 class Tag(Base):
     """A zero-shot label given to an image from a named label set, with its score."""
 

@@ -297,6 +297,8 @@ async function viewImage(id) {
     ...info.captions.map((text) => ["Caption", text]),
   ];
   if (info.tags.length) facts.push(["Tags", info.tags.map((t) => `${t.label} (${t.score.toFixed(2)})`).join(", ")]);
+  if (info.text.length) facts.push(["Text", info.text.map((line) => line.text).join(" · ")]);
+  drawTextBoxes(info.text);
   viewer.querySelector("dl").replaceChildren(
     ...facts.flatMap(([name, value]) => {
       const dt = document.createElement("dt");
@@ -309,6 +311,24 @@ async function viewImage(id) {
   viewer.querySelector("a.original").href = info.image_url;
   viewer.querySelector("form").reset();
   viewer.showModal();
+}
+
+// The lines read in the photo, outlined where they sit; those holding a word of the current query stand out.
+function drawTextBoxes(lines) {
+  const svg = viewer.querySelector("svg");
+  const words = current?.kind === "text" ? current.q.toLowerCase().match(/[\p{L}\p{N}]+/gu) || [] : [];
+  svg.replaceChildren(
+    ...lines.map((line) => {
+      const shape = document.createElementNS("http://www.w3.org/2000/svg", "polygon");
+      shape.setAttribute("points", line.box.map(([x, y]) => `${x * 100},${y * 100}`).join(" "));
+      const text = line.text.toLowerCase();
+      if (words.some((word) => text.includes(word))) shape.classList.add("match");
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = `${line.text} (${Math.round(line.confidence * 100)}%)`;
+      shape.append(title);
+      return shape;
+    }),
+  );
 }
 
 viewer.querySelector(".close").addEventListener("click", () => viewer.close());

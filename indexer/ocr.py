@@ -1,0 +1,235 @@
+"""Read the text in images (OCR) with RapidOCR: PP-OCRv4 detection and recognition on ONNX Runtime, CPU.
+
+The models ship inside the `rapidocr-onnxruntime` wheel, so reading works offline. Another language's
+recognition model (a PP-OCR rec .onnx and its character list) is given by path (`--ocr-model`, `--ocr-keys`).
+
+What is read is stored twice: the lines, each with its box and confidence (table text_lines), and the image's
+whole text as a caption by the reader (model READ_TEXT + name), so full-text search, incremental runs, recorded
+failures and a changed file losing its text all come from the captioning machinery (indexer/caption.py).
+
+Most photos hold no text, and the detector alone costs most of a read (it upsizes the image to 736 px on its
+short side). So the detector first looks at a copy at most GATE_EDGE px on its long side; only when it finds
+a box does the full read run. bench/ocr.py measures what that skips and what it loses.
+"""
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import delete
+
+from indexer.caption import images_to_caption
+from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash, setup_heif
+from indexer.errors import ModelLoadError
+from indexer.settings import Settings
+from indexer.store import READ_TEXT, Caption, CaptionFailure, Root, Store, TextLine, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_READER = f"{READ_TEXT}rapidocr-ppocrv4"
+MAX_EDGE = 2000  # the wheel's own max_side_len: larger images are read at this size
+GATE_EDGE = 640  # the long side of the copy the detector looks at first
+BATCH = 8  # images decoded ahead while others are read
+
+
+@dataclass
+class ReadLine:
+    text: str
+    confidence: float
+    box: list[list[float]]  # four [x, y] corners, as fractions of the image's width and height (as displayed)
+
+
+def reader_name(rec_model: str | None) -> str:
+    """The name the reader's text is stored under: one per recognition model."""
+    return f"{READ_TEXT}rapidocr:{Path(rec_model).name}" if rec_model else DEFAULT_READER
+
+
+class Reader:
+    """The OCR pipeline: a quick look for text on a small copy, then detection, direction and recognition."""
+
+    def __init__(self, rec_model: str | None = None, rec_keys: str | None = None):
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError:
+            raise ModelLoadError("reading text needs rapidocr-onnxruntime: pip install 'clipdex[ocr]'") from None
+        options = {}
+        if rec_model:
+            options["rec_model_path"] = str(Path(rec_model).expanduser().resolve())
+            if rec_keys:
+                options["rec_keys_path"] = str(Path(rec_keys).expanduser().resolve())
+        for path in options.values():
+            if not Path(path).is_file():
+                raise ModelLoadError(f"no OCR model file {path}")
+        self.name = reader_name(rec_model)
+        try:
+            self.full = RapidOCR(**options)
+            self.gate = RapidOCR(det_limit_type="max").text_det  # "max": never upsized
+        except Exception as e:  # onnxruntime refuses a file that is not a model
+            raise ModelLoadError(f"cannot load the OCR models: {e}") from None
+
+    def has_text(self, pixels: np.ndarray) -> bool:
+        """Whether the detector finds any text box on a copy at most GATE_EDGE px long."""
+        h, w = pixels.shape[:2]
+        scale = GATE_EDGE / max(h, w)
+        if scale < 1:
+            small = PILImage.fromarray(pixels).resize((max(1, round(w * scale)), max(1, round(h * scale))))
+            pixels = np.asarray(small)
+        boxes, _ = self.gate(np.ascontiguousarray(pixels[:, :, ::-1]))  # the models take BGR, as OpenCV reads
+        return boxes is not None and len(boxes) > 0
+
+    def read(self, pixels: np.ndarray) -> list[ReadLine]:
+        """The lines of text in RGB uint8 pixels, top to bottom (none when the quick look finds nothing)."""
+        if not self.has_text(pixels):
+            return []
+        found, _ = self.full(np.ascontiguousarray(pixels[:, :, ::-1]))
+        h, w = pixels.shape[:2]
+        return [
+            ReadLine(str(text), float(confidence), [[round(x / w, 5), round(y / h, 5)] for x, y in box])
+            for box, text, confidence in found or []
+            if str(text).strip()
+        ]
+
+
+def read_pixels(path: str, max_pixels: int) -> np.ndarray | str:
+    """A file decoded for reading: full size up to MAX_EDGE on its long side; or the reason it cannot be."""
+    try:
+        data, _ = read_and_hash(Path(path))
+        try:
+            with PILImage.open(io.BytesIO(data)) as header:
+                width, height = header.size
+        except Exception:  # decode_image below says what is wrong with the file
+            width = height = MAX_EDGE
+        short = min(width, height) * min(1.0, MAX_EDGE / max(width, height, 1))
+        prep = ImagePrep((max(1, round(short)), 0), None, PILImage.Resampling.BICUBIC, (0, 0, 0), (1, 1, 1), 1.0)
+        return decode_image(data, prep, max_pixels).pixels
+    except DecodeError as e:
+        return e.reason
+
+
+@dataclass
+class OcrSummary:
+    """What one reading run did; `line()` is the closing summary users see."""
+
+    reader: str
+    read: int = 0  # images with text found
+    empty: int = 0  # images read, no text (most skipped by the quick look)
+    failed: int = 0  # recorded with the reason; a re-run skips them unless asked to redo
+    done_before: int = 0
+    seconds: float = 0.0
+    lines: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.read + self.empty) / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        return (
+            f"read text in {self.read} images ({self.lines} lines), none in {self.empty}, failed {self.failed}, "
+            f"already done {self.done_before} in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+        )
+
+
+def write_reads(store: Store, reader: str, reads: dict[int, list[ReadLine]], failures: dict[int, str]) -> None:
+    """Replace this reader's text, lines and failures of a batch of images, in one transaction. An image with
+    no text gets an empty caption: read, nothing to find, not read again."""
+    ids = [*reads, *failures]
+    now = utcnow()
+    with store.session() as s:
+        for table in (Caption, CaptionFailure, TextLine):
+            s.execute(delete(table).where(table.image_id.in_(ids), table.model == reader))
+        for image_id, lines in reads.items():
+            text = "\n".join(line.text for line in lines)
+            s.add(Caption(image_id=image_id, model=reader, prompt="", text=text, created_at=now))
+            s.add_all(
+                TextLine(image_id=image_id, model=reader, text=line.text, confidence=line.confidence, box=line.box)
+                for line in lines
+            )
+        s.add_all(
+            CaptionFailure(image_id=i, model=reader, prompt="", reason=r, created_at=now) for i, r in failures.items()
+        )
+        s.commit()
+
+
+def decoded(store: Store, ids: list[int], max_pixels: int) -> Iterator[tuple[int, np.ndarray | str]]:
+    """(id, pixels or failure reason) for each image, decoded two ahead in threads while one is read."""
+    setup_heif()
+    with ThreadPoolExecutor(2) as pool:
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start : start + BATCH]
+            paths = store.paths(batch)
+            futures = {i: pool.submit(read_pixels, paths[i], max_pixels) for i in batch if i in paths}
+            for image_id, future in futures.items():
+                yield image_id, future.result()
+
+
+def ocr_store(
+    store: Store,
+    settings: Settings,
+    redo: bool = False,
+    root_id: int | None = None,
+    show_progress: bool = True,
+    reader: Reader | None = None,
+) -> OcrSummary:
+    """Read the text of the store's images not yet read by this reader (every image with redo); `root_id`
+    limits it to one indexed folder. The models load only when there is work."""
+    with store.session() as s:
+        root = Path(s.get(Root, root_id).path) if root_id is not None else None
+    with store.writing(root, settings.lock_timeout):  # re-entrant: `index --ocr` holds it already
+        started = time.perf_counter()
+        name = reader.name if reader else reader_name(settings.ocr_model)
+        todo, total = images_to_caption(store, name, "", redo, root_id)
+        summary = OcrSummary(reader=name, done_before=total - len(todo))
+        if todo:
+            reader = reader or Reader(settings.ocr_model, settings.ocr_keys)
+            progress = Progress(
+                TextColumn("reading text"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.2f} images/s"),
+                TimeRemainingColumn(),
+                disable=not show_progress,
+            )
+            with progress:
+                task = progress.add_task("ocr", total=len(todo), rate=0.0)
+                reads: dict[int, list[ReadLine]] = {}
+                failures: dict[int, str] = {}
+                for image_id, pixels in decoded(store, todo, settings.max_pixels):
+                    if isinstance(pixels, str):
+                        failures[image_id] = pixels
+                    else:
+                        try:
+                            reads[image_id] = reader.read(pixels)
+                        except Exception as e:  # whatever the reader raises fails this image alone
+                            failures[image_id] = f"reading failed: {type(e).__name__}: {e}"
+                    if len(reads) + len(failures) >= BATCH:
+                        flush(store, name, reads, failures, summary)
+                    done = summary.read + summary.empty + summary.failed + len(reads) + len(failures)
+                    progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
+                flush(store, name, reads, failures, summary)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
+def flush(store: Store, name: str, reads: dict, failures: dict, summary: OcrSummary) -> None:
+    """Write a batch of reads and failures, count them, say which files failed; empties the two dicts."""
+    if not reads and not failures:
+        return
+    write_reads(store, name, reads, failures)
+    paths = store.paths(list(failures)) if failures else {}
+    for image_id, reason in failures.items():
+        log.warning("not reading text in %s: %s", paths.get(image_id, f"image {image_id}"), reason)
+    summary.read += sum(1 for lines in reads.values() if lines)
+    summary.empty += sum(1 for lines in reads.values() if not lines)
+    summary.lines += sum(len(lines) for lines in reads.values())
+    summary.failed += len(failures)
+    summary.failures.update(failures)
+    reads.clear()
+    failures.clear()
