@@ -347,6 +347,10 @@ class SearchEngine:
         query = query.strip()
         if not query:
             raise BadInputError("the query text is empty")
+        if source == "text":  # split as the stored text is: "A4" finds "A4" read as "A 4"
+            from indexer.ocr import searchable
+
+            query = searchable(query)
         return self.store.match_captions(query, limit, filters, source)
 
     def duplicates(self, threshold: float, folder: str | None = None) -> list["DuplicateGroup"]:

@@ -22,6 +22,7 @@ from search.api import create_app
 from search.cli import app
 from search.engine import SearchEngine
 from tests.conftest import photo
+from tests.test_web import browser  # noqa: F401  (headless Chromium)
 
 pytest.importorskip("rapidocr_onnxruntime")
 TEXTS = {
@@ -75,7 +76,7 @@ def test_reads_the_exact_words_and_nothing_in_photos(reader):
     assert [line.text for line in reader.read(np.asarray(render(TEXTS["receipt.png"])))] == TEXTS["receipt.png"]
     assert reader.read(np.asarray(photo(10, (640, 480)))) == []
     assert reader.read(np.asarray(photo(11, (1600, 1200)))) == []
-    assert not reader.has_text(np.full((1200, 1600, 3), 128, dtype=np.uint8))  # the quick look alone decides
+    assert reader.read(np.full((1200, 1600, 3), 128, dtype=np.uint8)) == []
 
 
 def test_index_with_ocr_then_search_by_the_words(folder, settings):
@@ -144,3 +145,19 @@ def test_cli_api_and_errors(folder, settings):
             time.sleep(0.1)
         assert (job["status"], job["read"], job["empty"]) == ("done", 2, 2)
         assert client.get("/api/ocr-jobs/nope").status_code == 404
+
+
+def test_the_page_outlines_the_text_that_matched(folder, settings, browser):  # noqa: F811
+    from tests.test_web import serving
+
+    index_folder(folder, settings, show_progress=False, ocr=True)
+    with serving(create_app(Settings(store=settings.store))) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(f"{url}/?q=42.50&mode=text")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('1 result')")
+        page.locator("#grid .hit-wrap").first.hover()
+        page.locator("#grid .hit-wrap .open").first.click()
+        page.locator("#viewer").wait_for(state="visible")
+        assert "CORNER SHOP · TOTAL 42.50" in page.locator("#viewer dl").inner_text()
+        assert page.locator("#viewer svg polygon").count() == 2
+        assert page.locator("#viewer svg polygon.match").count() == 1  # the line with 42.50

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from indexer.errors import ModelMismatchError, StoreNotFoundError
-from indexer.store import INDEXED, SKIPPED, Caption, Filters, Image, get_root, open_store, utcnow
+from indexer.store import INDEXED, READ_TEXT, SKIPPED, Caption, Filters, Image, get_root, open_store, utcnow
 from indexer.store import postgres as pg_backend
 from tests.planted import unit
 
@@ -170,6 +170,23 @@ def test_caption_text_search_matches_word_forms_with_filters(filled):
     assert {i for i, _, _ in shop} == {int(ids[1]), int(ids[3])}
     assert store.match_captions("   ", 10) == [] and store.match_captions("zebra", 10) == []
     assert store.has_captions()
+
+
+def test_text_read_in_images_is_searched_apart_from_captions(filled):
+    store, ids, _ = filled
+    assert not store.has_captions("text")
+    with store.session() as s:
+        s.add(Caption(image_id=int(ids[0]), model="blip", text="a receipt on a table", created_at=utcnow()))
+        s.add(Caption(image_id=int(ids[1]), model=f"{READ_TEXT}reader", text="TOTAL 42.50\nTHANK YOU",
+                      created_at=utcnow()))  # fmt: skip
+        s.commit()
+    assert [i for i, _, _ in store.match_captions("42.50 receipt", 10, source="text")] == [int(ids[1])]
+    assert [i for i, _, _ in store.match_captions("42.50 receipt", 10)] == [int(ids[0])]  # captions only
+    assert store.has_captions("text") and store.hit_rows([int(ids[1])])[int(ids[1])][1] is None  # not a caption
+    with store.session() as s:  # a changed image loses its read text with its captions
+        store.delete_captions(s, [int(ids[1])])
+        s.commit()
+    assert store.match_captions("42.50", 10, source="text") == []
 
 
 def test_rows_read_back_and_the_store_reopens(filled, store_location):

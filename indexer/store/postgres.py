@@ -319,9 +319,12 @@ class PostgresStore(Store):
         words = query_words(query)
         if not words:
             return []
-        tsquery = func.plainto_tsquery("english", words[0])
-        for word in words[1:]:
-            tsquery = tsquery.op("||")(func.plainto_tsquery("english", word))  # || of tsqueries is OR
+        # PostgreSQL's parser keeps "42.50" or "e-mail" whole in a document: the query's whitespace-separated
+        # pieces are tried whole too, besides their words.
+        pieces = list(dict.fromkeys([*query.lower().split(), *words]))
+        tsquery = func.plainto_tsquery("english", pieces[0])
+        for piece in pieces[1:]:
+            tsquery = tsquery.op("||")(func.plainto_tsquery("english", piece))  # || of tsqueries is OR
         document = literal_column("captions.text_search")
         relevance = func.ts_rank_cd(document, tsquery)
         best = (
