@@ -161,3 +161,39 @@ def test_the_page_outlines_the_text_that_matched(folder, settings, browser):  # 
         assert "CORNER SHOP · TOTAL 42.50" in page.locator("#viewer dl").inner_text()
         assert page.locator("#viewer svg polygon").count() == 2
         assert page.locator("#viewer svg polygon.match").count() == 1  # the line with 42.50
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, settings, reader):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sqlalchemy import func, select
+
+    from indexer.store import Caption
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    for n in range(40):
+        render([f"PAGE {n}"]).save(root / f"page{n:02d}.png")
+    index_folder(root, settings, show_progress=False)
+    store = open_store(settings.store)
+
+    def read_so_far() -> int:
+        with store.session() as s:
+            return s.scalar(select(func.count()).select_from(Caption).where(Caption.model == DEFAULT_READER))
+
+    env = os.environ | {"CLIPDEX_STORE": str(settings.store)}
+    child = subprocess.Popen([sys.executable, "-m", "search", "ocr"], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while read_so_far() < 8 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    partial = read_so_far()
+    assert 8 <= partial < 40  # a batch committed, the run cut short
+    resumed = ocr_store(store, settings, show_progress=False, reader=reader)
+    assert resumed.done_before == partial and resumed.read == 40 - partial
+    assert read_so_far() == 40
+    assert SearchEngine(Settings(store=settings.store)).search("page 17", "text", k=1)[0].path.endswith("page17.png")
