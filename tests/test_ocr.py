@@ -6,6 +6,7 @@ with no text at all, so the exact words read are known.
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,12 @@ def test_cli_api_and_errors(folder, settings):
     assert result.exit_code == 2 and "no OCR model file /no/such/rec.onnx" in result.output
     with pytest.raises(ModelLoadError, match="no OCR model file"):
         Reader("/no/such/rec.onnx")
+    import rapidocr_onnxruntime
+
+    wheel_rec = next(Path(rapidocr_onnxruntime.__file__).parent.glob("models/*rec*.onnx"))  # a model by path
+    other = Reader(str(wheel_rec))
+    assert other.name == f"ocr:rapidocr:{wheel_rec.name}"
+    assert [line.text for line in other.read(np.asarray(render(TEXTS["receipt.png"])))] == TEXTS["receipt.png"]
     with TestClient(create_app(Settings(store=settings.store))) as client:
         hit = client.get("/api/search", params={"q": "bahnhofstrasse", "mode": "text"}).json()["hits"][0]
         info = client.get(f"/api/images/{hit['id']}").json()
