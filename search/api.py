@@ -8,7 +8,7 @@ import asyncio
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import date
 from pathlib import Path
@@ -557,16 +557,28 @@ def remember_job(jobs: dict, job) -> None:
 
 
 async def run_tag_job(request: Request, engine: SearchEngine, spec: tagging.LabelSetRequest, job: TagJobPublic) -> None:
-    """Embed the prompts, then score and write the tags, on worker threads: the event loop stays free."""
-    async with request.app.state.tag_lock:
+    """Embed the prompts, then score and write the tags."""
+
+    def done(summary: tagging.TagSummary) -> None:
+        job.images, job.tags, job.seconds, job.counts = summary.images, summary.tags, summary.seconds, summary.counts
+
+    def work() -> tagging.TagSummary:
+        return tagging.run_tagging(engine, spec, tagging.embed_label_set(engine, spec))
+
+    await run_job(request.app.state.tag_lock, job, work, done)
+
+
+async def run_job(lock: asyncio.Lock, job, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+    """A background job's work, on a worker thread (the event loop stays free) and under its kind's lock; the
+    job's status says how it went, `done` records the result."""
+    async with lock:
         job.status = "running"
         try:
-            classifier = await run_in_threadpool(tagging.embed_label_set, engine, spec)
-            summary = await run_in_threadpool(tagging.run_tagging, engine, spec, classifier)
+            result = await run_in_threadpool(work)
         except ClipdexError as e:
             job.status, job.error = "failed", str(e)
             return
-        job.images, job.tags, job.seconds, job.counts = summary.images, summary.tags, summary.seconds, summary.counts
+        done(result)
         job.status = "done"
 
 
@@ -599,15 +611,13 @@ async def create_ocr_job(
 async def run_ocr_job(request: Request, engine: SearchEngine, redo: bool, job: OcrJobPublic) -> None:
     from indexer.ocr import ocr_store
 
-    async with request.app.state.ocr_lock:
-        job.status = "running"
-        try:
-            summary = await run_in_threadpool(ocr_store, engine.store, engine.settings, redo, None, False)
-        except ClipdexError as e:
-            job.status, job.error = "failed", str(e)
-            return
+    def done(summary) -> None:
         job.read, job.empty, job.failed, job.seconds = summary.read, summary.empty, summary.failed, summary.seconds
-        job.status = "done"
+
+    def work():
+        return ocr_store(engine.store, engine.settings, redo, None, False)
+
+    await run_job(request.app.state.ocr_lock, job, work, done)
 
 
 @router.get("/ocr-jobs/{job_id}", responses={404: {"model": ErrorPublic}})
