@@ -577,12 +577,7 @@ def open_embedded(
             raise ValueError("creating a store needs the model name and its dimension")
         with store_writer(path, lock_timeout):  # two first runs at once: one creates, the other opens
             if not db_file.exists() or db_file.stat().st_size == 0:
-                engine = _engine(path)
-                Base.metadata.create_all(engine)
-                with Session(engine) as s:
-                    s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
-                    s.commit()
-                VectorFile(path / VECTOR_FILE, dim, writable=True).close()
+                create_database(path, model, dim)
     engine = _engine(path)
     manifest = read_manifest(engine, db_file)
     check_manifest(manifest, model, str(path))
@@ -596,6 +591,25 @@ def open_embedded(
             f"{path / VECTOR_FILE} is missing: restore it from a backup, or index into a new --store"
         )
     return EmbeddedStore(path, engine, manifest, index_memory)
+
+
+def create_database(path: Path, model: str, dim: int) -> None:
+    """A new store's database, made whole under a temporary name and renamed into place (after the vector file):
+    a reader opening the store meanwhile finds no store or a complete one, never tables half made (its own
+    forward migration would race the creation's)."""
+    VectorFile(path / VECTOR_FILE, dim, writable=True).close()
+    staging = path / f"{DB_FILE}.new"
+    staging.unlink(missing_ok=True)
+    engine = create_engine(f"sqlite:///{staging}")  # no WAL yet: one file to rename
+    try:
+        Base.metadata.create_all(engine)
+        ensure_caption_fts(engine)
+        with Session(engine) as s:
+            s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
+            s.commit()
+    finally:
+        engine.dispose()
+    os.replace(staging, path / DB_FILE)
 
 
 def read_manifest(engine, db_file: Path) -> Manifest:
