@@ -6,9 +6,10 @@ good part of a second on CPU. Every batch is committed, so a killed run loses at
 re-run captions only what is missing.
 """
 
+import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,21 +258,23 @@ def caption_here(
 ) -> Iterator[tuple[dict[int, str], dict[int, str]]]:
     """(captions, failures) of each batch of `ids`, captioned in this process."""
     batch_size = settings.caption_batch_size or (16 if captioner.device.type == "cuda" else 4)
-    for images in decoded_batches(store, ids, batch_size, captioner.prep, settings.max_pixels):
+    read = functools.partial(read_pixels, prep=captioner.prep, max_pixels=settings.max_pixels)
+    for images in decoded_batches(store, ids, batch_size, read):
         yield caption_decoded(captioner, images, prompt, settings)
 
 
 def decoded_batches(
-    store: Store, ids: list[int], batch_size: int, prep: ImagePrep, max_pixels: int
+    store: Store, ids: list[int], batch_size: int, read: Callable[[str], np.ndarray | str]
 ) -> Iterator[dict[int, np.ndarray | str]]:
-    """Batches of {image id: pixels or failure reason}; the next batch decodes in threads while one generates."""
+    """Batches of {image id: read(its path): pixels or failure reason}; the next batch decodes in threads while
+    the caller works on one (captioning, reading text)."""
     setup_heif()
     batches = [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
     with ThreadPoolExecutor(2) as pool:
 
         def submit(batch: list[int]) -> dict[int, Future]:
             paths = store.paths(batch)
-            return {i: pool.submit(read_pixels, paths[i], prep, max_pixels) for i in batch if i in paths}
+            return {i: pool.submit(read, paths[i]) for i in batch if i in paths}
 
         pending: dict[int, Future] | None = None
         for batch in batches:

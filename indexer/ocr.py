@@ -14,12 +14,11 @@ full-resolution image: a text-free photo costs one small detection. Measured in 
 wheel's pipeline: 3x faster, the same search recall from 20 px text up, a little less on 12-16 px text.
 """
 
+import functools
 import io
 import logging
 import re
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from PIL import Image as PILImage
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import delete
 
-from indexer.caption import images_to_caption
-from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash, setup_heif
+from indexer.caption import decoded_batches, images_to_caption
+from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash
 from indexer.errors import ModelLoadError
 from indexer.settings import Settings
 from indexer.store import READ_TEXT, Caption, CaptionFailure, Root, Store, TextLine, utcnow
@@ -42,7 +41,7 @@ DETECT_EDGE = 640  # the long side of the copy the detector looks at (measured: 
 # Lines recognised with less confidence are dropped: on photos without text the recogniser reads shapes as
 # single letters at 0.5-0.7 (the wheel's own cut is 0.5); real words score above 0.8 down to 12 px text.
 MIN_CONFIDENCE = 0.75
-BATCH = 8  # images decoded ahead while others are read
+BATCH = 8  # images a batch: decoded while the one before is read, then committed together
 # The recognizer often drops the space between a word and a number ("TOTAL42.50"): the searchable text gets one
 # back at every letter-digit boundary, so both "total" and "42.50" find the line.
 LETTER_DIGIT = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
@@ -171,18 +170,6 @@ def write_reads(store: Store, reader: str, reads: dict[int, list[ReadLine]], fai
         s.commit()
 
 
-def decoded(store: Store, ids: list[int], max_pixels: int) -> Iterator[tuple[int, np.ndarray | str]]:
-    """(id, pixels or failure reason) for each image, decoded two ahead in threads while one is read."""
-    setup_heif()
-    with ThreadPoolExecutor(2) as pool:
-        for start in range(0, len(ids), BATCH):
-            batch = ids[start : start + BATCH]
-            paths = store.paths(batch)
-            futures = {i: pool.submit(read_pixels, paths[i], max_pixels) for i in batch if i in paths}
-            for image_id, future in futures.items():
-                yield image_id, future.result()
-
-
 def ocr_store(
     store: Store,
     settings: Settings,
@@ -212,29 +199,31 @@ def ocr_store(
             )
             with progress:
                 task = progress.add_task("ocr", total=len(todo), rate=0.0)
-                reads: dict[int, list[ReadLine]] = {}
-                failures: dict[int, str] = {}
-                for image_id, pixels in decoded(store, todo, settings.max_pixels):
-                    if isinstance(pixels, str):
-                        failures[image_id] = pixels
-                    else:
-                        try:
-                            reads[image_id] = reader.read(pixels)
-                        except Exception as e:  # whatever the reader raises fails this image alone
-                            failures[image_id] = f"reading failed: {type(e).__name__}: {e}"
-                    if len(reads) + len(failures) >= BATCH:
-                        flush(store, name, reads, failures, summary)
-                    done = summary.read + summary.empty + summary.failed + len(reads) + len(failures)
+                read_file = functools.partial(read_pixels, max_pixels=settings.max_pixels)
+                for images in decoded_batches(store, todo, BATCH, read_file):
+                    record(store, name, *read_batch(reader, images), summary)
+                    done = summary.read + summary.empty + summary.failed
                     progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
-                flush(store, name, reads, failures, summary)
         summary.seconds = time.perf_counter() - started
         return summary
 
 
-def flush(store: Store, name: str, reads: dict, failures: dict, summary: OcrSummary) -> None:
-    """Write a batch of reads and failures, count them, say which files failed; empties the two dicts."""
-    if not reads and not failures:
-        return
+def read_batch(reader: Reader, images: dict[int, np.ndarray | str]) -> tuple[dict, dict[int, str]]:
+    """({id: lines read}, {id: failure reason}) of a batch of {id: pixels, or the reason it was not decoded}."""
+    reads, failures = {}, {}
+    for image_id, pixels in images.items():
+        if isinstance(pixels, str):
+            failures[image_id] = pixels
+            continue
+        try:
+            reads[image_id] = reader.read(pixels)
+        except Exception as e:  # whatever the reader raises fails this image alone
+            failures[image_id] = f"reading failed: {type(e).__name__}: {e}"
+    return reads, failures
+
+
+def record(store: Store, name: str, reads: dict, failures: dict[int, str], summary: OcrSummary) -> None:
+    """Write a batch of reads and failures, count them, say which files failed."""
     write_reads(store, name, reads, failures)
     paths = store.paths(list(failures)) if failures else {}
     for image_id, reason in failures.items():
@@ -244,5 +233,3 @@ def flush(store: Store, name: str, reads: dict, failures: dict, summary: OcrSumm
     summary.lines += sum(len(lines) for lines in reads.values())
     summary.failed += len(failures)
     summary.failures.update(failures)
-    reads.clear()
-    failures.clear()
