@@ -26,7 +26,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from indexer.errors import BadInputError
-from indexer.store import NO_FILTERS, Store
+from indexer.store import Store
 from search.tagging import CHUNK, DEFAULT_TEMPLATES, check_labels, embed_prompts, read_ahead, read_labels_file
 
 VOCABULARY_FILE = Path(__file__).with_name("vocabulary.txt")
@@ -65,12 +65,9 @@ def default_vocabulary() -> list[str]:
     return read_labels_file(VOCABULARY_FILE)
 
 
-def sample_rows(store: Store, count: int, seed: int = 0) -> np.ndarray:
-    """`count` stored vectors at random (all of them in a smaller store)."""
-    ids = store.matching_ids(NO_FILTERS)
-    if len(ids) > count:
-        ids = np.sort(np.random.default_rng(seed).choice(ids, count, replace=False))
-    return np.ascontiguousarray(store.vectors_of(ids), dtype=np.float32)
+def sample_rows(store: Store, count: int) -> np.ndarray:
+    """`count` stored vectors at random (all of them in a smaller store), contiguous float32 for FAISS."""
+    return np.ascontiguousarray(store.sample_vectors(count)[0], dtype=np.float32)
 
 
 def train(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm
-from sqlalchemy import func, select
 
-from indexer.store import INDEXED, NO_FILTERS, Image, Store
+from indexer.store import Store
 
 SAMPLE_SIZE = 4096  # the median of 4096 scores is within ~0.02 spreads of the store's
 NOISE_HITS = 0.5  # noise hits a query may expect over the whole store
@@ -74,22 +73,6 @@ def cut_for(population: int) -> float:
     return max(MIN_Z, float(norm.isf(NOISE_HITS / max(population, 1))))
 
 
-def sample_store(store: Store, size: int = SAMPLE_SIZE, seed: int = 0) -> Background:
-    """Up to `size` stored vectors drawn at random, without reading every id: ids are mostly dense, so random
-    ids between the lowest and highest are drawn and the indexed ones kept (a few rounds at most)."""
-    with store.engine.connect() as conn:
-        low, high, count = conn.execute(
-            select(func.min(Image.id), func.max(Image.id), func.count()).where(Image.status == INDEXED)
-        ).one()
-        if count < MIN_POPULATION:
-            return Background(np.zeros((0, store.dim), dtype=np.float32), count)
-        if count <= size:
-            return Background(store.vectors_of(store.matching_ids(NO_FILTERS)), count)
-        rng, found = np.random.default_rng(seed), set()
-        for _ in range(8):
-            candidates = np.unique(rng.integers(low, high + 1, 2 * size)).tolist()
-            found.update(conn.scalars(select(Image.id).where(Image.id.in_(candidates), Image.status == INDEXED)))
-            if len(found) >= size:
-                break
-    ids = rng.permutation(np.fromiter(found, dtype=np.int64))[:size]
-    return Background(store.vectors_of(np.sort(ids)), count)
+def sample_store(store: Store) -> Background:
+    """The background of a store: a random sample of its vectors and how many it holds."""
+    return Background(*store.sample_vectors(SAMPLE_SIZE))

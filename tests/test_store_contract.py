@@ -189,6 +189,17 @@ def test_text_read_in_images_is_searched_apart_from_captions(filled):
     assert store.match_captions("42.50", 10, source="text") == []
 
 
+def test_a_random_sample_of_stored_vectors(filled):
+    store, ids, vectors = filled
+    sample, count = store.sample_vectors(50)
+    assert count == COUNT and sample.shape == (50, DIM)
+    nearest = (sample @ vectors.T).argmax(axis=1)
+    assert ((sample @ vectors.T).max(axis=1) > 0.999).all()  # stored vectors (kept in half precision)
+    assert len(set(nearest.tolist())) == 50  # each drawn once
+    everything, count = store.sample_vectors(COUNT + 1)
+    assert count == COUNT and everything.shape == (COUNT, DIM)
+
+
 def test_rows_read_back_and_the_store_reopens(filled, store_location):
     store, ids, vectors = filled
     path = Path(ROOTS[1]) / "0" / "img0001.jpg"

@@ -158,6 +158,26 @@ class Store(ABC):
         with self.engine.connect() as conn:
             return conn.scalar(select(func.count()).select_from(Image).where(*indexed_since(indexed_after)))
 
+    def sample_vectors(self, size: int, seed: int = 0) -> tuple[np.ndarray, int]:
+        """Up to `size` stored vectors drawn at random (all of them in a smaller store), and how many the store
+        holds. Every id is not read: ids are mostly dense, so random ids between the lowest and highest are drawn
+        and the indexed ones kept (a few rounds at most)."""
+        with self.engine.connect() as conn:
+            low, high, count = conn.execute(
+                select(func.min(Image.id), func.max(Image.id), func.count()).where(Image.status == INDEXED)
+            ).one()
+            if count <= size:
+                ids = self.matching_ids(NO_FILTERS)
+                return (self.vectors_of(ids) if len(ids) else np.zeros((0, self.dim), dtype=np.float32)), count
+            rng, found = np.random.default_rng(seed), set()
+            for _ in range(8):
+                candidates = np.unique(rng.integers(low, high + 1, 2 * size)).tolist()
+                found.update(conn.scalars(select(Image.id).where(Image.id.in_(candidates), Image.status == INDEXED)))
+                if len(found) >= size:
+                    break
+        ids = rng.permutation(np.fromiter(found, dtype=np.int64))[:size]
+        return self.vectors_of(np.sort(ids)), count
+
     def matching_ids(self, filters: Filters) -> np.ndarray:
         """Ids of indexed images that meet the row filters."""
         with self.engine.connect() as conn:
