@@ -585,9 +585,13 @@ async def run_job(lock: asyncio.Lock, job, work: Callable[[], Any], done: Callab
 @router.get("/tag-jobs/{job_id}", responses={404: {"model": ErrorPublic}})
 def tag_job(request: Request, job_id: Annotated[str, PathParam(max_length=32)]) -> TagJobPublic:
     """A tagging job: its status and, when done, how many images and tags it made."""
-    job = request.app.state.tag_jobs.get(job_id)
+    return known_job(request.app.state.tag_jobs, job_id, "tagging")
+
+
+def known_job(jobs: dict, job_id: str, kind: str):
+    job = jobs.get(job_id)
     if job is None:
-        raise NotFoundError(f"no tagging job {job_id}; jobs are forgotten when the service restarts")
+        raise NotFoundError(f"no {kind} job {job_id}; jobs are forgotten when the service restarts")
     return job
 
 
@@ -623,10 +627,7 @@ async def run_ocr_job(request: Request, engine: SearchEngine, redo: bool, job: O
 @router.get("/ocr-jobs/{job_id}", responses={404: {"model": ErrorPublic}})
 def ocr_job(request: Request, job_id: Annotated[str, PathParam(max_length=32)]) -> OcrJobPublic:
     """A text-reading job: its status and, when done, how many images had text."""
-    job = request.app.state.ocr_jobs.get(job_id)
-    if job is None:
-        raise NotFoundError(f"no text-reading job {job_id}; jobs are forgotten when the service restarts")
-    return job
+    return known_job(request.app.state.ocr_jobs, job_id, "text-reading")
 
 
 @router.get("/tags", responses={404: {"model": ErrorPublic}})
