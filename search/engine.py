@@ -264,7 +264,8 @@ class SearchEngine:
         relevant: bool = False,
         sort: str = "score",
     ) -> list[Hit]:
-        """Search ranked by embedding similarity, caption match, or both; hits carry a caption when they have one.
+        """Search ranked by embedding similarity, caption match, match of the text read in the images, or all of
+        them fused (hybrid); hits carry a caption, or the text that matched, when they have one.
 
         Row filters apply in every mode; min_score (a cosine) and `relevant` to the embedding ranking. Several
         terms, or an image, need the embedding ranking: hybrid matches captions on the words of the terms to find.
