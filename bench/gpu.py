@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.captions import blip2_opt_2_7b, rate
@@ -46,12 +45,11 @@ def embedding(root: Path, images: int) -> None:
         summary = index_folder(photos, settings, show_progress=False, embedder=embedder)
         assert summary.indexed == images, summary.line()
         pixels = [decode_image(p.read_bytes(), embedder.prep, 10**8).pixels for p in sorted(photos.iterdir())[:256]]
-        batch = np.stack(pixels)
-        embedder.embed_pixels(batch)
+        embedder.embed_pixels(pixels)
         torch.cuda.synchronize()
         started = time.perf_counter()
         for _ in range(5):
-            embedder.embed_pixels(batch)
+            embedder.embed_pixels(pixels)
         torch.cuda.synchronize()
         alone = 5 * len(pixels) / (time.perf_counter() - started)
         print(

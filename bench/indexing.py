@@ -112,10 +112,10 @@ def decode_cost(paths: list[Path], config: WorkerConfig) -> tuple[float, list[np
 
 def encode_cost(embedder: "Embedder", pixels: list[np.ndarray], batches: int) -> tuple[float, float]:
     """(CPU ms per image, wall images/s) of the encoder alone on ready, normalised batches."""
-    from indexer.embed import normalize_pixels
+    from indexer.embed import image_inputs
 
     size = embedder.batch_size
-    batch = normalize_pixels(np.stack([pixels[i % len(pixels)] for i in range(size)]), embedder.prep)
+    batch = image_inputs([pixels[i % len(pixels)] for i in range(size)], embedder.prep)
     embedder.image_features(batch)  # warm-up: first-run allocations and kernel selection
     start_cpu, start = time.process_time(), time.perf_counter()
     for _ in range(batches):

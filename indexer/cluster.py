@@ -135,6 +135,8 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, config: WorkerConfig) 
         "format": np.array([d.format if d else "" for d in decoded], dtype=object),
         "taken_at": np.array([d.taken_at.isoformat() if d and d.taken_at else "" for d in decoded], dtype=object),
         "pixels": np.array([d.pixels.tobytes() if d else b"" for d in decoded], dtype=object),
+        # (height, width) of the pixels: a NaFlex model's vary from image to image.
+        "pixel_shape": np.array([d.pixels.shape[:2] if d else (0, 0) for d in decoded], dtype=np.int64),
         "decoded_by": np.array([worker_name()] * len(results), dtype=object),
     }
 
@@ -149,13 +151,12 @@ class EmbedActor:
         self.name = f"{worker_name()}:{device}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = batch.pop("pixels")
+        pixels, shapes = batch.pop("pixels"), batch.pop("pixel_shape")
         decoded = np.array([len(p) > 0 for p in pixels], dtype=bool)
         vectors = np.zeros((len(pixels), self.embedder.dim), dtype=np.float32)
         if decoded.any():
-            h, w = self.embedder.prep.out_size
-            crops = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(h, w, 3) for p in pixels[decoded]])
-            vectors[decoded] = self.embedder.embed_pixels(crops)
+            images = [np.frombuffer(pixels[i], dtype=np.uint8).reshape(*shapes[i], 3) for i in np.flatnonzero(decoded)]
+            vectors[decoded] = self.embedder.embed_pixels(images)
         return batch | {"vector": vectors, "embedded_by": np.array([self.name] * len(pixels), dtype=object)}
 
 

@@ -7,6 +7,7 @@ Each failure becomes a `DecodeError` whose reason is recorded in the store as "c
 import ctypes
 import hashlib
 import io
+import math
 import os
 import resource
 import signal
@@ -59,7 +60,9 @@ class ImagePrep:
     """How an image becomes the model's input, read from its transformers image processor.
 
     resize_to is (height, width) for an exact resize (SigLIP) or (edge, 0) for "shortest edge"
-    (CLIP); crop is (height, width) or None. Normalisation happens later on whole batches.
+    (CLIP); crop is (height, width) or None. A NaFlex model (SigLIP 2) has `max_patches` > 0 instead: each
+    image keeps its aspect ratio, resized to the most whole `patch_size` patches that fit in `max_patches`
+    (resize_to then only sizes the check inputs). Normalisation happens later on whole batches.
     """
 
     resize_to: tuple[int, int]
@@ -68,16 +71,52 @@ class ImagePrep:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     rescale: float
+    max_patches: int = 0
+    patch_size: int = 0
 
     @property
     def out_size(self) -> tuple[int, int]:
-        """(height, width) of the pixels handed to the model."""
+        """(height, width) of the pixels handed to a fixed-size model (a square one for NaFlex's check inputs)."""
         return self.crop or self.resize_to
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) an image of this size is resized to, before any crop."""
+        edge_h, edge_w = self.resize_to
+        if self.max_patches:
+            return naflex_size(width, height, self.patch_size, self.max_patches)
+        if edge_w == 0:
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = edge_h, int(edge_h * long / short)
+            return (new_short, new_long) if width <= height else (new_long, new_short)
+        return (edge_w, edge_h)
+
+
+def naflex_size(width: int, height: int, patch_size: int, max_patches: int) -> tuple[int, int]:
+    """(width, height), each a multiple of patch_size, with at most max_patches patches, keeping the aspect.
+
+    The same bisection over the scale as `Siglip2ImageProcessor` (get_image_size_for_max_num_patches), so the
+    sizes agree to the pixel (tests/test_parity.py checks it over thousands of sizes).
+    """
+
+    def scaled(scale: float, size: int) -> int:
+        return max(patch_size, math.ceil(size * scale / patch_size) * patch_size)
+
+    low, high = 1e-6, 100.0
+    while high - low >= 1e-5:
+        scale = (low + high) / 2
+        if (scaled(scale, height) / patch_size) * (scaled(scale, width) / patch_size) <= max_patches:
+            low = scale
+        else:
+            high = scale
+    return scaled(low, width), scaled(low, height)
 
 
 @dataclass
 class Decoded:
-    """One decoded image: model-ready uint8 pixels (H, W, 3) plus what the store records."""
+    """One decoded image: model-ready uint8 pixels (H, W, 3) plus what the store records.
+
+    H x W is the model's input size, or for a NaFlex model this image's own multiple of the patch size.
+    """
 
     pixels: np.ndarray
     width: int
@@ -203,7 +242,7 @@ def decode_image(data: bytes, prep: ImagePrep, max_pixels: int) -> Decoded:
             # Decode at 1/2, 1/4 or 1/8 scale directly from DCT coefficients, never below the model's input.
             img.draft("RGB", draft_request(img.size, prep))
         img = to_rgb(ImageOps.exif_transpose(img))
-        pixels = resize_and_crop(img, prep)
+        pixels = resize_and_crop(img, prep, (width, height))
     except (DecodeError, DecodeTimeout, MemoryError):
         raise
     except UnidentifiedImageError:
@@ -282,7 +321,12 @@ def unsupported_feature(data: bytes, e: Exception) -> str | None:
 
 
 def draft_request(size: tuple[int, int], prep: ImagePrep) -> tuple[int, int]:
-    """The smallest (width, height) a draft decode may return so the model input is still fully resampled."""
+    """The smallest (width, height) a draft decode may return so the model input is still fully resampled.
+
+    `size` is as stored, before the EXIF turn: the request must hold in either orientation.
+    """
+    if prep.max_patches:  # the NaFlex size of a turned image is the turned size: ask for it as stored
+        return prep.target_size(*size)
     edge_h, edge_w = prep.resize_to
     if edge_w == 0:  # shortest edge: the short side must stay >= edge whatever the orientation
         return (edge_h, edge_h)
@@ -308,16 +352,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_and_crop(img: Image.Image, prep: ImagePrep) -> np.ndarray:
-    """Resize and centre-crop exactly as the transformers PIL image processors do; uint8 (H, W, 3)."""
-    edge_h, edge_w = prep.resize_to
-    if edge_w == 0:
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = edge_h, int(edge_h * long / short)
-        size = (new_short, new_long) if w <= h else (new_long, new_short)
-    else:
-        size = (edge_w, edge_h)
+def resize_and_crop(img: Image.Image, prep: ImagePrep, full_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize and centre-crop exactly as the transformers PIL image processors do; uint8 (H, W, 3).
+
+    full_size: the (width, height) of the whole image when `img` is a reduced draft decode of it, so a NaFlex
+    patch grid is the one the whole image gets.
+    """
+    size = prep.target_size(*(full_size or img.size))
     if img.size != size:
         img = img.resize(size, resample=prep.resample)
     if prep.crop is not None:

@@ -14,12 +14,40 @@ from indexer.decode import ImagePrep
 from indexer.models import ModelInfo
 
 
-def normalize_pixels(pixels: np.ndarray, prep: ImagePrep) -> np.ndarray:
-    """uint8 (B, H, W, 3) to the model's float32 (B, 3, H, W): rescale, then subtract mean, divide std."""
+def normalize(pixels: np.ndarray, prep: ImagePrep) -> np.ndarray:
+    """uint8 (..., 3) to float32 (..., 3): rescale, then subtract mean, divide std."""
     x = pixels.astype(np.float32) * np.float32(prep.rescale)
     x -= np.asarray(prep.mean, dtype=np.float32)
     x /= np.asarray(prep.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x
+
+
+def normalize_pixels(pixels: np.ndarray, prep: ImagePrep) -> np.ndarray:
+    """uint8 (B, H, W, 3) to the model's float32 (B, 3, H, W)."""
+    return np.ascontiguousarray(normalize(pixels, prep).transpose(0, 3, 1, 2))
+
+
+def patch_inputs(images: Sequence[np.ndarray], prep: ImagePrep) -> dict[str, np.ndarray]:
+    """A NaFlex model's inputs, as Siglip2ImageProcessor makes them: each image a row of max_patches patches
+    (p x p x 3 values each, normalised; zeros past its own patches), the mask of its real patches, its grid."""
+    p, count = prep.patch_size, prep.max_patches
+    pixel_values = np.zeros((len(images), count, p * p * 3), dtype=np.float32)
+    mask = np.zeros((len(images), count), dtype=np.int32)
+    grids = np.zeros((len(images), 2), dtype=np.int64)
+    for i, image in enumerate(images):
+        rows, cols = image.shape[0] // p, image.shape[1] // p
+        patches = image.reshape(rows, p, cols, p, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, p * p * 3)
+        pixel_values[i, : rows * cols] = normalize(patches.reshape(-1, 3), prep).reshape(rows * cols, -1)
+        mask[i, : rows * cols] = 1
+        grids[i] = rows, cols
+    return {"pixel_values": pixel_values, "pixel_attention_mask": mask, "spatial_shapes": grids}
+
+
+def image_inputs(images: Sequence[np.ndarray], prep: ImagePrep) -> dict[str, np.ndarray]:
+    """The image tower's inputs for decoded uint8 (H, W, 3) images: pixel_values (and NaFlex's mask and grid)."""
+    if prep.max_patches:
+        return patch_inputs(images, prep)
+    return {"pixel_values": normalize_pixels(np.stack(images), prep)}
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -34,7 +62,7 @@ def load_fast_tokenizer(path: Path, info: ModelInfo) -> Tokenizer:
     tokenizer.enable_truncation(info.text_max_length)
     pad = tokenizer.id_to_token(info.pad_token_id) or ""
     length = info.text_max_length if info.family == "siglip" else None  # None: the longest text of the batch
-    tokenizer.enable_padding(pad_id=info.pad_token_id, pad_token=pad, length=length)
+    tokenizer.enable_padding(direction=info.padding_side, pad_id=info.pad_token_id, pad_token=pad, length=length)
     return tokenizer
 
 
@@ -55,9 +83,9 @@ class Embedder:
         self.prep = info.prep
         self.batch_size = batch_size
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a batch of uint8 (B, H, W, 3) crops from the decode workers."""
-        return l2_normalize(self.image_features(normalize_pixels(pixels, self.prep)))
+    def embed_pixels(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed a batch of decoded uint8 (H, W, 3) images from the decode workers."""
+        return l2_normalize(self.image_features(image_inputs(images, self.prep)))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts into unit vectors."""
@@ -65,8 +93,9 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Token ids (and CLIP's attention mask); SigLIP pads to its fixed length and attends to it, as trained."""
+        texts = [t.lower() for t in texts] if self.info.lowercase else list(texts)
         if isinstance(self.tokenizer, Tokenizer):
-            encodings = self.tokenizer.encode_batch(list(texts))
+            encodings = self.tokenizer.encode_batch(texts)
             tokens = {
                 "input_ids": [e.ids for e in encodings],
                 "attention_mask": [e.attention_mask for e in encodings],
@@ -74,7 +103,7 @@ class Embedder:
         else:
             siglip = self.info.family == "siglip"
             tokens = self.tokenizer(
-                list(texts),
+                texts,
                 padding="max_length" if siglip else True,
                 truncation=True,
                 max_length=self.info.text_max_length,
@@ -85,8 +114,8 @@ class Embedder:
     def load_image_tower(self) -> None:
         """Get the image tower ready now rather than on the first batch (for runtimes that load it lazily)."""
 
-    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        """Projected, unnormalised image features of normalised float32 (B, 3, H, W) pixels."""
+    def image_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Projected, unnormalised image features of `image_inputs`."""
         raise NotImplementedError
 
     def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:

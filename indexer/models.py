@@ -1,4 +1,8 @@
-"""Load an embedding model by hub id or local directory: CLIP, SigLIP, or sentence-transformers CLIP.
+"""Load an embedding model by hub id or local directory: CLIP, SigLIP, SigLIP 2, or sentence-transformers CLIP.
+
+SigLIP 2 comes two ways: the fixed-resolution checkpoints (google/siglip2-base-patch16-224, ...) are
+`SiglipModel`s with Gemma's tokenizer; the NaFlex ones (google/siglip2-base-patch16-naflex) are
+`Siglip2Model`s, whose images keep their aspect ratio as a variable grid of patches (`ImagePrep.max_patches`).
 
 Everything goes through transformers' own `from_pretrained`, so a hub id and a directory made by
 `save_pretrained` take exactly the same path (tests rely on this: they save tiny random models).
@@ -6,6 +10,7 @@ Everything goes through transformers' own `from_pretrained`, so a hub id and a d
 
 import importlib.metadata
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +24,7 @@ if TYPE_CHECKING:  # torch and transformers take seconds to import: only loading
 
 SUPPORTED_FAMILIES = ("clip", "siglip", "siglip2")
 SENTENCE_TRANSFORMERS_CLIP = "sentence_transformers.models.CLIPModel"
+GEMMA_TOKENIZERS = ("Gemma", "Siglip2")  # the tokenizer classes SigLIP 2 checkpoints name
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class ModelInfo:
     pad_token_id: int  # what texts are padded with (SigLIP: to text_max_length)
     logit_scale: float  # exp of the model's learned temperature: logits = logit_scale * cosine + logit_bias
     logit_bias: float  # SigLIP's learned bias; 0 for CLIP
+    padding_side: str = "right"  # the tokenizer's (Siglip2Tokenizer pads on the left)
+    lowercase: bool = False  # SigLIP 2 was trained on lowercased text, and Gemma's tokenizer keeps case
 
     @property
     def text_inputs(self) -> tuple[str, ...]:
@@ -52,6 +60,8 @@ class ModelInfo:
             mean=tuple(p["mean"]),
             std=tuple(p["std"]),
             rescale=p["rescale"],
+            max_patches=p.get("max_patches", 0),
+            patch_size=p.get("patch_size", 0),
         )
         return cls(**{**data, "prep": prep})
 
@@ -124,8 +134,13 @@ def find_subfolder(name: str) -> str | None:
 
 def read_image_prep(processor) -> ImagePrep:
     """Turn a transformers image processor's settings into the decode workers' recipe."""
-    size = dict(processor.size)
-    if size.get("shortest_edge"):
+    max_patches = int(getattr(processor, "max_num_patches", 0) or 0)  # Siglip2ImageProcessor: NaFlex
+    patch_size = int(getattr(processor, "patch_size", 0) or 0) if max_patches else 0
+    size = dict(processor.size or {})
+    if max_patches:  # a square of the same patch count, for inputs that need one size (export, checks)
+        edge = math.isqrt(max_patches) * patch_size
+        resize_to = (edge, edge)
+    elif size.get("shortest_edge"):
         resize_to = (int(size["shortest_edge"]), 0)
     else:
         resize_to = (int(size["height"]), int(size["width"]))
@@ -139,6 +154,8 @@ def read_image_prep(processor) -> ImagePrep:
         mean=tuple(float(m) for m in processor.image_mean),
         std=tuple(float(s) for s in processor.image_std),
         rescale=float(processor.rescale_factor) if processor.do_rescale else 1.0,
+        max_patches=max_patches,
+        patch_size=patch_size,
     )
 
 
@@ -148,6 +165,13 @@ def embedding_dim(config) -> int:
         return int(config.projection_dim)
     text = config.text_config
     return int(getattr(text, "projection_size", None) or text.hidden_size)
+
+
+def is_siglip2(config, tokenizer) -> bool:
+    """A SigLIP 2: a Siglip2Model, or a fixed-resolution one (a SiglipModel with Gemma's tokenizer)."""
+    return config.model_type == "siglip2" or (
+        config.model_type == "siglip" and type(tokenizer).__name__.startswith(GEMMA_TOKENIZERS)
+    )
 
 
 def load_model(name: str, device: str = "auto") -> LoadedModel:
@@ -183,5 +207,7 @@ def load_model(name: str, device: str = "auto") -> LoadedModel:
         pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         logit_scale=float(model.logit_scale.detach().float().exp()),
         logit_bias=float(bias.detach().float()) if siglip and bias is not None else 0.0,
+        padding_side=str(getattr(tokenizer, "padding_side", "right")),
+        lowercase=is_siglip2(config, tokenizer),
     )
     return LoadedModel(info=info, model=model, tokenizer=tokenizer, device=torch_device, dtype=dtype)

@@ -18,23 +18,33 @@ from pathlib import Path
 
 import torch
 
+from indexer.embed import image_inputs
 from indexer.errors import ModelLoadError
 from indexer.models import LoadedModel, load_model
-from indexer.onnx_runtime import EXPORT_VERSION, MODEL_FILE, MODEL_LOAD_FAILED, OPSET, TOKENIZER_FILE, export_folder
+from indexer.onnx_runtime import (
+    EXPORT_VERSION,
+    MODEL_FILE,
+    MODEL_LOAD_FAILED,
+    OPSET,
+    TOKENIZER_FILE,
+    check_images,
+    export_folder,
+)
 from indexer.torch_embed import features
 
 log = logging.getLogger(__name__)
 
 
 class ImageTower(torch.nn.Module):
-    """pixel_values -> projected image features, as `TorchEmbedder.image_features` computes them."""
+    """pixel_values [, NaFlex's pixel_attention_mask, spatial_shapes] -> projected image features."""
 
-    def __init__(self, model):
+    def __init__(self, model, input_names: tuple[str, ...]):
         super().__init__()
         self.model = model
+        self.input_names = input_names
 
-    def forward(self, pixel_values):
-        return features(self.model.get_image_features(pixel_values=pixel_values))
+    def forward(self, *inputs):
+        return features(self.model.get_image_features(**dict(zip(self.input_names, inputs, strict=True))))
 
 
 class TextTower(torch.nn.Module):
@@ -64,7 +74,8 @@ def export_towers(loaded: LoadedModel, folder: Path) -> None:
     # ONNX Runtime's optimizer fuses the eager attention pattern into one Attention op; SDPA's export it cannot.
     model.set_attn_implementation("eager")
     try:
-        height, width = info.prep.out_size
+        # Two images of different shapes: a NaFlex graph must not bake one patch grid in.
+        images = {k: torch.from_numpy(v) for k, v in image_inputs(check_images(info.prep)[:2], info.prep).items()}
         tokens = loaded.tokenizer(
             ["a photo of a dog", "a cat"],
             padding="max_length" if info.family == "siglip" else True,
@@ -75,12 +86,13 @@ def export_towers(loaded: LoadedModel, folder: Path) -> None:
         vision, text = model.config.vision_config, model.config.text_config
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # tracer warnings about shape checks baked in as constants
-            export(ImageTower(model), (torch.zeros(2, 3, height, width),), ("pixel_values",), tmp / "image")
+            names = tuple(images)
+            export(ImageTower(model, names), tuple(images.values()), names, tmp / "image", image=True)
             release_memory()
             optimize(tmp / "image", vision.num_attention_heads, vision.hidden_size)
             release_memory()
             args = tuple(tokens[k] for k in info.text_inputs)
-            export(TextTower(model), args, info.text_inputs, tmp / "text")
+            export(TextTower(model), args, info.text_inputs, tmp / "text", image=False)
             release_memory()
             optimize(tmp / "text", text.num_attention_heads, text.hidden_size)
     finally:
@@ -110,9 +122,9 @@ def release_memory() -> None:
         pass
 
 
-def export(module: torch.nn.Module, args: tuple, input_names: tuple, tower: Path) -> None:
+def export(module: torch.nn.Module, args: tuple, input_names: tuple, tower: Path, image: bool) -> None:
     """TorchScript-trace `module` to tower/raw.onnx with a dynamic batch axis (and sequence axis for tokens)."""
-    axes = {name: {0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"} for name in input_names}
+    axes = {name: {0: "batch"} if image else {0: "batch", 1: "sequence"} for name in input_names}
     torch.onnx.export(
         module,
         args,

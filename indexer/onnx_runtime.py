@@ -25,14 +25,14 @@ import numpy as np
 
 from indexer.cpu import cpu_id
 from indexer.decode import ImagePrep
-from indexer.embed import Embedder, l2_normalize, load_fast_tokenizer, normalize_pixels
+from indexer.embed import Embedder, image_inputs, l2_normalize, load_fast_tokenizer
 from indexer.errors import ModelLoadError
 from indexer.models import ModelInfo
 from indexer.settings import cpu_count
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 4  # bump when the exported graphs or the folder's layout change, so stale caches are not reused
+EXPORT_VERSION = 5  # bump when the exported graphs or the folder's layout change, so stale caches are not reused
 OPSET = 17
 MODEL_FILE = "model.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -162,16 +162,20 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
     os.replace(tmp, int8)
 
 
-def check_pixels(prep: ImagePrep, count: int = 8) -> np.ndarray:
-    """Fixed photo-like model inputs: smooth random colour fields with edges and noise, the same every time."""
+# (width, height) shapes of the check images: NaFlex models see each as its own patch grid.
+CHECK_ASPECTS = ((4, 3), (3, 4), (16, 9), (1, 1), (3, 1), (1, 2), (5, 4), (9, 16))
+
+
+def check_images(prep: ImagePrep) -> list[np.ndarray]:
+    """Fixed photo-like decoded images: smooth random colour fields with edges and noise, the same every time."""
     rng = np.random.default_rng(20261201)
-    height, width = prep.out_size
     images = []
-    for _ in range(count):
+    for aspect in CHECK_ASPECTS:
+        width, height = prep.target_size(aspect[0] * 300, aspect[1] * 300) if prep.max_patches else prep.out_size[::-1]
         coarse = rng.uniform(0, 255, (4, 4, 3))
         field = np.kron(coarse, np.ones((height // 4 + 1, width // 4 + 1, 1)))[:height, :width]
         images.append(np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8))
-    return normalize_pixels(np.stack(images), prep)
+    return images
 
 
 def agreement(session, reference, inputs: dict[str, np.ndarray]) -> float:
@@ -242,7 +246,7 @@ class OnnxEmbedder(Embedder):
 
     def check_inputs(self, tower: str) -> dict[str, np.ndarray]:
         if tower == "image":
-            return {"pixel_values": check_pixels(self.prep)}
+            return image_inputs(check_images(self.prep), self.prep)
         return self.tokenize(CHECK_TEXTS)
 
     def int8_agreement(self, tower: str) -> float | None:
@@ -254,8 +258,8 @@ class OnnxEmbedder(Embedder):
     def load_image_tower(self) -> None:
         self.session("image")
 
-    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        (out,) = self.session("image").run(None, {"pixel_values": pixel_values})
+    def image_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        (out,) = self.session("image").run(None, inputs)
         return out
 
     def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:

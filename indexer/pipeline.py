@@ -284,7 +284,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
         def flush():
             nonlocal done
             if batch:
-                vectors = embedder.embed_pixels(np.stack([p.result.decoded.pixels for p in batch]))
+                vectors = embedder.embed_pixels([p.result.decoded.pixels for p in batch])
                 for p, vector in zip(batch, vectors, strict=True):
                     p.vector = vector
             done += len(batch)

@@ -22,9 +22,10 @@ class TorchEmbedder(Embedder):
         self.loaded = loaded
 
     @torch.inference_mode()
-    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(pixel_values).to(self.loaded.device, self.loaded.dtype)
-        return features(self.loaded.model.get_image_features(pixel_values=x)).float().cpu().numpy()
+    def image_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        tensors = {k: torch.from_numpy(v).to(self.loaded.device) for k, v in inputs.items()}
+        tensors["pixel_values"] = tensors["pixel_values"].to(self.loaded.dtype)
+        return features(self.loaded.model.get_image_features(**tensors)).float().cpu().numpy()
 
     @torch.inference_mode()
     def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:

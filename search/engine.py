@@ -141,7 +141,7 @@ class SearchEngine:
                 decoded = decode_image(data, self.embedder.prep, min(self.settings.max_pixels, REQUEST_MAX_PIXELS))
         except DecodeError as e:
             raise BadInputError(f"the query image cannot be used: {e.reason}") from None
-        return self.embedder.embed_pixels(decoded.pixels[None])[0]
+        return self.embedder.embed_pixels([decoded.pixels])[0]
 
     def image_vector(self, target: str) -> tuple[np.ndarray, int | None]:
         """The vector of a stored image (by id or path, with its id), or of any image file (embedded, no id)."""

@@ -14,6 +14,7 @@ from tests.model_factory import (
     save_clip,
     save_sentence_transformers_clip,
     save_siglip,
+    save_siglip2,
     save_student_text_model,
 )
 
@@ -35,6 +36,18 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def siglip_dir(tmp_path_factory) -> Path:
     return save_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def siglip2_dir(tmp_path_factory) -> Path:
+    """Fixed-resolution SigLIP 2 (a SiglipModel with Gemma's tokenizer)."""
+    return save_siglip2(tmp_path_factory.mktemp("models") / "tiny-siglip2")
+
+
+@pytest.fixture(scope="session")
+def naflex_dir(tmp_path_factory) -> Path:
+    """SigLIP 2 NaFlex (a Siglip2Model: variable patch grids)."""
+    return save_siglip2(tmp_path_factory.mktemp("models") / "tiny-siglip2-naflex", naflex=True)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,10 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    Siglip2Config,
+    Siglip2ImageProcessorPil,
+    Siglip2Model,
+    Siglip2Tokenizer,
     SiglipConfig,
     SiglipImageProcessor,
     SiglipModel,
@@ -113,6 +117,36 @@ def save_siglip(out: Path, seed: int = 0) -> Path:
     SiglipModel(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     SiglipImageProcessor(size={"height": 224, "width": 224}).save_pretrained(out)
+    return out
+
+
+def make_gemma_tokenizer(vocab_size: int = 300) -> Siglip2Tokenizer:
+    """SigLIP 2's kind of tokenizer: Gemma's byte-fallback BPE (any script becomes known ids), lower-casing."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "\u2581")])
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + byte_tokens)
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    model = json.loads(tok.to_str())["model"]
+    return Siglip2Tokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]])
+
+
+def save_siglip2(out: Path, naflex: bool = False, seed: int = 0) -> Path:
+    """Save a tiny random-weight SigLIP 2 as its checkpoints come: fixed resolution (a SiglipModel with Gemma's
+    tokenizer, like google/siglip2-base-patch16-224) or NaFlex (a Siglip2Model taking up to 64 patches of 16)."""
+    torch.manual_seed(seed)
+    tokenizer = make_gemma_tokenizer()
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=16, pad_token_id=0, eos_token_id=1, **TINY_TEXT)
+    if naflex:
+        config = Siglip2Config(text_config=text, vision_config=dict(patch_size=16, num_patches=64, **TINY_VISION))
+        Siglip2Model(config).eval().save_pretrained(out)
+        Siglip2ImageProcessorPil(patch_size=16, max_num_patches=64).save_pretrained(out)
+    else:
+        config = SiglipConfig(text_config=text, vision_config=dict(image_size=224, patch_size=32, **TINY_VISION))
+        SiglipModel(config).eval().save_pretrained(out)
+        SiglipImageProcessor(size={"height": 224, "width": 224}).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 

@@ -18,10 +18,11 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
 from indexer import onnx_runtime
-from indexer.decode import decode_image, resize_and_crop
-from indexer.embed import l2_normalize, normalize_pixels
+from indexer.decode import decode_image, naflex_size, resize_and_crop
+from indexer.embed import image_inputs, l2_normalize
 from indexer.errors import ModelLoadError
 from indexer.models import load_model, read_image_prep
 from indexer.onnx_export import export_towers
@@ -37,9 +38,12 @@ SIZES = [(317, 211), (211, 317), (37, 23), (3, 5), (224, 224), (225, 224), (1023
 TEXTS = ["a dog", "a photo of a dog on a beach", "sunset over the mountains and a lake, a red car parked"]
 
 
-@pytest.fixture(scope="session", params=["clip", "siglip"])
-def model_dir(request, clip_dir, siglip_dir):
-    return clip_dir if request.param == "clip" else siglip_dir
+MODELS = {"clip": "clip_dir", "siglip": "siglip_dir", "siglip2": "siglip2_dir", "siglip2-naflex": "naflex_dir"}
+
+
+@pytest.fixture(scope="session", params=list(MODELS))
+def model_dir(request):
+    return request.getfixturevalue(MODELS[request.param])
 
 
 @pytest.fixture(scope="session")
@@ -56,15 +60,21 @@ def onnx_embedder(model_dir, cache, quantize: bool = False) -> OnnxEmbedder:
     return OnnxEmbedder(find_or_export(str(model_dir), cache), 4, quantize=quantize)
 
 
+def assert_same_inputs(ours: dict[str, np.ndarray], expected) -> None:
+    """Every input the processor makes, equal: pixel values to 1e-5 (measured: at most 1.2e-7, float rounding;
+    the resized pixels themselves are identical), NaFlex's patch mask and grid exactly."""
+    assert set(ours) == set(expected)
+    for key, value in ours.items():
+        assert value.shape == expected[key].shape, key
+        np.testing.assert_allclose(value, expected[key], atol=1e-5 if key == "pixel_values" else 0, rtol=0)
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_worker_pixels_match_transformers_processor(model_dir, size):
     processor = AutoImageProcessor.from_pretrained(model_dir)
     prep = read_image_prep(processor)
     img = photo(sum(size), size)
-    expected = processor(images=img, return_tensors="np")["pixel_values"]
-    ours = normalize_pixels(resize_and_crop(img, prep)[None], prep)
-    assert ours.shape == expected.shape
-    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+    assert_same_inputs(image_inputs([resize_and_crop(img, prep)], prep), processor(images=img, return_tensors="np"))
 
 
 def test_decode_of_lossless_file_matches_processor(model_dir):
@@ -75,23 +85,55 @@ def test_decode_of_lossless_file_matches_processor(model_dir):
     buf = io.BytesIO()
     img.save(buf, "PNG")
     decoded = decode_image(buf.getvalue(), prep, max_pixels=10**8)
-    expected = processor(images=img, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(normalize_pixels(decoded.pixels[None], prep), expected, atol=1e-5, rtol=0)
+    assert_same_inputs(image_inputs([decoded.pixels], prep), processor(images=img, return_tensors="np"))
+
+
+def test_naflex_batch_matches_processor_batch(naflex_dir):
+    """Images of different shapes in one batch: each its own patch grid, padded to the same patch count."""
+    processor = AutoImageProcessor.from_pretrained(naflex_dir)
+    prep = read_image_prep(processor)
+    images = [photo(seed, size) for seed, size in enumerate(SIZES)]
+    expected = processor(images=images, return_tensors="np")
+    assert len({tuple(grid) for grid in expected["spatial_shapes"]}) >= 4  # really different grids
+    assert_same_inputs(image_inputs([resize_and_crop(img, prep) for img in images], prep), expected)
+
+
+def test_naflex_sizes_match_transformers_everywhere():
+    """The NaFlex resize target, over thousands of image sizes and three patch budgets."""
+    rng = np.random.default_rng(3)
+    sizes = [(int(w), int(h)) for w, h in rng.integers(1, 5000, (1500, 2))] + [(1, 1), (1, 4999), (7000, 3)]
+    for patch, budget in ((16, 256), (16, 64), (14, 729)):
+        for width, height in sizes:
+            theirs = get_image_size_for_max_num_patches(height, width, patch, budget)
+            assert naflex_size(width, height, patch, budget) == theirs[::-1], (width, height, patch, budget)
+
+
+def test_naflex_draft_decode_keeps_the_full_images_patch_grid(naflex_dir):
+    """A big JPEG decodes at reduced scale, but gets the grid transformers gives the whole image; EXIF turns too."""
+    prep = read_image_prep(AutoImageProcessor.from_pretrained(naflex_dir))
+    for size, orientation in (((2400, 1000), 1), ((2400, 1000), 6), ((999, 2401), 1)):
+        buf = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        photo(2, size).save(buf, "JPEG", quality=90, exif=exif)
+        width, height = size[::-1] if orientation == 6 else size
+        pixels = decode_image(buf.getvalue(), prep, max_pixels=10**8).pixels
+        assert pixels.shape[:2] == get_image_size_for_max_num_patches(height, width, 16, 64)
 
 
 def reference_image_features(model_dir, images: list[Image.Image]) -> np.ndarray:
     """The plain transformers way: image processor, then the torch model."""
     model = AutoModel.from_pretrained(model_dir).eval()
-    pixel_values = AutoImageProcessor.from_pretrained(model_dir)(images=images, return_tensors="pt")["pixel_values"]
+    inputs = AutoImageProcessor.from_pretrained(model_dir)(images=images, return_tensors="pt")
     with torch.inference_mode():
-        out = model.get_image_features(pixel_values=pixel_values)
+        out = model.get_image_features(**inputs)
     return (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
 
 
 def reference_text_features(model_dir, texts: list[str]) -> np.ndarray:
     """The plain transformers way, as each model card shows it (SigLIP: max_length padding, no mask)."""
     model = AutoModel.from_pretrained(model_dir).eval()
-    siglip = model.config.model_type == "siglip"
+    siglip = model.config.model_type.startswith("siglip")
     length = model.config.text_config.max_position_embeddings
     tokens = AutoTokenizer.from_pretrained(model_dir)(
         texts, padding="max_length" if siglip else True, max_length=length, truncation=True, return_tensors="pt"
@@ -106,7 +148,7 @@ def reference_text_features(model_dir, texts: list[str]) -> np.ndarray:
 def test_onnx_embeddings_match_transformers(model_dir, onnx_cache):
     embedder = onnx_embedder(model_dir, onnx_cache)
     images = [photo(seed, size) for seed, size in enumerate(SIZES[:4])]
-    pixels = np.stack([resize_and_crop(img, embedder.prep) for img in images])
+    pixels = [resize_and_crop(img, embedder.prep) for img in images]
     assert cosine(embedder.embed_pixels(pixels), reference_image_features(model_dir, images)).min() > 0.999
     # Texts of different lengths: the exported graph's sequence axis is dynamic.
     for texts in (TEXTS[:1], TEXTS):
@@ -118,6 +160,7 @@ def test_export_tokenizer_matches_transformers(model_dir, onnx_cache):
     fast = onnx_embedder(model_dir, onnx_cache)
     reference = TorchEmbedder(load_model(str(model_dir), "cpu"), 4)
     texts = [*TEXTS, "UPPER case, punctuation!?", "ünïcödé  spaces", " ".join(["long"] * 200), "x"]
+    texts += ["一只狗在海滩上", "Ein Hund am Strand", "собака на пляже"]  # SigLIP 2's text side is multilingual
     for batch in ([texts[0]], texts):
         ours, theirs = fast.tokenize(batch), reference.tokenize(batch)
         assert ours.keys() == theirs.keys()
@@ -129,7 +172,7 @@ def test_int8_agrees_with_fp32(model_dir, onnx_cache):
     fp32 = onnx_embedder(model_dir, onnx_cache)
     int8 = onnx_embedder(model_dir, onnx_cache, quantize=True)
     assert int8.runtime == "onnx-int8"
-    pixels = np.stack([resize_and_crop(photo(seed, (320, 240)), fp32.prep) for seed in range(8)])
+    pixels = [resize_and_crop(photo(seed, size), fp32.prep) for seed, size in enumerate(SIZES)]
     assert cosine(int8.embed_pixels(pixels), fp32.embed_pixels(pixels)).min() > 0.99
     assert cosine(int8.embed_texts(TEXTS), fp32.embed_texts(TEXTS)).min() > 0.99
     # Both towers really run int8 (the check passed), and the check is recorded for this CPU.
@@ -143,7 +186,7 @@ def test_int8_agrees_with_fp32_on_full_size_vit_b32(tmp_path_factory, onnx_cache
     model_dir = save_clip(tmp_path_factory.mktemp("models") / "vit-b32", size="vit-b-32")
     fp32 = onnx_embedder(model_dir, onnx_cache)
     int8 = onnx_embedder(model_dir, onnx_cache, quantize=True)
-    pixels = np.stack([resize_and_crop(photo(seed, (320, 240)), fp32.prep) for seed in range(8)])
+    pixels = [resize_and_crop(photo(seed, size), fp32.prep) for seed, size in enumerate(SIZES)]
     assert cosine(int8.embed_pixels(pixels), fp32.embed_pixels(pixels)).min() > 0.995
     assert cosine(int8.embed_texts(TEXTS), fp32.embed_texts(TEXTS)).min() > 0.995
 

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 from typer.testing import CliRunner
 
 from indexer.decode import decode_image
-from indexer.embed import normalize_pixels
+from indexer.embed import image_inputs
 from indexer.errors import BadInputError, NotFoundError
 from indexer.models import load_model
 from indexer.settings import Settings
@@ -198,21 +198,24 @@ def model_logits(engine: SearchEngine, data: bytes, texts: list[str]) -> np.ndar
     """logits_per_image from the transformers model's own forward pass, the zero-shot pipeline's numbers."""
     info = engine.embedder.info
     model = AutoModel.from_pretrained(info.name).eval()
-    pixels = normalize_pixels(decode_image(data, info.prep, 10**8).pixels[None], info.prep)
+    images = image_inputs([decode_image(data, info.prep, 10**8).pixels], info.prep)
     tokenizer = AutoTokenizer.from_pretrained(info.name)
     siglip = info.family == "siglip"
     padding = "max_length" if siglip else True
     tokens = tokenizer(texts, padding=padding, truncation=True, max_length=info.text_max_length, return_tensors="pt")
     kwargs = {"input_ids": tokens["input_ids"]} if siglip else dict(tokens)
-    return model(pixel_values=torch.from_numpy(pixels), **kwargs).logits_per_image[0].numpy()
+    images = {k: torch.from_numpy(v) for k, v in images.items()}
+    return model(**images, **kwargs).logits_per_image[0].numpy()
 
 
-@pytest.fixture(scope="module")
-def siglip_scaled_dir(siglip_dir, tmp_path_factory):
-    """The tiny SigLIP with a trained-looking scale and bias (random init leaves them at 1 and 0)."""
-    out = tmp_path_factory.mktemp("models") / "siglip-scaled"
-    shutil.copytree(siglip_dir, out)
-    model = AutoModel.from_pretrained(siglip_dir)
+@pytest.fixture(scope="module", params=["siglip", "siglip2", "siglip2-naflex"])
+def siglip_scaled_dir(request, tmp_path_factory):
+    """A tiny SigLIP, SigLIP 2 or NaFlex SigLIP 2 with a trained-looking scale and bias (random init: 1 and 0)."""
+    fixture = {"siglip": "siglip_dir", "siglip2": "siglip2_dir", "siglip2-naflex": "naflex_dir"}[request.param]
+    source = request.getfixturevalue(fixture)
+    out = tmp_path_factory.mktemp("models") / f"{request.param}-scaled"
+    shutil.copytree(source, out)
+    model = AutoModel.from_pretrained(source)
     with torch.no_grad():
         model.logit_scale.fill_(np.log(20.0))
         model.logit_bias.fill_(-2.0)
