@@ -197,7 +197,7 @@ def test_newer_store_format_is_refused(tmp_path, settings):
     assert result.exit_code == 2 and "newer clipdex" in result.stderr
 
 
-@pytest.mark.parametrize("model_fixture", ["siglip_dir", "st_clip_dir"])
+@pytest.mark.parametrize("model_fixture", ["siglip_dir", "siglip2_dir", "naflex_dir", "st_clip_dir"])
 def test_other_model_families_index_and_search(tmp_path, request, model_fixture):
     model_dir = request.getfixturevalue(model_fixture)
     settings = Settings(store=tmp_path / "store", model=str(model_dir), workers=1, batch_size=4)

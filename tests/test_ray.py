@@ -65,8 +65,8 @@ def ray_address(tmp_path_factory):
         head.wait(30)
 
 
-def ray_settings(store, clip_dir, address, **extra) -> Settings:
-    return Settings(store=str(store), model=str(clip_dir), device="cpu", batch_size=4, ray=address, **extra)
+def ray_settings(store, model_dir, address, **extra) -> Settings:
+    return Settings(store=str(store), model=str(model_dir), device="cpu", batch_size=4, ray=address, **extra)
 
 
 def mixed_folder(folder: Path) -> None:
@@ -127,6 +127,19 @@ def test_ray_indexes_what_the_local_pipeline_does(tmp_path, clip_dir, ray_addres
         summary = index_folder(photos, settings, show_progress=False)
         assert (summary.indexed, summary.reused, summary.removed) == (2, 1, 1)
     assert_same_index(on_ray.store, local.store)
+
+
+def test_ray_embeds_naflex_images_of_every_shape_as_the_local_pipeline_does(tmp_path, naflex_dir, ray_address):
+    """A NaFlex model's decoded images differ in shape: they travel to the embedding actors with theirs."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed, size in enumerate([(320, 240), (240, 320), (900, 200), (64, 64), (37, 500)]):
+        photo(seed, size).save(photos / f"{seed}.jpg")
+    local = Settings(store=str(tmp_path / "local"), model=str(naflex_dir), device="cpu", workers=1, batch_size=4)
+    want = index_folder(photos, local, show_progress=False)
+    got = index_folder(photos, ray_settings(tmp_path / "ray", naflex_dir, ray_address), show_progress=False)
+    assert got.indexed == want.indexed == 5
+    assert_same_index(str(tmp_path / "ray"), local.store)
 
 
 def test_ray_indexes_into_postgresql(tmp_path, clip_dir, ray_address, pg_url):
