@@ -9,7 +9,7 @@ STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
 BENCHES := startup indexing cluster api tagging duplicates clusters relevance ocr scale postgres captions vlm
-# A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize]"): for make bench-gpu.
+# A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
 .PHONY: help install index search serve test lint bench bench-scale bench-gpu bench-rclip
@@ -22,7 +22,7 @@ $(BIN)/clipdex: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray,ocr]"
+	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray,ocr,quanto]"
 	touch $@
 
 install: $(BIN)/clipdex ## Create .venv and install clipdex into it

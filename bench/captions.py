@@ -6,12 +6,13 @@ timed part is `Captioner.caption` on images already decoded (decoding runs in th
 real run), batch 1 and batched.
 
 - blip-base (default): Salesforce/blip-image-captioning-base's architecture, saved and loaded back
-  through clipdex's own loading code; fp32 on CPU.
+  through clipdex's own loading code; fp32 on CPU, and again with int8 weights through Quanto
+  (`--quantize int8`), with the weights' bytes and the int8 / fp32 ratios of memory and captions/s.
 - blip2-opt-2.7b: Salesforce/blip2-opt-2.7b's (3.8 billion weights), built in memory on the device, fp16
-  on CUDA; meant for a GPU.
+  on CUDA; meant for a GPU. Not loaded through from_pretrained, so not quantized here.
 
     python -m bench.captions [--arch blip-base] [--images 16] [--batch-size 8] [--max-new-tokens 20]
-        [--beams 1] [--threads N] [--device auto]
+        [--beams 1] [--threads N] [--device auto]        (BENCH_QUICK=1: 4 images, batch 4, 10 tokens)
 
 On a CPU shared with other busy processes, torch's default of one thread per core can be several times
 slower than one thread (each parallel op waits for a descheduled thread); --threads 1 shows that case.
@@ -28,12 +29,14 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from bench.vlm import weight_bytes
 from indexer.caption import Captioner, full_prompt, load_captioner
 from indexer.models import pick_device, read_image_prep
 from tests.conftest import photo
 from tests.model_factory import make_blip2, save_blip
 
 out = Console(highlight=False, soft_wrap=True)
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 
 
 def machine() -> str:
@@ -52,10 +55,11 @@ def load() -> str:
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def blip_base(device: str, max_new_tokens: int) -> Captioner:
+def blip_base(device: str, max_new_tokens: int) -> dict[str, Captioner]:
+    """The architecture loaded in full precision ("none") and with int8 weights ("int8")."""
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_blip(Path(tmp) / "blip-base", size="base", min_new_tokens=max_new_tokens)
-        return load_captioner(str(model_dir), device)
+        return {quantize: load_captioner(str(model_dir), device, quantize) for quantize in ("none", "int8")}
 
 
 def blip2_opt_2_7b(device: str, max_new_tokens: int) -> Captioner:
@@ -68,7 +72,10 @@ def blip2_opt_2_7b(device: str, max_new_tokens: int) -> Captioner:
     return Captioner("blip2-opt-2.7b (random)", "blip-2", model, processor, prep, torch_device, dtype)
 
 
-ARCHITECTURES = {"blip-base": blip_base, "blip2-opt-2.7b": blip2_opt_2_7b}
+ARCHITECTURES = {
+    "blip-base": blip_base,
+    "blip2-opt-2.7b": lambda device, max_new_tokens: {"none": blip2_opt_2_7b(device, max_new_tokens)},
+}
 
 
 def rate(captioner, pixels: list[np.ndarray], batch_size: int, max_new_tokens: int, beams: int) -> tuple[float, float]:
@@ -84,9 +91,9 @@ def rate(captioner, pixels: list[np.ndarray], batch_size: int, max_new_tokens: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHITECTURES, default="blip-base")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--images", type=int, default=4 if QUICK else 16)
+    parser.add_argument("--batch-size", type=int, default=4 if QUICK else 8)
+    parser.add_argument("--max-new-tokens", type=int, default=10 if QUICK else 20)
     parser.add_argument("--beams", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
@@ -94,20 +101,32 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    captioner = ARCHITECTURES[args.arch](args.device, args.max_new_tokens)
-    height, width = captioner.prep.out_size
+    captioners = ARCHITECTURES[args.arch](args.device, args.max_new_tokens)
+    height, width = captioners["none"].prep.out_size
     pixels = [np.asarray(photo(seed, (width, height))) for seed in range(args.images)]
     out.print(f"machine: {machine()}")
-    out.print(
-        f"{args.arch} architecture (random weights) on {captioner.device.type} ({str(captioner.dtype)[6:]}), "
-        f"{args.max_new_tokens} new tokens, {args.beams} beam(s), {args.images} images:"
-    )
-    for batch_size in dict.fromkeys((1, args.batch_size)):
-        per_second, per_cpu_second = rate(captioner, pixels, batch_size, args.max_new_tokens, args.beams)
+    megabytes, rates = {}, {}
+    for quantize, captioner in captioners.items():
+        weights = str(captioner.dtype)[6:] + (" with int8 Quanto weights" if quantize == "int8" else "")
+        megabytes[quantize] = weight_bytes(captioner.model) / 1e6
         out.print(
-            f"  batch {batch_size:3}: {per_second:6.2f} captions/s ({1000 / per_second:7.1f} ms/caption), "
-            f"{per_cpu_second:6.2f} captions per CPU second"
+            f"{args.arch} architecture (random weights) on {captioner.device.type} ({weights}, "
+            f"{megabytes[quantize]:.0f} MB), "
+            f"{args.max_new_tokens} new tokens, {args.beams} beam(s), {args.images} images:"
         )
+        for batch_size in dict.fromkeys((1, args.batch_size)):
+            per_second, per_cpu_second = rate(captioner, pixels, batch_size, args.max_new_tokens, args.beams)
+            rates[quantize, batch_size] = per_second
+            out.print(
+                f"  batch {batch_size:3}: {per_second:6.2f} captions/s ({1000 / per_second:7.1f} ms/caption), "
+                f"{per_cpu_second:6.2f} captions per CPU second"
+            )
+    if "int8" in captioners:
+        out.print(f"int8 / fp32: weights {megabytes['int8'] / megabytes['none']:.2f}x")
+        for batch_size in dict.fromkeys((1, args.batch_size)):
+            out.print(
+                f"  captions/s at batch {batch_size}: {rates['int8', batch_size] / rates['none', batch_size]:.2f}x"
+            )
     out.print(f"load after: {load()}")
 
 

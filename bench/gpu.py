@@ -2,12 +2,13 @@
 
 - embedding: ViT-B/32 and ViT-L/14 in fp16 through `index_folder` (decode workers included), batch 256;
 - captions: BLIP-2 OPT-2.7B in fp16, captions/s;
-- questions: LLaVA-1.5-7B in fp16 and in 4-bit (bitsandbytes), first-token latency and tokens/s.
+- questions: LLaVA-1.5-7B in fp16 with sdpa, eager and flash_attention_2 attention (the last where flash-attn is
+  installed), in 4-bit (bitsandbytes) and in int8 (Quanto), first-token latency, tokens/s and weights' memory.
 
 It fails loudly (non-zero exit, the traceback) when a path is broken or there is no CUDA device: a skipped
 path would read as a passed one. Models are saved with `save_pretrained` and loaded through clipdex's own
-loading code, as a hub id would be. Budget: about 8 minutes on one H200 (most of it saving and loading the
-7B model twice).
+loading code, as a hub id would be. Budget: about 12 minutes on one H200 (most of it saving the 7B model
+and loading it four or five times).
 
     python -m bench.gpu [--images 2048] [--only embed,caption,vlm]
 """
@@ -21,10 +22,11 @@ from pathlib import Path
 import torch
 
 from bench.captions import blip2_opt_2_7b, rate
-from bench.vlm import time_answers
+from bench.vlm import time_answers, weight_bytes
 from indexer.cpu import cpu_line
 from indexer.decode import decode_image
 from indexer.pipeline import index_folder
+from indexer.pretrained import installed
 from indexer.runtimes import make_embedder
 from indexer.settings import Settings
 from indexer.store import open_store
@@ -73,23 +75,31 @@ def captions(images: int = 64, batch_size: int = 16, tokens: int = 20) -> None:
 
 
 def questions(root: Path, tokens: int = 64, repeats: int = 3) -> None:
-    """LLaVA-1.5-7B first token and tokens/s, fp16 and 4-bit, through `VisualQA` as `clipdex ask` runs it."""
+    """LLaVA-1.5-7B first token and tokens/s through `VisualQA` as `clipdex ask` runs it: fp16 with each attention
+    kernel (sdpa, eager, flash_attention_2 where flash-attn is installed), 4-bit (bitsandbytes), int8 (Quanto)."""
     write_photos(root / "vlm-photos", 2, size=(640, 480))
     clip_dir = save_clip(root / "clip-tiny")
     settings = Settings(store=root / "vlm-store", model=str(clip_dir), device="cuda", workers=2)
     index_folder(root / "vlm-photos", settings, show_progress=False)
     llava = save_llava(root / "llava-7b", size="7b")
-    for quantize in ("none", "4bit"):
-        vlm_settings = settings.model_copy(update={"vlm": str(llava), "vlm_quantize": quantize})
-        qa = VisualQA(open_store(settings.store), vlm_settings)
+    variants = [("fp16 sdpa", "none", "sdpa"), ("fp16 eager", "none", "eager")]
+    if installed("flash_attn"):
+        variants.append(("fp16 flash_attention_2", "none", "flash_attention_2"))
+    else:
+        print("questions LLaVA-1.5-7B flash_attention_2: not timed, the flash-attn package is not installed")
+    variants += [("4bit", "4bit", "auto"), ("int8 Quanto", "int8", "auto")]
+    for title, quantize, attn in variants:
+        update = {"vlm": str(llava), "vlm_quantize": quantize, "vlm_attn": attn}
+        qa = VisualQA(open_store(settings.store), settings.model_copy(update=update))
         first, per_second = time_answers(qa, ["1"], tokens, repeats)
-        memory = qa.load().model.get_memory_footprint() / 2**30
+        model = qa.load().model
         print(
-            f"questions LLaVA-1.5-7B {'fp16' if quantize == 'none' else quantize}: first token "
-            f"{first * 1000:.0f} ms, {per_second:.1f} tokens/s over {tokens} tokens, weights {memory:.1f} GiB",
+            f"questions LLaVA-1.5-7B {title} ({model.config._attn_implementation} attention): first token "
+            f"{first * 1000:.0f} ms, {per_second:.1f} tokens/s over {tokens} tokens, "
+            f"weights {weight_bytes(model) / 2**30:.1f} GiB",
             flush=True,
         )
-        del qa
+        del qa, model
         torch.cuda.empty_cache()
 
 

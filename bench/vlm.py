@@ -4,8 +4,10 @@ The models have random weights and are reduced in size (the real blip2-opt-2.7b 
 larger and do not fit this benchmark's budget on a CPU); each is printed with its parameter count. They are
 saved and loaded through clipdex's real loading code and asked through `VisualQA`, as `clipdex ask` does,
 about photos in a real store. Every answer is forced to its full length so tokens/s is measured over it.
+Each model is loaded twice: fp32, and int8 weights through Quanto (`--quantize int8`), with the weights'
+bytes and the int8 / fp32 ratios of memory and tokens/s.
 
-    python -m bench.vlm [--tokens 32] [--repeats 3] [--size bench|tiny]
+    python -m bench.vlm [--tokens 32] [--repeats 3] [--size bench|tiny]    (BENCH_QUICK=1: 8 tokens, 1 repeat)
 """
 
 import argparse
@@ -27,6 +29,7 @@ from tests.conftest import write_photos
 from tests.model_factory import save_blip2, save_clip, save_llava
 
 out = Console(highlight=False, soft_wrap=True)  # figures stay on one line when piped
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 
 
 def machine() -> str:
@@ -35,6 +38,21 @@ def machine() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, load average {load}"
     )
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes the parameters and buffers really take.
+
+    transformers' get_memory_footprint() counts a Quanto int8 weight at its float size (the tensor subclass
+    reports the float element size), so it shows no saving; this adds up the tensors inside instead.
+    """
+
+    def size(t: torch.Tensor) -> int:
+        if hasattr(t, "__tensor_flatten__"):  # a tensor subclass: int8 data and its scales
+            return sum(size(getattr(t, inner)) for inner in t.__tensor_flatten__()[0])
+        return t.nelement() * t.element_size()
+
+    return sum(size(t) for t in (*model.parameters(), *model.buffers()))
 
 
 class ExactLength(GenerationOptions):
@@ -70,8 +88,8 @@ def time_answers(qa: VisualQA, refs: list[str], tokens: int, repeats: int) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=32, help="answer length in tokens")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=8 if QUICK else 32, help="answer length in tokens")
+    parser.add_argument("--repeats", type=int, default=1 if QUICK else 3)
     parser.add_argument("--size", choices=["bench", "tiny"], default="bench")
     args = parser.parse_args()
     out.print(f"machine: {machine()}")
@@ -88,13 +106,21 @@ def main() -> None:
         for title, save, refs in cases:
             if save not in saved:
                 saved[save] = save(root / save.__name__, size=args.size)
-            qa = VisualQA(open_store(settings.store), settings.model_copy(update={"vlm": str(saved[save])}))
-            first, rate = time_answers(qa, refs, args.tokens, args.repeats)
-            params = sum(p.numel() for p in qa.load().model.parameters()) / 1e6
-            out.print(
-                f"{title} ({args.size}, {params:.0f}M params, random weights, fp32 CPU): "
-                f"first token {first * 1000:.0f} ms, {rate:.1f} tokens/s over {args.tokens} tokens"
-            )
+            figures = {}
+            for quantize, weights in (("none", "fp32"), ("int8", "int8 Quanto")):
+                vlm_settings = settings.model_copy(update={"vlm": str(saved[save]), "vlm_quantize": quantize})
+                qa = VisualQA(open_store(settings.store), vlm_settings)
+                first, rate = time_answers(qa, refs, args.tokens, args.repeats)
+                model = qa.load().model
+                params, megabytes = sum(p.numel() for p in model.parameters()) / 1e6, weight_bytes(model) / 1e6
+                figures[quantize] = rate, megabytes
+                out.print(
+                    f"{title} ({args.size}, {params:.0f}M params, random weights, {weights} CPU): "
+                    f"first token {first * 1000:.0f} ms, {rate:.1f} tokens/s over {args.tokens} tokens, "
+                    f"weights {megabytes:.0f} MB"
+                )
+            (fp32_rate, fp32_mb), (int8_rate, int8_mb) = figures["none"], figures["int8"]
+            out.print(f"  int8 / fp32: weights {int8_mb / fp32_mb:.2f}x, tokens/s {int8_rate / fp32_rate:.2f}x")
 
 
 if __name__ == "__main__":

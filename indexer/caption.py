@@ -22,6 +22,7 @@ from sqlalchemy import delete, exists, func, select
 from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash, setup_heif
 from indexer.errors import ModelLoadError
 from indexer.models import canonical_name, pick_device, read_image_prep
+from indexer.pretrained import load_pretrained, resolve_dtype
 from indexer.settings import Settings
 from indexer.store import INDEXED, Caption, CaptionFailure, Image, Root, Store, utcnow
 
@@ -99,23 +100,25 @@ def resolve_captioner(settings: Settings) -> tuple[str, str]:
     return name, full_prompt(caption_family(name), settings.caption_prompt)
 
 
-def load_captioner(name: str, device: str = "auto") -> Captioner:
-    """Load a BLIP or BLIP-2 captioner from the hub or a directory; fp16 on CUDA, fp32 on CPU."""
+def load_captioner(name: str, device: str = "auto", quantize: str = "none", attn: str = "auto") -> Captioner:
+    """Load a BLIP or BLIP-2 captioner from the hub or a directory; fp16 on CUDA, fp32 on CPU.
+
+    `quantize` and `attn` are those of indexer/pretrained.py: int8 (Quanto), 4bit / 8bit (bitsandbytes, CUDA)
+    weights, and the attention kernel.
+    """
     from transformers import AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
 
     torch_device = pick_device(device)
     name = canonical_name(name)
     family = caption_family(name)
     model_class = Blip2ForConditionalGeneration if family == "blip-2" else BlipForConditionalGeneration
-    dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     try:
-        model = model_class.from_pretrained(name, dtype=dtype)
+        model = load_pretrained(model_class, name, torch_device, "auto", quantize, attn)
         processor = AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load captioning model {name!r}: {e}") from None
-    model.eval().to(torch_device)
     prep = read_image_prep(processor.image_processor)
-    return Captioner(name, family, model, processor, prep, torch_device, dtype)
+    return Captioner(name, family, model, processor, prep, torch_device, resolve_dtype(torch_device, "auto"))
 
 
 @dataclass
@@ -218,7 +221,8 @@ def caption_store(
 
                 batches = caption_on_ray(store, todo, name, prompt, settings)
             else:
-                batches = caption_here(store, todo, load_captioner(name, settings.device), prompt, settings)
+                captioner = load_captioner(name, settings.device, settings.caption_quantize, settings.caption_attn)
+                batches = caption_here(store, todo, captioner, prompt, settings)
             progress = Progress(
                 TextColumn("captioning"),
                 BarColumn(),

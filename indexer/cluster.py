@@ -250,7 +250,7 @@ class CaptionActor:
         from indexer.decode import setup_heif
 
         setup_heif()
-        self.captioner = load_captioner(name, device)
+        self.captioner = load_captioner(name, device, settings.caption_quantize, settings.caption_attn)
         self.prompt, self.settings = prompt, settings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

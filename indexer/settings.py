@@ -9,6 +9,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_VLM = "Salesforce/blip2-opt-2.7b"
+# How a VLM's or captioner's weights are stored (indexer/pretrained.py): int8 through Quanto (CPU or CUDA),
+# 4bit / 8bit through bitsandbytes (CUDA only).
+Quantize = Literal["none", "int8", "4bit", "8bit"]
+# Its attention kernel; "auto": flash_attention_2 on CUDA with the flash-attn package where the model has it,
+# else sdpa where the model has it, else eager.
+Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
 def cpu_count() -> int:
@@ -77,8 +83,10 @@ class Settings(BaseSettings):
     vlm: str = DEFAULT_VLM
     # "auto": float16 on CUDA, float32 on CPU.
     vlm_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    # 4-bit / 8-bit weights through bitsandbytes (CUDA only): a 7B LLaVA in ~4 GB instead of ~14 GB.
-    vlm_quantize: Literal["none", "4bit", "8bit"] = "none"
+    # 4-bit / 8-bit weights through bitsandbytes (CUDA only): a 7B LLaVA in ~4 GB instead of ~14 GB; int8
+    # through Quanto on CPU or CUDA.
+    vlm_quantize: Quantize = "none"
+    vlm_attn: Attention = "auto"
     vlm_max_new_tokens: int = 128
     # 0 decodes greedily (the same answer every time); above 0 samples with this temperature and top-p.
     vlm_temperature: float = 0.0
@@ -87,6 +95,8 @@ class Settings(BaseSettings):
     # Captioning (clipdex caption, clipdex index --caption). None: Salesforce/blip2-opt-2.7b on CUDA,
     # Salesforce/blip-image-captioning-base on CPU; any BLIP or BLIP-2 hub id or directory.
     caption_model: str | None = None
+    caption_quantize: Quantize = "none"
+    caption_attn: Attention = "auto"
     # Text reading (indexer/ocr.py): None is the wheel's PP-OCRv4 recognizer; else a rec .onnx and its characters.
     ocr_model: str | None = None
     ocr_keys: str | None = None

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from indexer.errors import ClipdexError
-from indexer.settings import Settings
+from indexer.settings import Attention, Quantize, Settings
 from indexer.store import Hit
 
 UNWRAPPED = 100_000
@@ -66,7 +66,27 @@ CaptionModelOpt = Annotated[
     ),
 ]
 
-
+# Quantization and attention kernel of the captioner (`caption`, `index --caption`) and the VLM (`ask`, `chat`).
+QuantizeOpt = Annotated[
+    Quantize | None,
+    typer.Option(
+        "--quantize", help="int8 weights through Quanto (CPU or CUDA), or 4bit / 8bit through bitsandbytes (CUDA only)"
+    ),
+]
+AttnOpt = Annotated[
+    Attention | None,
+    typer.Option(
+        "--attn",
+        help="Attention kernel; auto: flash_attention_2 on CUDA with the flash-attn package where the model has it, "
+        "else sdpa where it has it, else eager",
+    ),
+]
+CaptionQuantizeOpt = Annotated[
+    Quantize | None, typer.Option("--caption-quantize", help="The captioner's weights, as clipdex caption --quantize")
+]
+CaptionAttnOpt = Annotated[
+    Attention | None, typer.Option("--caption-attn", help="The captioner's attention kernel, as clipdex caption --attn")
+]
 OcrModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -156,6 +176,8 @@ def index(
     ] = False,
     caption: Annotated[bool, typer.Option("--caption", help="Also caption new and changed images")] = False,
     caption_model: CaptionModelOpt = None,
+    caption_quantize: CaptionQuantizeOpt = None,
+    caption_attn: CaptionAttnOpt = None,
     ocr: Annotated[bool, typer.Option("--ocr", help="Also read the text in new and changed images")] = False,
     ocr_model: OcrModelOpt = None,
     ocr_keys: OcrKeysOpt = None,
@@ -177,6 +199,8 @@ def index(
         device=device,
         workers=workers,
         caption_model=caption_model,
+        caption_quantize=caption_quantize,
+        caption_attn=caption_attn,
         ocr_model=ocr_model,
         ocr_keys=ocr_keys,
         index_memory=index_memory,
@@ -575,6 +599,8 @@ def caption(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per generation batch")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Caption length cap")] = None,
     beams: Annotated[int | None, typer.Option("--beams", min=1, help="Beam search width (1: greedy, fastest)")] = None,
+    quantize: QuantizeOpt = None,
+    attn: AttnOpt = None,
     device: DeviceOpt = None,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
@@ -592,6 +618,8 @@ def caption(
         caption_batch_size=batch_size,
         caption_max_new_tokens=max_new_tokens,
         caption_beams=beams,
+        caption_quantize=quantize,
+        caption_attn=attn,
         ray=ray_setting(ray, ray_address),
     )
     opened = run(open_store, settings.store)
@@ -661,13 +689,9 @@ DtypeOpt = Annotated[
     Literal["auto", "float32", "float16", "bfloat16"] | None,
     typer.Option("--dtype", help="VLM weights: auto is float16 on CUDA, float32 on CPU"),
 ]
-QuantizeOpt = Annotated[
-    Literal["none", "4bit", "8bit"] | None,
-    typer.Option("--quantize", help="4-bit or 8-bit VLM weights (CUDA + bitsandbytes)"),
-]
 
 
-def open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize):
+def open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize, attn):
     """A VisualQA over the store, with the VLM flags of `ask` and `chat`; the VLM loads with the first question."""
     from indexer.store import open_store
     from search.vlm import VisualQA
@@ -681,6 +705,7 @@ def open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype
         vlm_top_p=top_p,
         vlm_dtype=dtype,
         vlm_quantize=quantize,
+        vlm_attn=attn,
     )
     return VisualQA(run(open_store, settings.store), settings)
 
@@ -711,9 +736,10 @@ def ask_command(
     top_p: TopPOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantizeOpt = None,
+    attn: AttnOpt = None,
 ) -> None:
     """Ask a vision-language model a question about stored images; the answer streams."""
-    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize, attn)
     conversation = run(qa.start, images)
     run(say_answer, qa, conversation, question)
 
@@ -732,9 +758,10 @@ def chat(
     top_p: TopPOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantizeOpt = None,
+    attn: AttnOpt = None,
 ) -> None:
     """Talk about stored images with a vision-language model, question after question."""
-    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize)
+    qa = open_visual_qa(store, vlm, device, max_new_tokens, temperature, top_p, dtype, quantize, attn)
     conversation = run(qa.start, images)
     err.print(CHAT_HELP, highlight=False)
     while True:

@@ -11,24 +11,20 @@ A model loads by hub id or local directory through `from_pretrained`, on the fir
 loaded. Generation runs in a thread feeding transformers' `TextIteratorStreamer`, one at a time per model.
 """
 
-import importlib.util
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
 from indexer.decode import setup_heif, to_rgb
 from indexer.errors import BadInputError, GenerationError, ModelLoadError, NotFoundError
 from indexer.models import canonical_name, pick_device
+from indexer.pretrained import load_pretrained
 from indexer.settings import Settings
 from indexer.store import INDEXED, Store
-
-if TYPE_CHECKING:
-    import torch
 
 MAX_QUESTION_CHARS = 2000
 # LLaVA-1.5 spends 576 tokens on each image: four fit its 4,096-token context with room left for the talk.
@@ -228,43 +224,24 @@ def vlm_class(config) -> type[VLM]:
     )
 
 
-def load_kwargs(device: "torch.device", dtype: str, quantize: str) -> dict:
-    """from_pretrained arguments for a device, a dtype name and an optional bitsandbytes quantization."""
-    import torch
-
-    torch_dtype = getattr(torch, dtype) if dtype != "auto" else None
-    torch_dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    if quantize == "none":
-        return {"dtype": torch_dtype}
-    if device.type != "cuda":
-        raise ModelLoadError(f"{quantize} loading needs a CUDA GPU (bitsandbytes); here use --quantize none")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(f"{quantize} loading needs bitsandbytes: pip install 'clipdex[quantize]'")
-    from transformers import BitsAndBytesConfig
-
-    bits = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype, bnb_4bit_quant_type="nf4")
-    if quantize == "8bit":
-        bits = BitsAndBytesConfig(load_in_8bit=True)
-    return {"dtype": torch_dtype, "quantization_config": bits, "device_map": {"": device.index or 0}}
-
-
-def load_vlm(name: str, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> VLM:
+def load_vlm(name: str, device: str = "auto", dtype: str = "auto", quantize: str = "none", attn: str = "auto") -> VLM:
     """Load a BLIP-2, chat or BLIP VQA model with its processor, by hub id or local directory."""
     import transformers
     from transformers import AutoConfig, AutoProcessor
 
     name = canonical_name(name)
     torch_device = pick_device(device)
-    kwargs = load_kwargs(torch_device, dtype, quantize)
     try:
-        cls = vlm_class(AutoConfig.from_pretrained(name))
-        model = getattr(transformers, cls.model_class).from_pretrained(name, **kwargs)
+        config = AutoConfig.from_pretrained(name)
+        cls = vlm_class(config)
+        model_class = getattr(transformers, cls.model_class)
+        if hasattr(model_class, "_model_mapping"):  # an Auto class: the concrete one knows its attention kernels
+            model_class = model_class._model_mapping[type(config)]
+        model = load_pretrained(model_class, name, torch_device, dtype, quantize, attn)
         processor = AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load VLM {name!r}: {e}") from None
-    if "device_map" not in kwargs:  # quantized weights are placed while loading
-        model.to(torch_device)
-    vlm = cls(name, model.eval(), processor)
+    vlm = cls(name, model, processor)
     vlm.finish_loading()
     return vlm
 
@@ -308,7 +285,7 @@ class VisualQA:
         with self._load_lock:
             if self._vlm is None:
                 s = self.settings
-                self._vlm = load_vlm(s.vlm, s.device, s.vlm_dtype, s.vlm_quantize)
+                self._vlm = load_vlm(s.vlm, s.device, s.vlm_dtype, s.vlm_quantize, s.vlm_attn)
             return self._vlm
 
     def image_id(self, ref: str | int) -> int:
