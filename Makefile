@@ -12,7 +12,7 @@ BENCHES := startup indexing cluster api tagging duplicates clusters relevance oc
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
-.PHONY: help install index search serve test lint bench bench-scale bench-gpu bench-rclip
+.PHONY: help install index search serve test lint bench bench-scale bench-models bench-gpu bench-rclip
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -49,6 +49,9 @@ bench: $(BIN)/clipdex ## Run the CPU benchmarks and print their figures (BENCH_Q
 
 bench-scale: $(BIN)/clipdex ## Ten million synthetic CLIP-like images in one store: index kind, memory, recall, latency, tagging
 	$(BIN)/python -m bench.scale --sizes 10000000 --budgets 1GiB
+
+bench-models: $(BIN)/clipdex ## Measure every model `clipdex models` lists (random weights, ~40 min) into indexer/catalog_measured.json
+	$(BIN)/python -m bench.models --write
 
 bench-gpu: ## On a CUDA machine: every CUDA path once, full-size random weights (GPU_PYTHON=python3)
 	$(GPU_PYTHON) -m bench.gpu

@@ -363,6 +363,49 @@ def stats(
 
 
 @app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """The embedding models to choose from: size, input, languages, published quality and the cost measured here."""
+    from indexer.catalog import CATALOG, measured
+
+    figures = measured()
+    rows = [{**asdict(e), **figures["models"].get(e.id, {})} for e in CATALOG]
+    for row in rows:
+        for key in ("kind", "vision", "text", "vocab_size", "image_size", "patch_size", "max_patches", "extra"):
+            del row[key]  # how bench/models.py rebuilds it, not what a user chooses by
+    if json_out:
+        typer.echo(json.dumps({**{k: v for k, v in figures.items() if k != "models"}, "models": rows}))
+        return
+
+    def number(value, fmt: str, unit: str = "") -> str:
+        return "-" if value is None else format(value, fmt) + unit
+
+    table = Table("model (--model)", "family", "dim", "input", "languages", "ImageNet %", "COCO R@1 %", "params",
+                  "memory", "images/s", "text query", box=None)  # fmt: skip
+    for row in rows:
+        memory, rate = row.get("memory_mb"), row.get("images_per_s")
+        table.add_row(
+            row["id"], row["family"], str(row["dim"]), row["image"], row["languages"], number(row["imagenet"], ".1f"),
+            number(row["coco"], ".1f"), number(row.get("params_m"), "d", "M"),
+            number(memory and memory / 1024, ".1f", " GB"), number(rate, ".1f" if rate and rate >= 1 else ".2f"),
+            number(row.get("query_ms"), "d", " ms"),
+        )  # fmt: skip
+    out.print(table)
+    out.print(
+        "ImageNet: zero-shot top-1; COCO: text-to-image recall@1 (open_clip's results tables; SigLIP 2: its paper; "
+        "- where none was published at hand).",
+        highlight=False,
+    )
+    if figures.get("cpu"):
+        out.print(
+            "params, memory (peak resident, both towers), images/s (image tower, batch 16) and text query: measured "
+            f"by bench/models.py on {figures['cpu']}, {figures['runtime']}, {figures['date']} (a GPU: make bench-gpu).",
+            highlight=False,
+        )
+    else:
+        out.print("cost not measured yet: make bench-models", highlight=False)
+
+
+@app.command()
 def tag(
     labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels: 'cat,dog,beach'")] = None,
     labels_file: Annotated[
