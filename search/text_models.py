@@ -54,7 +54,9 @@ class SentenceTextModel:
             self.model = SentenceTransformer(self.name, device=None if device == "auto" else device)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load text model {name!r}: {e}") from None
-        self.dim = int(self.model.get_sentence_embedding_dimension() or self.embed_texts(["dim"]).shape[1])
+        # sentence-transformers 6 renamed the method; 3.x-5.x have only the old name
+        width = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(width() or self.embed_texts(["dim"]).shape[1])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), convert_to_numpy=True, show_progress_bar=False)
