@@ -11,6 +11,7 @@ median time of one text query. `make bench-models` writes the figures to indexer
 """
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -65,12 +66,11 @@ def measure(folder: Path) -> dict:
     from tests.conftest import photo
 
     embedder = OnnxEmbedder(folder, BATCH)
-    jpegs = []
+    images = []
     for seed, size in enumerate([(1024, 768), (768, 1024), (1280, 720), (900, 900)] * (BATCH // 4)):
-        path = folder / f"photo{seed}.jpg"
-        photo(seed, size).save(path, quality=90)
-        jpegs.append(path.read_bytes())
-    images = [decode_image(data, embedder.prep, 10**8).pixels for data in jpegs]
+        jpeg = io.BytesIO()
+        photo(seed, size).save(jpeg, "JPEG", quality=90)
+        images.append(decode_image(jpeg.getvalue(), embedder.prep, 10**8).pixels)
     embedder.embed_pixels(images)  # warm-up: kernel selection, first allocations
     batches, started = 0, time.perf_counter()
     while batches < 2 or time.perf_counter() - started < (3 if QUICK else 10):
