@@ -8,7 +8,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
-BENCHES := startup indexing cluster api tagging duplicates clusters relevance ocr scale postgres captions vlm
+BENCHES := startup indexing ray_indexing api tagging duplicates clusters relevance ocr scale postgres captions vlm
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
@@ -41,8 +41,10 @@ serve: $(BIN)/clipdex ## Serve the API and search page: make serve [STORE=path] 
 test: $(BIN)/clipdex ## Run the test suite
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/clipdex ## ruff check and format check
+lint: $(BIN)/clipdex ## ruff check and format check, the layout's import contracts, the CLI reference up to date
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m docs.gen_cli --check
 
 bench: $(BIN)/clipdex ## Run the CPU benchmarks and print their figures (BENCH_QUICK=1: a short run)
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
@@ -50,7 +52,7 @@ bench: $(BIN)/clipdex ## Run the CPU benchmarks and print their figures (BENCH_Q
 bench-scale: $(BIN)/clipdex ## Ten million synthetic CLIP-like images in one store: index kind, memory, recall, latency, tagging
 	$(BIN)/python -m bench.scale --sizes 10000000 --budgets 1GiB
 
-bench-models: $(BIN)/clipdex ## Measure every model `clipdex models` lists (random weights, ~40 min) into indexer/catalog_measured.json
+bench-models: $(BIN)/clipdex ## Measure every model `clipdex models` lists (random weights, ~40 min) into indexer/models/catalog_measured.json
 	$(BIN)/python -m bench.models --write
 
 bench-gpu: ## On a CUDA machine: every CUDA path once, full-size random weights (GPU_PYTHON=python3)

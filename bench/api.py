@@ -1,6 +1,6 @@
 """HTTP query latency of `clipdex serve`: text queries and similar-by-id at 10k, 100k and 1M stored vectors.
 
-Stores hold synthetic CLIP-like 512-d vectors (tests/planted.py); the text encoder is the full-size CLIP
+Stores hold synthetic CLIP-like 512-d vectors (tests/support/planted.py); the text encoder is the full-size CLIP
 ViT-B/32 text tower with random weights, the same compute as the real one. The server runs in its own
 process; clients are asyncio HTTP clients in this one. Every text query is distinct, so the service's
 query-vector cache never helps. Recall@10 of the store's index against exact search is printed for
@@ -23,11 +23,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from indexer.cpu import cpu_line
+from indexer.models.cpu import cpu_line
 from indexer.store import open_store
 from indexer.store.ann import ExactTop, recall_at
-from tests.model_factory import save_clip
-from tests.planted import ClipLike, plant_vectors
+from tests.support.model_factory import save_clip
+from tests.support.planted import ClipLike, plant_vectors
 
 WORDS = "dog cat beach car night street sofa sunset mountain lake document table wedding food pasta sneaker".split()
 

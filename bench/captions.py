@@ -30,10 +30,11 @@ import torch
 from rich.console import Console
 
 from bench.vlm import weight_bytes
-from indexer.caption import Captioner, full_prompt, load_captioner
-from indexer.models import pick_device, read_image_prep
-from tests.conftest import photo
-from tests.model_factory import make_blip2, save_blip
+from indexer.enrich.captioner import full_prompt
+from indexer.enrich.captions import Captioner, load_captioner
+from indexer.models.loading import pick_device, read_image_prep
+from tests.support.model_factory import make_blip2, save_blip
+from tests.support.photos import photo
 
 out = Console(highlight=False, soft_wrap=True)
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")

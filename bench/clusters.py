@@ -1,6 +1,6 @@
 """Clustering a collection (clipdex clusters) at 100k and 1M images: time, peak memory, the k it chose.
 
-CLIP-like synthetic vectors (tests/planted.py) in an embedded store, clustered as `clipdex clusters` does, with
+CLIP-like synthetic vectors (tests/support/planted.py) in an embedded store, clustered as `clipdex clusters` does, with
 the default k (by size) and with --auto (by silhouette): trained on a sample, every vector assigned in one
 streamed pass, named by the default vocabulary through a full-size ViT-B/32 text tower (random weights: the
 same compute).
@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 from bench.indexing import console, load, vit_b32
-from indexer.cpu import cpu_line
-from indexer.models import canonical_name
+from indexer.models.cpu import cpu_line
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
-from search.clusters import cluster_store
-from search.engine import SearchEngine
-from tests.planted import ClipLike, plant_vectors
+from search.service import Service
+from tests.support.planted import ClipLike, plant_vectors
 
 TARGET_1M_SECONDS = 300
 
@@ -37,11 +36,11 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             location = str(Path(tmp) / f"store-{size}")
             plant_vectors(location, ClipLike().image_chunks(size), model=model)
-            engine = SearchEngine(Settings(store=location))
+            engine = Service(Settings(store=location))
             engine.text_tower.embed_texts(["warm-up"])  # the model loads before the clock starts
             for auto in (False, True):
                 started = time.perf_counter()
-                result = cluster_store(engine, args.k, auto=auto)
+                result = engine.clusters(args.k, auto=auto)
                 seconds = time.perf_counter() - started
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 sizes = [c.size for c in result.clusters]

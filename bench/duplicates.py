@@ -1,6 +1,6 @@
 """Near-duplicate search at 100k and 1M images: time, peak memory, and how many planted near copies it finds.
 
-CLIP-like synthetic vectors (tests/planted.py) in an embedded store, with 1% of the images given a near copy
+CLIP-like synthetic vectors (tests/support/planted.py) in an embedded store, with 1% of the images given a near copy
 (cosine about 0.97, like two shots of a burst) and 0.2% an exact one. `--sizes 100000` for a quick run.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 from sqlalchemy import update
 
 from bench.indexing import console, load
-from indexer.cpu import cpu_line
+from indexer.models.cpu import cpu_line
 from indexer.store import Image
 from search.duplicates import find_duplicates
-from tests.planted import ClipLike, plant_vectors, unit
+from tests.support.planted import ClipLike, plant_vectors, unit
 
 TARGET_1M_SECONDS = 600
 

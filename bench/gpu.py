@@ -23,16 +23,16 @@ import torch
 
 from bench.captions import blip2_opt_2_7b, rate
 from bench.vlm import time_answers, weight_bytes
-from indexer.cpu import cpu_line
 from indexer.decode import decode_image
-from indexer.pipeline import index_folder
-from indexer.pretrained import installed
-from indexer.runtimes import make_embedder
+from indexer.indexing import index_folder
+from indexer.models.cpu import cpu_line
+from indexer.models.generative import installed
+from indexer.models.runtimes import make_embedder
 from indexer.settings import Settings
 from indexer.store import open_store
 from search.vlm import VisualQA
-from tests.conftest import write_photos
-from tests.model_factory import save_clip, save_llava
+from tests.support.model_factory import save_clip, save_llava
+from tests.support.photos import write_photos
 
 
 def embedding(root: Path, images: int) -> None:
@@ -64,7 +64,7 @@ def embedding(root: Path, images: int) -> None:
 def captions(images: int = 64, batch_size: int = 16, tokens: int = 20) -> None:
     """BLIP-2 OPT-2.7B fp16 captions/s at batch 16, 20 new tokens (beam 1)."""
     from indexer.decode import resize_and_crop
-    from tests.conftest import photo
+    from tests.support.photos import photo
 
     captioner = blip2_opt_2_7b("cuda", tokens)
     pixels = [resize_and_crop(photo(seed, (640, 480)), captioner.prep) for seed in range(images)]

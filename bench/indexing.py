@@ -23,13 +23,13 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from indexer.cpu import cpu_line
 from indexer.decode import WorkerConfig, load_file, setup_worker
-from indexer.onnx_runtime import AGREEMENT_BAR
+from indexer.models.cpu import cpu_line
+from indexer.models.onnx_runtime import AGREEMENT_BAR
 from indexer.settings import Settings, cpu_count
 
 if TYPE_CHECKING:
-    from indexer.embed import Embedder
+    from indexer.models.embedder import Embedder
 
 # torch-importing modules are imported inside functions: the spawned decode workers import this module again.
 
@@ -45,7 +45,7 @@ console = Console(highlight=False)
 
 def vit_b32() -> Path:
     """The benches' full-size ViT-B/32 with random weights, saved once under data/bench/."""
-    from tests.model_factory import save_clip
+    from tests.support.model_factory import save_clip
 
     model_dir = DATA / "vit-b-32"
     if not (model_dir / "config.json").exists():
@@ -59,7 +59,7 @@ def load() -> str:
 
 def bench_photo(seed: int, size: tuple[int, int], noise: np.ndarray) -> Image.Image:
     """A photo-like image at full size: a smooth scene drawn small and upscaled, plus sensor-like noise."""
-    from tests.conftest import photo
+    from tests.support.photos import photo
 
     w, h = size
     scene = photo(seed, (max(w // 4, 64), max(h // 4, 48))).resize((w, h), Image.Resampling.BICUBIC)
@@ -112,7 +112,7 @@ def decode_cost(paths: list[Path], config: WorkerConfig) -> tuple[float, list[np
 
 def encode_cost(embedder: "Embedder", pixels: list[np.ndarray], batches: int) -> tuple[float, float]:
     """(CPU ms per image, wall images/s) of the encoder alone on ready, normalised batches."""
-    from indexer.embed import image_inputs
+    from indexer.models.embedder import image_inputs
 
     size = embedder.batch_size
     batch = image_inputs([pixels[i % len(pixels)] for i in range(size)], embedder.prep)
@@ -186,12 +186,12 @@ class WorkerPeaks(threading.Thread):
 
 
 def main() -> None:
-    from indexer.models import load_model
-    from indexer.onnx_runtime import OnnxEmbedder
-    from indexer.pipeline import index_folder
-    from indexer.runtimes import make_embedder
-    from indexer.torch_embed import TorchEmbedder
-    from tests.model_factory import save_clip
+    from indexer.indexing import index_folder
+    from indexer.models.loading import load_model
+    from indexer.models.onnx_runtime import OnnxEmbedder
+    from indexer.models.runtimes import make_embedder
+    from indexer.models.torch_runtime import TorchEmbedder
+    from tests.support.model_factory import save_clip
 
     cores = cpu_count()
     console.print(cpu_line())

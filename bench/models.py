@@ -1,10 +1,10 @@
 """What each catalogued embedding model costs on this machine: parameters, memory, images/s, text query time.
 
-Each architecture in indexer/catalog.py is built with random weights (the real vocabulary and shapes, so the
+Each architecture in indexer/models/catalog.py is built with random weights (the real vocabulary and shapes, so the
 same compute and memory as the real checkpoint), saved with save_pretrained, exported to ONNX Runtime as
 `clipdex index` does on a CPU, and measured in a fresh process: peak resident memory with both towers open
 and a batch embedded, images/s of the image tower on decoded photos (batch 16, as the indexer runs), and the
-median time of one text query. `make bench-models` writes the figures to indexer/catalog_measured.json, which
+median time of one text query. `make bench-models` writes the figures to indexer/models/catalog_measured.json, which
 `clipdex models` prints; BENCH_QUICK=1 measures the first model only and writes nothing.
 
     python -m bench.models [--only ID ...] [--write]
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from indexer.catalog import CATALOG, MEASURED_FILE, CatalogModel, model_config
-from indexer.cpu import cpu_line
+from indexer.models.catalog import CATALOG, MEASURED_FILE, CatalogModel, model_config
+from indexer.models.cpu import cpu_line
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 BATCH = 16
@@ -39,7 +39,7 @@ def build(entry: CatalogModel, out: Path) -> int:
     import torch
     from transformers import AutoModel, CLIPImageProcessor, Siglip2ImageProcessorPil, SiglipImageProcessor
 
-    from tests.model_factory import make_gemma_tokenizer, make_tokenizer
+    from tests.support.model_factory import make_gemma_tokenizer, make_tokenizer
 
     torch.manual_seed(0)
     model = AutoModel.from_config(model_config(entry))
@@ -62,8 +62,8 @@ def measure(folder: Path) -> dict:
     import numpy as np
 
     from indexer.decode import decode_image
-    from indexer.onnx_runtime import OnnxEmbedder
-    from tests.conftest import photo
+    from indexer.models.onnx_runtime import OnnxEmbedder
+    from tests.support.photos import photo
 
     embedder = OnnxEmbedder(folder, BATCH)
     images = []
@@ -93,7 +93,7 @@ def measure(folder: Path) -> dict:
 
 def run(entry: CatalogModel, root: Path) -> dict:
     """Build, export (in its own process, as clipdex does) and measure (in another) one model."""
-    from indexer.onnx_runtime import find_or_export
+    from indexer.models.onnx_runtime import find_or_export
 
     model_dir, cache = root / "model", root / "cache"
     params = build(entry, model_dir)

@@ -1,4 +1,4 @@
-"""Reading text in images (indexer/ocr.py) with the real PP-OCRv4 models: search recall, character accuracy, speed.
+"""Reading text in images (indexer/enrich/ocr.py) with the real PP-OCRv4 models: recall, character accuracy, speed.
 
 Quality: words and numbers rendered on the spot with fonts from Debian packages (fonts-dejavu-core,
 fonts-liberation), at 12 to 80 px, dark on light and light on dark, rotated up to 3 degrees, slightly blurred,
@@ -26,12 +26,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from bench.indexing import bench_photo, console, grain, load, vit_b32
-from indexer.cpu import cpu_line
-from indexer.ocr import Reader
-from indexer.pipeline import index_folder
+from indexer.enrich.ocr import Reader
+from indexer.indexing import index_folder
+from indexer.models.cpu import cpu_line
 from indexer.settings import Settings
 from indexer.store import TextLine, open_store
-from search.engine import SearchEngine
+from search.service import Service
 
 FONTS = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -101,7 +101,7 @@ def quality(tmp: Path, per_condition: int) -> None:
     started = time.perf_counter()
     index_folder(folder, settings, show_progress=False, ocr=True)
     console.print(f"indexed {len(made)} rendered images with --ocr in {time.perf_counter() - started:.0f} s")
-    engine = SearchEngine(Settings(store=settings.store))
+    engine = Service(Settings(store=settings.store))
     store = open_store(settings.store)
     with store.session() as s:
         lines = s.query(TextLine).all()

@@ -21,11 +21,11 @@ import numpy as np
 
 from bench.api import load, start_server, text_queries
 from bench.scale import YEAR, percentile, year_of
-from indexer.cpu import cpu_line
+from indexer.models.cpu import cpu_line
 from indexer.store import INDEXED, Filters, Image, get_root, open_store, postgres, utcnow
 from indexer.store.ann import ExactTop, recall_at
-from tests.model_factory import save_clip
-from tests.planted import ClipLike, plant_vectors
+from tests.support.model_factory import save_clip
+from tests.support.planted import ClipLike, plant_vectors
 
 DIM, QUERIES, FILTERED = 512, 200, 50
 BUILD_MEMORY = 4 * 2**30  # maintenance_work_mem for the HNSW build: the graph of 1M 512-d vectors fits

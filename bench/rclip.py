@@ -87,7 +87,7 @@ def ensure_setup() -> None:
         if CLIPDEX_MODEL.name == "vit-b32-256":  # made by bench/rclip_model.py with rclip's weights
             subprocess.run([str(PYTHON), "-m", "bench.rclip_model", "--force"], check=True, cwd=ROOT)
         else:
-            from tests.model_factory import save_clip
+            from tests.support.model_factory import save_clip
 
             save_clip(CLIPDEX_MODEL, size="vit-b32")
 

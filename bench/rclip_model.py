@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from indexer.onnx_export import ImageTower, TextTower  # the towers clipdex exports; rclip names the graph inputs
-from tests.model_factory import VIT_B32_TEXT, VIT_B32_VISION  # ViT-B/32's widths and depths
+from indexer.models.onnx_export import ImageTower, TextTower  # the towers clipdex exports; rclip names the graph inputs
+from tests.support.model_factory import VIT_B32_TEXT, VIT_B32_VISION  # ViT-B/32's widths and depths
 
 MODEL_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip.model_download.MODEL_SUBDIR
 VISUAL_ONNX, TEXTUAL_ONNX = "visual.onnx", "textual.onnx"
@@ -175,7 +175,7 @@ def check(module: torch.nn.Module, example: torch.Tensor, path: Path, dtype: str
 
 def save_hf(model: CLIPModel, out: Path) -> None:
     """The same weights for clipdex: checkpoint, a small BPE tokenizer (ids < 300) and a 256x256 processor."""
-    from tests.model_factory import make_tokenizer
+    from tests.support.model_factory import make_tokenizer
 
     model.save_pretrained(out)
     make_tokenizer().save_pretrained(out)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.indexing import console
-from indexer.cpu import cpu_line
+from indexer.models.cpu import cpu_line
 from search.relevance import SAMPLE_SIZE, Background
-from tests.planted import ClipLike, unit
+from tests.support.planted import ClipLike, unit
 
 QUERIES = 90  # per set; a third without matches
 NEUTRAL_PROMPTS = 8

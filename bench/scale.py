@@ -1,6 +1,6 @@
 """Scale: synthetic CLIP-like collections of 1M (`make bench`) and 10M (`make bench-scale`) in a real store.
 
-The vectors behave like CLIP's (tests/planted.py ClipLike: a narrow cone, clusters of heavy-tailed sizes,
+The vectors behave like CLIP's (tests/support/planted.py ClipLike: a narrow cone, clusters of heavy-tailed sizes,
 text-like queries from a shifted cone); the rows carry what the indexer records of a photo. Per size and
 index kind (the default budget, and a smaller one that shows the next kind) it prints: index build time,
 the service's resident memory and open-to-first-answer time in a fresh process (model aside), bytes per
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import ByteSize, TypeAdapter
 
-from indexer.cpu import cpu_line
+from indexer.models.cpu import cpu_line
 from indexer.store import Filters, open_store
 from indexer.store.ann import ExactTop, recall_at
-from tests.planted import FIRST_DAY, ClipLike, plant_vectors
+from tests.support.planted import FIRST_DAY, ClipLike, plant_vectors
 
 DIM, QUERIES, PROBES, LABELS = 512, 200, 160, 1000
 FILTERED_QUERIES = 50
@@ -39,7 +39,7 @@ TARGETS_10M = "service RSS <= 2 GB, recall@10 >= 0.95, search p50 <= 10 ms, open
 
 
 def year_of(ids: np.ndarray) -> np.ndarray:
-    """Capture years of planted images (tests/planted.py taken_at, to the day)."""
+    """Capture years of planted images (tests/support/planted.py taken_at, to the day)."""
     days = np.datetime64(FIRST_DAY.date()) + ((ids * 7919) % 3652).astype("timedelta64[D]")
     return days.astype("datetime64[Y]").astype(int) + 1970
 
@@ -144,10 +144,10 @@ def open_child(store_dir: Path) -> None:
     """In a fresh process: open the store as the service does and answer one query; print the figures."""
     started = time.perf_counter()
     from indexer.settings import Settings
-    from search.engine import SearchEngine
+    from search.service import Service
 
     imported = time.perf_counter()
-    engine = SearchEngine(Settings(store=store_dir), serving=True)
+    engine = Service(Settings(store=store_dir), serving=True)
     engine.store.search(ClipLike(DIM).texts(1, seed=99)[0], 10)
     answered = time.perf_counter()
     kb = {key: status_kb(key) for key in ("VmRSS", "RssAnon", "RssFile")}
@@ -166,7 +166,7 @@ def open_child(store_dir: Path) -> None:
 
 def tag_child(store_dir: Path) -> None:
     """In a fresh process: tag every stored vector with 1,000 labels (top-1); print time and peak memory."""
-    from search.tagging import Classifier, TagOptions, tag_store
+    from indexer.enrich.tags import Classifier, TagOptions, tag_store
 
     store = open_store(store_dir)
     weights = ClipLike(DIM).texts(LABELS, seed=7)

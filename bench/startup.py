@@ -15,17 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-from indexer.cpu import cpu_line
+from indexer.models.cpu import cpu_line
 
 DATA = Path(os.environ.get("BENCH_DATA", "data/bench")).resolve()
 RUNS = 5
 PARTS = """
 import time
 started = time.perf_counter()
-from search.engine import SearchEngine
+from search.service import Service
 from indexer.settings import Settings
 imported = time.perf_counter()
-engine = SearchEngine(Settings(store={store!r}))
+engine = Service(Settings(store={store!r}))
 engine.index()
 opened = time.perf_counter()
 engine.embedder.session("text")
@@ -54,8 +54,8 @@ def wall(command: list[str], env: dict, prepare=None) -> tuple[float, float]:
 
 
 def main() -> None:
-    from tests.conftest import write_photos
-    from tests.model_factory import save_clip
+    from tests.support.model_factory import save_clip
+    from tests.support.photos import write_photos
 
     print(cpu_line())
     model = DATA / "vit-b-32"

@@ -47,8 +47,8 @@ def machine() -> str:
 
 
 def write_store(path: Path, count: int) -> None:
-    """A store with `count` random unit vectors, written in bulk (tests/planted.py)."""
-    from tests.planted import plant_vectors, unit
+    """A store with `count` random unit vectors, written in bulk (tests/support/planted.py)."""
+    from tests.support.planted import plant_vectors, unit
 
     rng = np.random.default_rng(0)
     chunks = (unit(rng.standard_normal((min(50_000, count - start), DIM))) for start in range(0, count, 50_000))
@@ -57,8 +57,8 @@ def write_store(path: Path, count: int) -> None:
 
 def run_tagging(count: int) -> None:
     """Time tag_store over a fresh store of `count` vectors (store writing is not timed)."""
+    from indexer.enrich.tags import Classifier, TagOptions, tag_store
     from indexer.store import open_store
-    from search.tagging import Classifier, TagOptions, tag_store
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         t = time.perf_counter()
@@ -84,10 +84,11 @@ def run_tagging(count: int) -> None:
 
 def run_label_embedding() -> None:
     """Time embedding 1,000 labels x 5 templates with a ViT-B/32-sized CLIP text tower (random weights)."""
-    from indexer.runtimes import make_embedder
+    from indexer.enrich.labels import DEFAULT_TEMPLATES
+    from indexer.enrich.tags import embed_prompts
+    from indexer.models.runtimes import make_embedder
     from indexer.settings import Settings
-    from search.tagging import DEFAULT_TEMPLATES, embed_prompts
-    from tests.model_factory import CORPUS, save_clip
+    from tests.support.model_factory import CORPUS, save_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         save_clip(Path(tmp) / "clip-b32", size="vit-b32")

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import open_store
 from search.vlm import GenerationOptions, VisualQA
-from tests.conftest import write_photos
-from tests.model_factory import save_blip2, save_clip, save_llava
+from tests.support.model_factory import save_blip2, save_clip, save_llava
+from tests.support.photos import write_photos
 
 out = Console(highlight=False, soft_wrap=True)  # figures stay on one line when piped
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")

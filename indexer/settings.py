@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_VLM = "Salesforce/blip2-opt-2.7b"
-# How a VLM's or captioner's weights are stored (indexer/pretrained.py): int8 through Quanto (CPU or CUDA),
+# How a VLM's or captioner's weights are stored (indexer/models/generative.py): int8 through Quanto (CPU or CUDA),
 # 4bit / 8bit through bitsandbytes (CUDA only).
 Quantize = Literal["none", "int8", "4bit", "8bit"]
 # Its attention kernel; "auto": flash_attention_2 on CUDA with the flash-attn package where the model has it,
@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     # None: the model a store was built with, or DEFAULT_MODEL for a new store.
     model: str | None = None
-    # A text encoder for queries other than the store model's own, sharing its space (search/text_models.py):
+    # A text encoder for queries other than the store model's own, sharing its space (indexer/models/paired_text.py):
     # sentence-transformers/clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32 stores. None: the model's own.
     text_model: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     cpu_runtime: Literal["onnx", "torch", "onnx-int8"] = "onnx"
     # Decode worker processes; None: one per core.
     workers: int | None = None
-    # Index on a Ray cluster (indexer/cluster.py): its address ("auto", "host:6379"), or
+    # Index on a Ray cluster (indexer/runners/ray.py): its address ("auto", "host:6379"), or
     # "default" for Ray's own choice (RAY_ADDRESS, else the cluster this machine runs, else a new one here).
     ray: str | None = None
     # Rows are committed (and made crash-safe) at least this often.
@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     caption_model: str | None = None
     caption_quantize: Quantize = "none"
     caption_attn: Attention = "auto"
-    # Text reading (indexer/ocr.py): None is the wheel's PP-OCRv4 recognizer; else a rec .onnx and its characters.
+    # Text reading (indexer/enrich/ocr.py): None is the wheel's PP-OCRv4 recognizer; else a rec .onnx and its
+    # characters.
     ocr_model: str | None = None
     ocr_keys: str | None = None
     # None: the family's default ("a photography of" for BLIP, a "Question: ... Answer:" for BLIP-2).

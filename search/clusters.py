@@ -25,9 +25,11 @@ import faiss
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from indexer.enrich.labels import DEFAULT_TEMPLATES, check_labels, read_labels_file
+from indexer.enrich.tags import CHUNK, embed_prompts, read_ahead
 from indexer.errors import BadInputError
+from indexer.models.embedder import Embedder
 from indexer.store import Store
-from search.tagging import CHUNK, DEFAULT_TEMPLATES, check_labels, embed_prompts, read_ahead, read_labels_file
 
 VOCABULARY_FILE = Path(__file__).with_name("vocabulary.txt")
 MAX_K = 1000
@@ -111,19 +113,23 @@ def name_clusters(centroids: np.ndarray, label_vectors: np.ndarray, labels: list
 
 
 def cluster_store(
-    engine, k: int | None = None, labels: list[str] | None = None, auto: bool = False, show_progress: bool = False
+    store: Store,
+    text_tower: Embedder,
+    k: int | None = None,
+    labels: list[str] | None = None,
+    auto: bool = False,
+    show_progress: bool = False,
 ) -> Clustering:
-    """Cluster the engine's store into k clusters (None: by silhouette if `auto`, else default_k), named by
-    `labels` (None: the default vocabulary)."""
+    """Cluster the store into k clusters (None: by silhouette if `auto`, else default_k), named by `labels`
+    (None: the default vocabulary) embedded with `text_tower`."""
     started = time.perf_counter()
-    store: Store = engine.store
     images = store.count_vectors()
     if images < 2:
         raise BadInputError("the store has fewer than two indexed images: nothing to cluster")
     if k is not None and not 2 <= k <= min(MAX_K, images):
         raise BadInputError(f"k must be between 2 and {min(MAX_K, images)} (the number of images, at most {MAX_K})")
     labels = check_labels(labels) if labels is not None else default_vocabulary()
-    label_vectors = embed_prompts(engine.text_tower, labels, DEFAULT_TEMPLATES)
+    label_vectors = embed_prompts(text_tower, labels, DEFAULT_TEMPLATES)
     chosen = "given"
     if k is None and auto:
         k, chosen = choose_k(store, images)

@@ -34,7 +34,7 @@ class Member:
     path: str
     width: int
     height: int
-    size: int  # bytes
+    bytes: int  # the file's size
     taken_at: datetime | None
     similarity: float  # cosine to the group's keeper (1.0 for the keeper)
 
@@ -53,7 +53,7 @@ class DuplicateGroup:
     @property
     def reclaimable(self) -> int:
         """Bytes the copies other than the keeper take."""
-        return sum(m.size for m in self.members[1:])
+        return sum(m.bytes for m in self.members[1:])
 
 
 def check_threshold(threshold: float) -> float:

@@ -21,8 +21,8 @@ from PIL import Image, ImageOps
 
 from indexer.decode import setup_heif, to_rgb
 from indexer.errors import BadInputError, GenerationError, ModelLoadError, NotFoundError
-from indexer.models import canonical_name, pick_device
-from indexer.pretrained import load_pretrained
+from indexer.models.generative import load_pretrained
+from indexer.models.loading import canonical_name, pick_device
 from indexer.settings import Settings
 from indexer.store import INDEXED, Store
 

@@ -1,13 +1,19 @@
 """Shared fixtures: tiny random-weight models saved like hub checkpoints, and planted photo folders."""
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from sqlalchemy import select
 
+from indexer.indexing import index_folder
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
-from tests.model_factory import (
+from indexer.store import Caption, Image, Tag, open_store, utcnow
+from search.service import Service
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.model_factory import (
     CORPUS,
     GERMAN,
     save_blip,
@@ -17,6 +23,8 @@ from tests.model_factory import (
     save_siglip2,
     save_student_text_model,
 )
+from tests.support.photos import write_photos
+from tests.support.planted import CONE, DIM, DOG, LIGHTHOUSE, UNICORN, plant_vectors, unit
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,9 +71,9 @@ def st_clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def student_dirs(tmp_path_factory, clip_dir) -> tuple[Path, Path]:
     """A text model distilled into tiny-clip's space (English and German), and its untrained twin."""
-    from indexer.models import load_model
-    from indexer.torch_embed import TorchEmbedder
-    from search.text_models import PROBES
+    from indexer.models.loading import load_model
+    from indexer.models.paired_text import PROBES
+    from indexer.models.torch_runtime import TorchEmbedder
 
     teacher = TorchEmbedder(load_model(str(clip_dir), "cpu"), 16)
     english, translations = list(PROBES) + CORPUS, dict(zip(GERMAN, CORPUS, strict=True))
@@ -74,32 +82,6 @@ def student_dirs(tmp_path_factory, clip_dir) -> tuple[Path, Path]:
         save_student_text_model(root / "student", teacher, english, translations),
         save_student_text_model(root / "stranger", teacher, english, translations, trained=False),
     )
-
-
-def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A photo-like image: smooth gradients, a few shapes and some noise, different for each seed."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = rng.uniform(0, 255, 3)
-    slope = rng.uniform(-0.6, 0.6, (3, 2))
-    img = np.stack([base[c] + slope[c, 0] * x * 240 / w + slope[c, 1] * y * 240 / h for c in range(3)], axis=-1)
-    for _ in range(4):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.3) * min(w, h)
-        img[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 6, img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-def write_photos(folder: Path, count: int, start: int = 0, size=(320, 240)) -> list[Path]:
-    """Write `count` distinct JPEG photos named img{seed}.jpg into folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed in range(start, start + count):
-        path = folder / f"img{seed:03d}.jpg"
-        photo(seed, size).save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture
@@ -132,3 +114,58 @@ def store_location(request, tmp_path) -> str:
     if request.param == "embedded":
         return str(tmp_path / "store")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, clip_dir) -> Settings:
+    """Six photos in beach/ and city/, indexed; beach ones dated 2021, city ones 2023; tags and a caption."""
+    root = tmp_path_factory.mktemp("photos")
+    write_photos(root / "beach", 3, start=0)
+    write_photos(root / "city", 3, start=3)
+    settings = Settings(
+        store=tmp_path_factory.mktemp("api") / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4
+    )
+    index_folder(root, settings, show_progress=False)
+    store = open_store(settings.store)
+    with store.session() as s:
+        for image in s.scalars(select(Image)):
+            year = 2021 if image.relpath.startswith("beach/") else 2023
+            image.taken_at = datetime(year, 6, 1 + image.id, 12, 0)
+            s.add(
+                Tag(
+                    image_id=image.id,
+                    label_set="places",
+                    label=year == 2021 and "Sea" or "street",
+                    score=0.9,
+                    model="m",
+                )
+            )
+        first = s.scalar(select(Image.id).where(Image.relpath == "beach/img000.jpg"))
+        s.add(Caption(image_id=first, model="blip", prompt="", text="a sunny beach", created_at=utcnow()))
+        s.commit()
+    return settings
+
+
+@pytest.fixture
+def lighthouses(tmp_path, clip_dir, monkeypatch):
+    """2000 images in a cone around CONE and five lighthouses; texts sit in a cone of their own (the gap)."""
+    rng = np.random.default_rng(2)  # its background's best z per query: 2.95, 3.26, 2.95 (the cut: 3.48)
+    background = unit(0.8 * CONE + 0.6 * unit(rng.standard_normal((2000, DIM)) * (np.arange(DIM) != 63)))
+    lighthouses = unit(0.8 * CONE + 0.55 * LIGHTHOUSE + 0.05 * rng.standard_normal((5, DIM)))
+    faint = unit(0.8 * CONE + 0.6 * unit(LIGHTHOUSE + 2.5 * rng.standard_normal(DIM) * (np.arange(DIM) > 5)))
+    location = str(tmp_path / "store")
+    plant_vectors(location, np.concatenate([lighthouses, faint[None], background]), model=canonical_name(str(clip_dir)))
+    texts = {"lighthouse": unit(0.5 * CONE + 0.85 * LIGHTHOUSE), "unicorn": unit(0.5 * CONE + 0.85 * UNICORN)}
+    texts["a dog"] = unit(0.2 * CONE + 0.95 * DOG)  # another baseline altogether
+    monkeypatch.setattr(Service, "_embed_text", lambda self, text: texts[text])
+    return location
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

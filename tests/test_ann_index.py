@@ -11,8 +11,8 @@ import indexer.store.ann as ann
 from indexer.settings import Settings
 from indexer.store import Tag, open_store
 from indexer.store.ann import Kind, choose, outgrown
-from search.engine import Filters, SearchEngine
-from tests.planted import ClipLike, plant_vectors
+from search.service import Filters, Service
+from tests.support.planted import ClipLike, plant_vectors
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_a_compressed_index_keeps_recall_on_text_like_and_image_like_queries(tmp
     model = ClipLike(dim=64, clusters=200)
     vectors = model.images(30_000)
     store = plant_vectors(tmp_path / "s", vectors, index_memory=30_000 * 24)  # room for 4-bit codes only
-    store.save_probes(model.texts(200, seed=3))  # what the indexer embeds from indexer/probes.py
+    store.save_probes(model.texts(200, seed=3))  # what the indexer embeds from indexer/store/probes.py
     store.save_index()
     assert store.kind.compressed and store.kind.family.startswith("PQ") and store.tuning.rerank > 1
     assert recall(store, vectors, model.texts(100, seed=4)) >= 0.95  # held-out text-like queries
@@ -80,7 +80,7 @@ def test_filters_keep_recall_through_a_compressed_index(tmp_path, small_limit):
     with store.session() as s:
         s.add_all(Tag(image_id=i, label_set="set", label="rare", score=1.0, model="m") for i in allowed)
         s.commit()
-    engine = SearchEngine(Settings(store=tmp_path / "s", index_memory=20_000 * 24))
+    engine = Service(Settings(store=tmp_path / "s", index_memory=20_000 * 24))
     query = model.texts(1, seed=9)[0]
     hits = engine.search_vector(query, 10, filters=Filters(tag="rare"))
     assert engine.store.kind.compressed

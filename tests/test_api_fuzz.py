@@ -6,10 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from search.api import create_app
-from tests.test_api import planted  # noqa: F401  (the planted store fixture)
 
 
-def test_no_server_errors(planted):  # noqa: F811
+def test_no_server_errors(planted):
     app = create_app(planted)
     with TestClient(app):  # runs the lifespan: model and index loaded, inference thread up
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from search.batching import TextBatcher
+from search.query_batcher import TextBatcher
 
 
 def test_queued_texts_share_calls_and_get_their_own_vectors():

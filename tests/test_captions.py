@@ -10,15 +10,16 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from indexer.caption import CPU_CAPTIONER, Captioner, caption_store, load_captioner
+from indexer.enrich.captioner import CPU_CAPTIONER
+from indexer.enrich.captions import Captioner, caption_store, load_captioner
 from indexer.errors import BadInputError, ModelLoadError
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.store import Caption, CaptionFailure, Image, Tag, open_store, utcnow
 from search.api import create_app
 from search.cli import app
-from search.engine import RRF_K, SearchEngine
-from tests.conftest import photo, write_photos
-from tests.model_factory import save_blip2
+from search.service import RRF_K, Service
+from tests.support.model_factory import save_blip2
+from tests.support.photos import photo, write_photos
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +88,7 @@ def test_default_captioner_on_cpu_is_blip_base(settings, monkeypatch):
         seen.append(name)
         raise ModelLoadError("stop here")
 
-    monkeypatch.setattr("indexer.caption.caption_family", fake_family)
+    monkeypatch.setattr("indexer.enrich.captioner.caption_family", fake_family)
     with pytest.raises(ModelLoadError):
         caption_store(open_store(settings.store, "m", 4, create=True), settings)
     assert seen == [CPU_CAPTIONER]
@@ -124,7 +125,7 @@ def test_index_with_captions_is_incremental(tmp_path, cap_settings, blip_dir):
 
 
 def test_index_without_caption_flag_loads_no_captioner(tmp_path, cap_settings, monkeypatch):
-    monkeypatch.setattr("indexer.caption.load_captioner", lambda *a: pytest.fail("captioner loaded"))
+    monkeypatch.setattr("indexer.enrich.captions.load_captioner", lambda *a: pytest.fail("captioner loaded"))
     write_photos(tmp_path / "photos", 2)
     summary = index_folder(tmp_path / "photos", cap_settings, show_progress=False)
     assert summary.captions is None
@@ -222,11 +223,11 @@ COSINES = {1: 0.9, 2: 0.7, 3: 0.5, 4: 0.3, 5: 0.1}
 
 
 @pytest.fixture
-def planted(tmp_path, settings) -> SearchEngine:
+def planted(tmp_path, settings) -> Service:
     """Five indexed images whose vectors and captions are replaced by planted ones."""
     write_photos(tmp_path / "photos", 5)
     index_folder(tmp_path / "photos", settings, show_progress=False)
-    engine = SearchEngine(settings)
+    engine = Service(settings)
     query = engine.embedder.embed_texts([QUERY])[0]
     rng = np.random.default_rng(0)
     store = engine.store
@@ -294,7 +295,7 @@ def test_hybrid_ties_go_to_the_better_embedding_rank(planted):
 def test_hybrid_without_captions_is_embedding_search(tmp_path, settings):
     write_photos(tmp_path / "photos", 3)
     index_folder(tmp_path / "photos", settings, show_progress=False)
-    engine = SearchEngine(settings)
+    engine = Service(settings)
     assert [(h.id, h.score) for h in engine.search("a dog", "hybrid", k=3)] == [
         (h.id, h.score) for h in engine.search("a dog", "embedding", k=3)
     ]
@@ -315,14 +316,14 @@ def test_api_and_row_filters_take_the_mode(planted, settings):
             assert response.status_code == 200, response.text
             return response.json()["hits"]
 
-        assert [h["id"] for h in search()] == [1, 2, 3, 4, 5]  # the API's default stays embedding (cosine scores)
-        hybrid = search(mode="hybrid")
+        assert [h["id"] for h in search(mode="embedding")] == [1, 2, 3, 4, 5]
+        hybrid = search()  # the default, as in the CLI and the page
         assert [h["id"] for h in hybrid] == [3, 5, 4, 1, 2]
         assert hybrid[0]["caption"] == "a bicycle"
         assert [h["id"] for h in search(mode="caption")] == [5, 3, 4]
         assert [h["id"] for h in search(mode="caption", tag="red")] == [3, 4]
         assert [h["id"] for h in search(mode="hybrid", tag="red")] == [3, 4]
-        for bad in ({"mode": "fuzzy"}, {"mode": "hybrid", "min_score": 0.5}):
+        for bad in ({"mode": "fuzzy"}, {"mode": "caption", "min_score": 0.5}):
             response = client.get("/api/search", params={"q": QUERY, **bad})
             assert response.status_code == 422, response.text
 
@@ -341,7 +342,7 @@ def test_fts_follows_updates_deletes_and_migration(planted, settings):
         for name in ("captions_fts_insert", "captions_fts_delete", "captions_fts_update"):
             conn.exec_driver_sql(f"DROP TRIGGER {name}")
         conn.exec_driver_sql("DROP TABLE captions_fts")
-    reopened = SearchEngine(settings)
+    reopened = Service(settings)
     assert ids(reopened.search(QUERY, "caption", k=5)) == [4]
     assert ids(reopened.search("tandem", "caption")) == [3]
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from indexer import catalog
-from indexer.catalog import CATALOG, measured, model_config
-from indexer.models import embedding_dim
+from indexer.models import catalog
+from indexer.models.catalog import CATALOG, measured, model_config
+from indexer.models.loading import embedding_dim
 from search.cli import app
 
 runner = CliRunner()

@@ -9,13 +9,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from indexer.errors import BadInputError
-from indexer.models import canonical_name
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from search.api import create_app
 from search.cli import app
-from search.clusters import cluster_store, default_vocabulary
-from search.engine import SearchEngine
-from tests.planted import plant_vectors, unit
+from search.clusters import default_vocabulary
+from search.service import Service
+from tests.support.planted import plant_vectors, unit
 
 DIM = 64
 AXES = np.eye(DIM, dtype=np.float32)
@@ -41,7 +41,7 @@ class PlantedTexts:
 
 @pytest.fixture
 def store_dir(tmp_path, clip_dir, monkeypatch):
-    monkeypatch.setattr(SearchEngine, "text_tower", property(lambda self: PlantedTexts()))
+    monkeypatch.setattr(Service, "text_tower", property(lambda self: PlantedTexts()))
     rng = np.random.default_rng(4)
     vectors = np.concatenate(
         [unit(0.7 * CONE + 0.7 * AXES[LABELS.index(name)] + 0.05 * rng.standard_normal((len(ids), DIM)))
@@ -53,7 +53,7 @@ def store_dir(tmp_path, clip_dir, monkeypatch):
 
 
 def test_planted_groups_come_back_named(store_dir):
-    result = cluster_store(SearchEngine(Settings(store=store_dir)), k=4, labels=LABELS)
+    result = Service(Settings(store=store_dir)).clusters(k=4, labels=LABELS)
     assert [c.number for c in result.clusters] == [1, 2, 3, 4]
     assert [c.size for c in result.clusters] == [60, 40, 30, 20]  # largest first
     for cluster, (name, ids) in zip(result.clusters, GROUPS.items(), strict=True):
@@ -64,21 +64,19 @@ def test_planted_groups_come_back_named(store_dir):
 
 
 def test_k_is_chosen_by_silhouette_or_by_size(store_dir):
-    result = cluster_store(SearchEngine(Settings(store=store_dir)), labels=LABELS, auto=True)
+    result = Service(Settings(store=store_dir)).clusters(labels=LABELS, auto=True)
     assert result.k == 4 and result.chosen.startswith("auto (silhouette")
-    assert cluster_store(SearchEngine(Settings(store=store_dir)), labels=LABELS).k == 2  # sqrt(150 / 50) = 1.7
-    names = {
-        label for c in cluster_store(SearchEngine(Settings(store=store_dir)), k=4).clusters for label, _ in c.labels
-    }
+    assert Service(Settings(store=store_dir)).clusters(labels=LABELS).k == 2  # sqrt(150 / 50) = 1.7
+    names = {label for c in Service(Settings(store=store_dir)).clusters(k=4).clusters for label, _ in c.labels}
     assert names <= set(default_vocabulary())  # no labels given: the default vocabulary names them
 
 
 def test_bad_arguments(store_dir):
-    engine = SearchEngine(Settings(store=store_dir))
+    engine = Service(Settings(store=store_dir))
     with pytest.raises(BadInputError, match="k must be between 2 and 150"):
-        cluster_store(engine, k=151, labels=LABELS)
+        engine.clusters(k=151, labels=LABELS)
     with pytest.raises(BadInputError, match="label set is empty"):
-        cluster_store(engine, k=4, labels=[" "])
+        engine.clusters(k=4, labels=[" "])
 
 
 def test_cli(store_dir):

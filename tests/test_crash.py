@@ -9,40 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy.exc import OperationalError
 
-from indexer.errors import StoreFormatError, StoreNotFoundError
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
-from indexer.store import INDEXED, is_database_url, open_store
-from tests.conftest import write_photos
-from tests.test_index import faiss_ids, stored
-
-INDEXER = "from search.cli import app; app()"
-
-
-def indexed_rows(location) -> int:
-    try:
-        store = open_store(location)
-    except (StoreNotFoundError, StoreFormatError, OperationalError):  # not created yet, or being created
-        return 0
-    try:
-        return store.counts().get(INDEXED, 0)
-    finally:
-        store.engine.dispose()  # polled often: no pool of connections left behind each time
+from indexer.store import is_database_url
+from tests.support.photos import write_photos
+from tests.support.processes import INDEXER, alive
+from tests.support.stores import faiss_ids, indexed_rows, stored
 
 
 def child_pids(pid: int) -> list[int]:
     """The live children of a process (Linux /proc)."""
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for a parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 @pytest.mark.slow

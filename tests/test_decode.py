@@ -17,7 +17,7 @@ from indexer.decode import (
     setup_heif,
     setup_worker,
 )
-from tests.conftest import photo
+from tests.support.photos import photo
 
 CLIP_PREP = ImagePrep(
     resize_to=(224, 0), crop=(224, 224), resample=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rescale=1 / 255

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 import search.duplicates
 from indexer.errors import BadInputError
-from indexer.models import canonical_name
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from indexer.store import Image, open_store
 from search.api import create_app
 from search.cli import app
 from search.duplicates import find_duplicates
-from tests.planted import plant_vectors, unit
+from tests.support.planted import plant_vectors, unit
 
 DIM = 64
 COPIES = [11, 12, 13]  # byte-identical: one hash, one vector
@@ -71,7 +71,7 @@ def test_planted_groups_come_back_exactly_with_their_keepers(planted, monkeypatc
     keeper = found[0].keeper
     assert (keeper.width, keeper.height, keeper.similarity) == (6000, 4000, 1.0)
     assert all(0.95 <= m.similarity < 1.0 for m in found[0].members[1:])
-    assert found[1].reclaimable == sum(m.size for m in found[1].members if m.id != 13)
+    assert found[1].reclaimable == sum(m.bytes for m in found[1].members if m.id != 13)
     assert groups_of(find_duplicates(open_store(store), 0.9)) == [([22, 20, 21, 23], False), ([13, 12, 11], True),
                                                                   ([30, 31], False)]  # fmt: skip
     assert groups_of(find_duplicates(open_store(store), 0.95, folder="/planted/burst")) == [([22, 20, 21, 23], False)]

@@ -7,10 +7,10 @@ from pathlib import Path
 from PIL import Image
 
 from indexer.decode import setup_heif
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.scan import IMAGE_SUFFIXES, PILLOW_EXTENSIONS_LEFT_OUT
 from indexer.store import open_store
-from tests.test_index import stored
+from tests.support.stores import stored
 
 FORMATS = Path(__file__).parent / "data" / "formats"
 INDEXED = {

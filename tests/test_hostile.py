@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
-import search.engine
-from indexer.pipeline import index_folder
+import search.service
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import open_store
 from search.api import create_app
-from tests.conftest import write_photos
+from tests.support.photos import write_photos
 
 
 def serve(tmp_path, clip_dir, store) -> TestClient:
@@ -85,7 +85,7 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(service):
 
 def test_a_thumbnail_over_the_request_pixel_budget_is_refused(service, monkeypatch):
     client = service
-    monkeypatch.setattr(search.engine, "REQUEST_MAX_PIXELS", 320 * 240 - 1)  # the photos are 320 x 240
+    monkeypatch.setattr(search.service, "REQUEST_MAX_PIXELS", 320 * 240 - 1)  # the photos are 320 x 240
     response = client.get("/api/images/1/thumbnail")
     assert response.status_code == 422
     assert "too large for a thumbnail" in response.json()["detail"]
@@ -131,7 +131,7 @@ def test_indexing_on_a_full_disk_says_so_loses_nothing_and_resumes(tmp_path, cli
     from typer.testing import CliRunner
 
     from search.cli import app
-    from tests.test_index import faiss_ids, stored
+    from tests.support.stores import faiss_ids, stored
 
     settings = Settings(store=small_disk / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
     write_photos(tmp_path / "photos", 10)

@@ -6,35 +6,18 @@ import shutil
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from typer.testing import CliRunner
 
-import indexer.pipeline
+import indexer.indexing
 from indexer.errors import ModelMismatchError
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
-from indexer.store import INDEXED, Image, Manifest, Root, is_database_url, open_store, utcnow
-from indexer.store.ann import index_ids
+from indexer.store import INDEXED, Image, Manifest, Root, open_store, utcnow
 from search.cli import app
-from search.engine import SearchEngine
-from tests.conftest import photo, write_photos
-
-
-def stored(settings: Settings) -> dict[str, tuple[int, np.ndarray]]:
-    """{relpath: (id, vector)} of every indexed image."""
-    store = open_store(settings.store)
-    with store.session() as s:
-        rows = s.execute(select(Image.relpath, Image.id).where(Image.status == INDEXED)).all()
-    return {rel: (i, store.vector(i)) for rel, i in rows}
-
-
-def faiss_ids(settings: Settings) -> list[int]:
-    """Every id the store's vector search holds: its FAISS index's ids, or its pgvector rows."""
-    store = open_store(settings.store)
-    if is_database_url(settings.store):
-        with store.engine.connect() as conn:
-            return sorted(conn.scalars(text("SELECT id FROM image_vectors")))
-    return sorted(index_ids(store.sync_index()).tolist())
+from search.service import Service
+from tests.support.photos import photo, write_photos
+from tests.support.stores import faiss_ids, stored
 
 
 def test_index_and_similar_ranks_exact_duplicate_first(tmp_path, settings):
@@ -44,13 +27,13 @@ def test_index_and_similar_ranks_exact_duplicate_first(tmp_path, settings):
     shutil.copy(photos / "a" / "img002.jpg", photos / "b" / "copy of img002.jpg")
     summary = index_folder(photos, settings, show_progress=False)
     assert (summary.indexed + summary.reused, sum(summary.skipped.values())) == (11, 0)
-    engine = SearchEngine(settings)
+    engine = Service(settings)
     original = engine.store.find_path(photos / "a" / "img002.jpg")
     hits = engine.similar(original, k=3)
     assert hits[0].path == str(photos / "b" / "copy of img002.jpg")
     assert hits[0].score == pytest.approx(1.0, abs=1e-3)
     assert original not in [h.id for h in hits]  # the image is not its own hit
-    assert len(engine.search_text("a dog on a beach", k=5)) == 5
+    assert len(engine.search("a dog on a beach", k=5)) == 5
     assert faiss_ids(settings) == sorted(i for i, _ in stored(settings).values())
 
 
@@ -63,7 +46,7 @@ def test_incremental_runs_touch_only_what_changed(tmp_path, settings, monkeypatc
     def no_model(*args):
         raise AssertionError("an unchanged folder must not load the model")
 
-    monkeypatch.setattr(indexer.pipeline, "load_embedder", no_model)
+    monkeypatch.setattr(indexer.indexing, "load_embedder", no_model)
     again = index_folder(photos, settings, show_progress=False)
     assert (again.indexed, again.reused, again.unchanged, again.removed) == (0, 0, 8, 0)
     monkeypatch.undo()
@@ -158,7 +141,7 @@ def test_planted_vectors_come_back_in_exact_order(tmp_path):
                 for rel in planted]  # fmt: skip
         s.add_all(rows)
         store.commit_images(s, rows, {n: np.asarray(v, dtype=np.float32) for n, v in enumerate(planted.values())})
-    engine = SearchEngine(Settings(store=tmp_path / "store"))
+    engine = Service(Settings(store=tmp_path / "store"))
     query = np.asarray([0.9, 0.436, 0, 0], dtype=np.float32)
     hits = engine.search_vector(query / np.linalg.norm(query), k=5)
     assert [os.path.basename(h.path) for h in hits] == [
@@ -205,10 +188,10 @@ def test_other_model_families_index_and_search(tmp_path, request, model_fixture)
     write_photos(photos, 5)
     shutil.copy(photos / "img001.jpg", photos / "dup.jpg")
     index_folder(photos, settings, show_progress=False)
-    engine = SearchEngine(Settings(store=settings.store))  # the store's own model is used
+    engine = Service(Settings(store=settings.store))  # the store's own model is used
     hits = engine.similar(str(photos / "img001.jpg"), k=2)
     assert hits[0].path == str(photos / "dup.jpg")
-    assert len(engine.search_text("sunset over the mountains", k=3)) == 3
+    assert len(engine.search("sunset over the mountains", k=3)) == 3
 
 
 def test_cli_json_outputs(tmp_path, settings):

@@ -14,16 +14,15 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFont
 from typer.testing import CliRunner
 
+from indexer.enrich.ocr import DEFAULT_READER, Reader, ocr_store
 from indexer.errors import ModelLoadError
-from indexer.ocr import DEFAULT_READER, Reader, ocr_store
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import TextLine, open_store
 from search.api import create_app
 from search.cli import app
-from search.engine import SearchEngine
-from tests.conftest import photo
-from tests.test_web import browser  # noqa: F401  (headless Chromium)
+from search.service import Service
+from tests.support.photos import photo
 
 pytest.importorskip("rapidocr_onnxruntime")
 TEXTS = {
@@ -85,7 +84,7 @@ def test_index_with_ocr_then_search_by_the_words(folder, settings):
     assert (summary.text.read, summary.text.empty, summary.text.failed) == (2, 2, 0)
     assert "read text in 2 images (3 lines), none in 2" in summary.line()
     assert stored_text(settings) == {"receipt.png": TEXTS["receipt.png"], "sign.jpg": TEXTS["sign.jpg"]}
-    engine = SearchEngine(Settings(store=settings.store))
+    engine = Service(Settings(store=settings.store))
     hits = engine.search("42.50", "text")
     assert [h.path.rsplit("/", 1)[-1] for h in hits] == ["receipt.png"] and "TOTAL 42.50" in hits[0].caption
     assert [h.path.rsplit("/", 1)[-1] for h in engine.search("bahnhofstrasse", "text")] == ["sign.jpg"]
@@ -105,7 +104,7 @@ def test_a_changed_file_loses_its_old_text(folder, settings, reader):
     render(["OPEN 24 HOURS"]).save(folder / "receipt.png")
     index_folder(folder, settings, show_progress=False, ocr=True)
     assert stored_text(settings)["receipt.png"] == ["OPEN 24 HOURS"]
-    assert SearchEngine(Settings(store=settings.store)).search("42.50", "text") == []
+    assert Service(Settings(store=settings.store)).search("42.50", "text") == []
 
 
 def test_a_file_the_reader_cannot_open_fails_alone_and_redo_reads_again(folder, settings, reader):
@@ -154,8 +153,8 @@ def test_cli_api_and_errors(folder, settings):
         assert client.get("/api/ocr-jobs/nope").status_code == 404
 
 
-def test_the_page_outlines_the_text_that_matched(folder, settings, browser):  # noqa: F811
-    from tests.test_web import serving
+def test_the_page_outlines_the_text_that_matched(folder, settings, browser):
+    from tests.support.browser import serving
 
     index_folder(folder, settings, show_progress=False, ocr=True)
     with serving(create_app(Settings(store=settings.store))) as url:
@@ -203,4 +202,4 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, settings, reader):
     resumed = ocr_store(store, settings, show_progress=False, reader=reader)
     assert resumed.done_before == partial and resumed.read == 40 - partial
     assert read_so_far() == 40
-    assert SearchEngine(Settings(store=settings.store)).search("page 17", "text", k=1)[0].path.endswith("page17.png")
+    assert Service(Settings(store=settings.store)).search("page 17", "text", k=1)[0].path.endswith("page17.png")

@@ -20,18 +20,18 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
-from indexer import onnx_runtime
 from indexer.decode import decode_image, naflex_size, resize_and_crop
-from indexer.embed import image_inputs, l2_normalize
 from indexer.errors import ModelLoadError
-from indexer.models import load_model, read_image_prep
-from indexer.onnx_export import export_towers
-from indexer.onnx_runtime import OnnxEmbedder, export_key, find_or_export
-from indexer.runtimes import make_embedder
+from indexer.models import onnx_runtime
+from indexer.models.embedder import image_inputs, l2_normalize
+from indexer.models.loading import load_model, read_image_prep
+from indexer.models.onnx_export import export_towers
+from indexer.models.onnx_runtime import OnnxEmbedder, export_key, find_or_export
+from indexer.models.runtimes import make_embedder
+from indexer.models.torch_runtime import TorchEmbedder
 from indexer.settings import Settings
-from indexer.torch_embed import TorchEmbedder
-from tests.conftest import photo
-from tests.model_factory import save_clip
+from tests.support.model_factory import save_clip
+from tests.support.photos import photo
 
 # Odd sizes: portrait, landscape, tiny (upscaled), square, one pixel off square, a web-sized photo.
 SIZES = [(317, 211), (211, 317), (37, 23), (3, 5), (224, 224), (225, 224), (1023, 769)]
@@ -240,7 +240,7 @@ def test_query_path_imports_neither_torch_nor_transformers(clip_dir, onnx_cache)
     """With the export cached, a text query in a fresh process loads only ONNX Runtime and `tokenizers`."""
     find_or_export(str(clip_dir), onnx_cache)
     code = (
-        "import sys; from indexer.onnx_runtime import OnnxEmbedder, find_or_export; "
+        "import sys; from indexer.models.onnx_runtime import OnnxEmbedder, find_or_export; "
         f"e = OnnxEmbedder(find_or_export({str(clip_dir)!r}, {str(onnx_cache)!r}), 4); e.embed_texts(['a dog']); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )

@@ -18,14 +18,14 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import Caption, Tag, open_store, utcnow
 from indexer.store import copy as store_copy
 from indexer.store.postgres import PostgresStore
 from search.cli import app
-from search.engine import SearchEngine
-from tests.conftest import write_photos
+from search.service import Service
+from tests.support.photos import write_photos
 
 
 def clipdex(*args, **env) -> subprocess.CompletedProcess:
@@ -183,7 +183,7 @@ def test_store_copy_between_backends_keeps_everything_and_resumes(tmp_path, clip
     result = CliRunner().invoke(app, ["store", "copy", pg_url, str(back)])
     assert result.exit_code == 0, result.output
     assert "verified 12 vectors" in result.stdout and summary["checksum"][:16] in result.stdout
-    engine = SearchEngine(Settings(store=back, model=str(clip_dir)))
+    engine = Service(Settings(store=back, model=str(clip_dir)))
     assert [h.id for h in engine.search_captions("dogs")] == [3]
     assert engine.image_info(3).tags == [("dog", pytest.approx(0.9))]
     assert searchable(back, query) == searchable(settings.store, query)
@@ -231,7 +231,7 @@ def test_a_service_whose_database_goes_away_answers_503(tmp_path, clip_dir):
 @pytest.mark.slow
 def test_tagging_and_captions_through_a_database_url(tmp_path, clip_dir, pg_url):
     """`tag`, `tags`, `caption` and caption search write and read the PostgreSQL tables (COPY, tsvector)."""
-    from tests.model_factory import save_blip
+    from tests.support.model_factory import save_blip
 
     blip = save_blip(tmp_path / "tiny-blip")
     write_photos(tmp_path / "photos", 4)

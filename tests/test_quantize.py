@@ -1,6 +1,6 @@
 """int8 weights through Quanto and the attention kernel option, on tiny random-weight BLIP-2, LLaVA and BLIP.
 
-Both go through indexer/pretrained.py, which the VLM loader and the captioner share; these tests load through
+Both go through indexer/models/generative.py, which the VLM loader and the captioner share; these tests load through
 `load_vlm` and `load_captioner` as the commands do. Measured on the tiny models, int8 weights take 0.74 (BLIP-2,
 whose Q-Former transformers keeps in fp32), 0.61 (LLaVA) and 0.60 (BLIP) of fp32's bytes: their embeddings, a
 third of the weights at this size, stay in float.
@@ -17,16 +17,16 @@ from optimum.quanto import QLinear
 from typer.testing import CliRunner
 
 from bench.vlm import weight_bytes
-from indexer.caption import load_captioner
+from indexer.enrich.captions import load_captioner
 from indexer.errors import ModelLoadError
-from indexer.pipeline import index_folder
-from indexer.pretrained import attention_kwargs
+from indexer.indexing import index_folder
+from indexer.models.generative import attention_kwargs
 from indexer.settings import Settings
 from indexer.store import Caption, open_store
 from search.cli import app
 from search.vlm import Conversation, GenerationOptions, load_vlm
-from tests.conftest import photo, write_photos
-from tests.model_factory import save_blip2, save_blip_vqa, save_llava
+from tests.support.model_factory import save_blip2, save_blip_vqa, save_llava
+from tests.support.photos import photo, write_photos
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # only handed to the checks that run before any weight is loaded
@@ -133,7 +133,7 @@ def test_auto_is_sdpa_where_the_model_has_it_else_eager(model_dirs):
 
 def test_auto_takes_flash_attention_only_where_it_can_run(monkeypatch):
     llava, blip2 = transformers.LlavaForConditionalGeneration, transformers.Blip2ForConditionalGeneration
-    monkeypatch.setattr("indexer.pretrained.installed", lambda module: True)  # as if flash-attn were installed
+    monkeypatch.setattr("indexer.models.generative.installed", lambda module: True)  # as if flash-attn were installed
     assert attention_kwargs(llava, CUDA, torch.float16, "auto") == {"attn_implementation": "flash_attention_2"}
     assert attention_kwargs(llava, CUDA, torch.float32, "auto") == {}  # flash-attention runs in half precision
     assert attention_kwargs(llava, CPU, torch.float32, "auto") == {}
@@ -145,7 +145,7 @@ def test_auto_takes_flash_attention_only_where_it_can_run(monkeypatch):
 def test_flash_attention_says_what_is_missing(model_dirs, monkeypatch):
     with pytest.raises(ModelLoadError, match="flash_attention_2 needs a CUDA GPU"):
         load_vlm(str(model_dirs["chat"]), device="cpu", attn="flash_attention_2")
-    monkeypatch.setattr("indexer.pretrained.installed", lambda module: module != "flash_attn")
+    monkeypatch.setattr("indexer.models.generative.installed", lambda module: module != "flash_attn")
     llava = transformers.LlavaForConditionalGeneration
     with pytest.raises(ModelLoadError, match="needs the flash-attn package: pip install flash-attn"):
         attention_kwargs(llava, CUDA, torch.float16, "flash_attention_2")
@@ -166,7 +166,7 @@ def store_dir(tmp_path_factory, clip_dir) -> Path:
 @pytest.fixture
 def loads(monkeypatch) -> list[tuple[str, str]]:
     """(quantize, attn) of every model loaded, recorded on the way to the real loader."""
-    from indexer import pretrained
+    from indexer.models import generative as pretrained
 
     seen = []
 
@@ -175,7 +175,7 @@ def loads(monkeypatch) -> list[tuple[str, str]]:
         return pretrained.load_pretrained(model_class, name, device, dtype, quantize, attn)
 
     monkeypatch.setattr("search.vlm.load_pretrained", recording)
-    monkeypatch.setattr("indexer.caption.load_pretrained", recording)
+    monkeypatch.setattr("indexer.enrich.captioner.load_pretrained", recording)
     return seen
 
 
@@ -198,7 +198,7 @@ def test_caption_and_ask_pass_quantize_and_attn_to_the_loader(store_dir, model_d
 
 def test_index_caption_passes_the_captioner_options(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr("indexer.pipeline.index_folder", lambda folder, settings, *a: seen.append(settings))
+    monkeypatch.setattr("indexer.indexing.index_folder", lambda folder, settings, *a: seen.append(settings))
     args = ["index", str(tmp_path), "--caption", "--caption-quantize", "int8", "--caption-attn", "eager", "--json"]
     CliRunner().invoke(app, args, env=ENV)
     assert [(s.caption_quantize, s.caption_attn) for s in seen] == [("int8", "eager")]

@@ -1,6 +1,6 @@
 """Query arithmetic and the relevance cut-off, on planted vectors with planted text embeddings.
 
-Texts embed through a fixed vocabulary of orthogonal concept vectors (SearchEngine._embed_text patched), so
+Texts embed through a fixed vocabulary of orthogonal concept vectors (Service._embed_text patched), so
 every expected rank below follows from the vector algebra, worked out in the comments.
 """
 
@@ -15,19 +15,15 @@ from typer.testing import CliRunner
 
 from bench.relevance import compare, scenario
 from indexer.errors import BadInputError, NotFoundError
-from indexer.models import canonical_name
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from indexer.store import Filters, Image
 from search.api import create_app
 from search.cli import app
-from search.engine import SearchEngine
 from search.query import Term, parse_query
-from tests.planted import plant_vectors, unit
+from search.service import Service
+from tests.support.planted import BEACH, DIM, DOG, PEOPLE, SUNSET, VOCAB, plant_vectors, unit
 
-DIM = 64
-BEACH, SUNSET, PEOPLE, DOG, LIGHTHOUSE, UNICORN = (np.eye(DIM, dtype=np.float32)[i] for i in range(6))
-CONE = np.eye(DIM, dtype=np.float32)[63]  # the direction every image leans on (the relevance test's cone)
-VOCAB = {"beach": BEACH, "sunset": SUNSET, "people": PEOPLE, "dog": DOG}
 # Planted images 1-6 (scores of each query worked out below); 7-400 are background in dimensions 10-62.
 PLANTED = {
     1: BEACH + SUNSET,
@@ -45,7 +41,7 @@ def ids(hits) -> list[int]:
 
 @pytest.fixture
 def planted_text(monkeypatch):
-    monkeypatch.setattr(SearchEngine, "_embed_text", lambda self, text: VOCAB[text])
+    monkeypatch.setattr(Service, "_embed_text", lambda self, text: VOCAB[text])
 
 
 @pytest.fixture
@@ -65,8 +61,8 @@ def store_dir(tmp_path, clip_dir, planted_text):
 
 
 @pytest.fixture
-def engine(store_dir) -> SearchEngine:
-    return SearchEngine(Settings(store=store_dir))
+def engine(store_dir) -> Service:
+    return Service(Settings(store=store_dir))
 
 
 @pytest.mark.parametrize(
@@ -193,23 +189,8 @@ def test_api_arithmetic(store_dir):
 # --- relevance cut-off ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def lighthouses(tmp_path, clip_dir, monkeypatch):
-    """2000 images in a cone around CONE and five lighthouses; texts sit in a cone of their own (the gap)."""
-    rng = np.random.default_rng(2)  # its background's best z per query: 2.95, 3.26, 2.95 (the cut: 3.48)
-    background = unit(0.8 * CONE + 0.6 * unit(rng.standard_normal((2000, DIM)) * (np.arange(DIM) != 63)))
-    lighthouses = unit(0.8 * CONE + 0.55 * LIGHTHOUSE + 0.05 * rng.standard_normal((5, DIM)))
-    faint = unit(0.8 * CONE + 0.6 * unit(LIGHTHOUSE + 2.5 * rng.standard_normal(DIM) * (np.arange(DIM) > 5)))
-    location = str(tmp_path / "store")
-    plant_vectors(location, np.concatenate([lighthouses, faint[None], background]), model=canonical_name(str(clip_dir)))
-    texts = {"lighthouse": unit(0.5 * CONE + 0.85 * LIGHTHOUSE), "unicorn": unit(0.5 * CONE + 0.85 * UNICORN)}
-    texts["a dog"] = unit(0.2 * CONE + 0.95 * DOG)  # another baseline altogether
-    monkeypatch.setattr(SearchEngine, "_embed_text", lambda self, text: texts[text])
-    return location
-
-
 def test_relevant_keeps_what_stands_out(lighthouses):
-    engine = SearchEngine(Settings(store=lighthouses))
+    engine = Service(Settings(store=lighthouses))
     plain = engine.search("lighthouse", "embedding", k=10)
     assert len(plain) == 10 and all(h.relevance is None for h in plain)
     hits = engine.search("lighthouse", "embedding", k=10, relevant=True)

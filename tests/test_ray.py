@@ -15,13 +15,14 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from indexer.caption import caption_store
+from indexer.enrich.captions import caption_store
 from indexer.errors import BadInputError
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import Caption, Image, open_store
-from tests.conftest import photo, write_photos
-from tests.test_crash import INDEXER, alive, indexed_rows
+from tests.support.photos import photo, write_photos
+from tests.support.processes import INDEXER, alive
+from tests.support.stores import indexed_rows
 
 pytestmark = pytest.mark.slow
 # Ray binds to the machine's address unless told it is not part of a cluster; token auth stays off for the test.
@@ -212,7 +213,7 @@ def test_a_killed_worker_is_retried_and_the_run_completes(tmp_path, clip_dir, ra
 
 
 def test_a_folder_a_node_cannot_read_is_a_clear_error(tmp_path, clip_dir, ray_address):
-    from indexer.cluster import check_every_node_reads, connect
+    from indexer.runners.ray import check_every_node_reads, connect
 
     ray = connect(ray_address)
     assert check_every_node_reads(ray, tmp_path) == 1

@@ -4,7 +4,7 @@ import os
 import shutil
 
 from indexer.scan import diff_against_store, walk_images
-from tests.conftest import photo
+from tests.support.photos import photo
 
 
 def test_finds_images_by_extension_and_by_content(tmp_path):

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from indexer.errors import ModelMismatchError, StoreNotFoundError
 from indexer.store import INDEXED, READ_TEXT, SKIPPED, Caption, Filters, Image, get_root, open_store, utcnow
 from indexer.store import postgres as pg_backend
-from tests.planted import unit
+from tests.support.planted import unit
 
 DIM, COUNT = 32, 400
 ROOTS = ("/photos/wedding", "/photos/shop")

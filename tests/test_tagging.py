@@ -12,53 +12,34 @@ from transformers import AutoModel, AutoTokenizer
 from typer.testing import CliRunner
 
 from indexer.decode import decode_image
-from indexer.embed import image_inputs
-from indexer.errors import BadInputError, NotFoundError
-from indexer.models import load_model
-from indexer.settings import Settings
-from indexer.store import INDEXED, SKIPPED, Image, LabelSet, Tag, get_root, open_store, utcnow
-from search.cli import app
-from search.engine import SearchEngine
-from search.tagging import (
+from indexer.enrich.labels import (
     DEFAULT_TEMPLATES,
     MAX_LABELS,
-    Classifier,
     LabelSetRequest,
-    TagOptions,
     check_request,
     check_templates,
-    classify_image,
-    label_counts,
     parse_labels,
     read_labels_file,
+)
+from indexer.enrich.tags import (
+    Classifier,
+    TagOptions,
+    label_counts,
     retag_store,
-    tag_collection,
     tag_store,
 )
-from tests.conftest import photo, write_photos
+from indexer.errors import BadInputError, NotFoundError
+from indexer.models.embedder import image_inputs
+from indexer.models.loading import load_model
+from indexer.settings import Settings
+from indexer.store import SKIPPED, Image, LabelSet, Tag, open_store, utcnow
+from search.cli import app
+from search.service import Service
+from tests.support.photos import photo, write_photos
+from tests.support.stores import plant
 
 LABELS = ["cat", "dog", "beach", "sunset"]
 runner = CliRunner()
-
-
-def plant(store, vectors: np.ndarray) -> list[int]:
-    """Write rows with the given vectors into a store, as the indexer would; returns their ids."""
-    with store.session() as s:
-        root_id = get_root(s, store.path / "photos").id
-        rows = [
-            Image(
-                root_id=root_id,
-                relpath=f"p{len(vectors)}_{i}.jpg",
-                size=1,
-                mtime_ns=0,
-                status=INDEXED,
-                indexed_at=utcnow(),
-            )
-            for i in range(len(vectors))
-        ]
-        s.add_all(rows)
-        store.commit_images(s, rows, dict(enumerate(np.asarray(vectors, dtype=np.float32))))
-        return [r.id for r in rows]
 
 
 def unit(x) -> np.ndarray:
@@ -180,11 +161,11 @@ def test_retag_store_tags_only_images_indexed_since(planted):
 # --- real tiny models: CLIP softmax, SigLIP sigmoid, checked against the transformers model's own logits --
 
 
-def engine_for(model_dir, tmp_path) -> SearchEngine:
+def engine_for(model_dir, tmp_path) -> Service:
     """A search engine over an empty store for the model: enough to classify uploaded images."""
     info = load_model(str(model_dir), "cpu").info
     open_store(tmp_path / "store", model=info.name, dim=info.dim, create=True)
-    return SearchEngine(Settings(store=tmp_path / "store", device="cpu"))
+    return Service(Settings(store=tmp_path / "store", device="cpu"))
 
 
 def jpeg(seed: int) -> bytes:
@@ -194,7 +175,7 @@ def jpeg(seed: int) -> bytes:
 
 
 @torch.inference_mode()
-def model_logits(engine: SearchEngine, data: bytes, texts: list[str]) -> np.ndarray:
+def model_logits(engine: Service, data: bytes, texts: list[str]) -> np.ndarray:
     """logits_per_image from the transformers model's own forward pass, the zero-shot pipeline's numbers."""
     info = engine.embedder.info
     model = AutoModel.from_pretrained(info.name).eval()
@@ -226,19 +207,19 @@ def siglip_scaled_dir(request, tmp_path_factory):
 def test_clip_single_label_is_a_softmax_over_the_labels(clip_dir, tmp_path):
     engine = engine_for(clip_dir, tmp_path)
     labels = ["dog", "cat", "car", "sunset"]
-    ranked = classify_image(engine, jpeg(1), labels, templates=["{}"])
+    ranked = engine.classify(jpeg(1), labels, templates=["{}"])[0]
     expected = torch.softmax(torch.from_numpy(model_logits(engine, jpeg(1), labels)), 0).numpy()
     assert {r.label: r.score for r in ranked} == pytest.approx(dict(zip(labels, expected, strict=True)), abs=1e-5)
     assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
     assert sum(r.score for r in ranked) == pytest.approx(1.0, abs=1e-5)
     # A softmax shares its mass: adding a label lowers every other label's score.
-    more = {r.label: r.score for r in classify_image(engine, jpeg(1), labels + ["beach"], templates=["{}"])}
+    more = {r.label: r.score for r in engine.classify(jpeg(1), labels + ["beach"], templates=["{}"])[0]}
     assert all(more[label] < score for label, score in zip(labels, expected, strict=True))
 
 
 def test_clip_multi_label_is_the_two_way_softmax_against_the_baseline(clip_dir, tmp_path):
     engine = engine_for(clip_dir, tmp_path)
-    ranked = {r.label: r.score for r in classify_image(engine, jpeg(2), ["dog", "cat"], ["{}"], multi_label=True)}
+    ranked = {r.label: r.score for r in engine.classify(jpeg(2), ["dog", "cat"], ["{}"], multi_label=True)[0]}
     for label in ("dog", "cat"):
         pair = torch.softmax(torch.from_numpy(model_logits(engine, jpeg(2), [label, "something"])), 0)
         assert ranked[label] == pytest.approx(float(pair[0]), abs=1e-5)
@@ -247,12 +228,12 @@ def test_clip_multi_label_is_the_two_way_softmax_against_the_baseline(clip_dir, 
 def test_siglip_is_a_sigmoid_with_its_bias_per_label(siglip_scaled_dir, tmp_path):
     engine = engine_for(siglip_scaled_dir, tmp_path)
     labels = ["dog", "cat", "car"]
-    ranked = {r.label: r.score for r in classify_image(engine, jpeg(3), labels, templates=["{}"])}
+    ranked = {r.label: r.score for r in engine.classify(jpeg(3), labels, templates=["{}"])[0]}
     logits = model_logits(engine, jpeg(3), labels)
     assert ranked == pytest.approx(dict(zip(labels, 1 / (1 + np.exp(-logits)), strict=True)), abs=1e-5)
     assert sum(ranked.values()) != pytest.approx(1.0, abs=1e-2)
     # Independent labels: adding one leaves the others exactly where they were, in both modes.
-    more = {r.label: r.score for r in classify_image(engine, jpeg(3), labels + ["beach"], ["{}"], multi_label=True)}
+    more = {r.label: r.score for r in engine.classify(jpeg(3), labels + ["beach"], ["{}"], multi_label=True)[0]}
     assert {label: more[label] for label in labels} == pytest.approx(ranked, abs=1e-6)
 
 
@@ -278,9 +259,9 @@ def test_cli_tag_search_and_retag_new_images(tmp_path, clip_dir):
     assert summary["images"] == 4 and summary["tags"] == 4 and summary["labels"] == 3
 
     # The store's tags are what classifying the same image file on its own gives.
-    engine = SearchEngine(Settings(store=tmp_path / "store", device="cpu"))
+    engine = Service(Settings(store=tmp_path / "store", device="cpu"))
     [stored] = engine.image_info(engine.store.find_path(photos / "img000.jpg")).tags
-    [best] = classify_image(engine, (photos / "img000.jpg").read_bytes(), ["dog", "beach", "sunset"])[:1]
+    [best] = engine.classify((photos / "img000.jpg").read_bytes(), ["dog", "beach", "sunset"])[0][:1]
     assert stored == (best.label, pytest.approx(best.score, abs=1e-3))  # vectors are stored as float16
 
     listed = json.loads(cli("tags", "--store", store, "--json").stdout)
@@ -315,8 +296,8 @@ def test_cli_tag_search_and_retag_new_images(tmp_path, clip_dir):
         (lambda: parse_labels("x" * 300), "at most 200 characters"),
         (lambda: check_templates(["a photo of a cat"]), "needs one {} where the label goes"),
         (lambda: check_templates(["{} and {}"]), "needs one {}"),
-        (lambda: TagOptions(top_k=5).resolved(4), "--top-k must be between 1 and"),
-        (lambda: TagOptions(threshold=1.5).resolved(4), "--threshold is a probability"),
+        (lambda: TagOptions(top_k=5).resolved(4), "top_k must be between 1 and"),
+        (lambda: TagOptions(threshold=1.5).resolved(4), "threshold is a probability"),
     ],
 )
 def test_bad_input_is_a_clear_error(make, message):
@@ -332,7 +313,7 @@ def test_check_request(clip_dir, tmp_path):
         check_request(["cat", "cat "])
     request = check_request([" cat", "dog"], options=TagOptions(multi_label=True), name=" pets ")
     assert request == LabelSetRequest(("cat", "dog"), DEFAULT_TEMPLATES, TagOptions(None, 0.5, True), "pets")
-    assert tag_collection(engine_for(clip_dir, tmp_path), request).images == 0  # an empty store tags nothing
+    assert engine_for(clip_dir, tmp_path).tag(request).images == 0  # an empty store tags nothing
 
 
 def test_labels_file_errors(tmp_path):

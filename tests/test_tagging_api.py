@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.models import canonical_name
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from indexer.store import open_store
 from search.api import create_app
-from search.engine import SearchEngine
-from search.tagging import classify_image
-from tests.conftest import photo
-from tests.test_tagging import plant
+from search.service import Service
+from tests.support.photos import photo
+from tests.support.stores import plant
 
 LABELS = ["dog", "beach", "sunset"]
 
@@ -48,7 +47,7 @@ def test_classify_ranks_every_label_with_the_library_scores(client, settings):
     response = classify(client, jpeg(1), "dog, beach,sunset")
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = classify_image(SearchEngine(settings), jpeg(1), LABELS)
+    expected = Service(settings).classify(jpeg(1), LABELS)[0]
     assert body["scoring"] == "softmax"
     assert [(r["label"], pytest.approx(r["score"], abs=1e-6)) for r in body["labels"]] == [
         (r.label, r.score) for r in expected
@@ -104,7 +103,7 @@ def test_tag_job_tags_the_store_and_the_tags_filter_search(client):
         ({"labels": ["cat", "cat"]}, "duplicate labels"),
         ({"labels": []}, "the label set is empty"),
         ({"labels": ["cat"], "templates": ["a photo"]}, "needs one {}"),
-        ({"labels": ["cat", "dog"], "top_k": 3}, "--top-k must be between 1 and"),
+        ({"labels": ["cat", "dog"], "top_k": 3}, "top_k must be between 1 and"),
         ({"labels": ["cat"], "name": " "}, "needs a name"),
     ],
 )

@@ -13,17 +13,17 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-import search.text_models
+import indexer.models.paired_text
 from indexer.errors import ModelMismatchError
-from indexer.models import canonical_name, load_model
+from indexer.models.loading import canonical_name, load_model
+from indexer.models.paired_text import paired_names
+from indexer.models.torch_runtime import TorchEmbedder
 from indexer.settings import Settings
-from indexer.torch_embed import TorchEmbedder
 from search.api import create_app
 from search.cli import app
-from search.engine import SearchEngine
-from search.text_models import paired_names
-from tests.model_factory import CORPUS, GERMAN, save_student_text_model
-from tests.planted import plant_vectors, unit
+from search.service import Service
+from tests.support.model_factory import CORPUS, GERMAN, save_student_text_model
+from tests.support.planted import plant_vectors, unit
 
 
 @pytest.fixture
@@ -36,13 +36,13 @@ def store_dir(tmp_path, clip_dir):
     return location
 
 
-def top_ids(engine: SearchEngine, queries: list[str]) -> list[int]:
+def top_ids(engine: Service, queries: list[str]) -> list[int]:
     return [engine.search(q, "embedding", k=1)[0].id for q in queries]
 
 
 def test_german_queries_find_the_images_of_the_english_space(store_dir, student_dirs):
     student, _ = student_dirs
-    engine = SearchEngine(Settings(store=store_dir, text_model=str(student)))
+    engine = Service(Settings(store=store_dir, text_model=str(student)))
     assert top_ids(engine, GERMAN) == list(range(1, 9))
     assert top_ids(engine, CORPUS) == list(range(1, 9))  # English too
     [(name, agreement)] = paired_names(engine.store)
@@ -52,22 +52,22 @@ def test_german_queries_find_the_images_of_the_english_space(store_dir, student_
 
 def test_a_recorded_pairing_is_not_measured_again(store_dir, student_dirs, monkeypatch):
     student, _ = student_dirs
-    assert top_ids(SearchEngine(Settings(store=store_dir, text_model=str(student))), GERMAN[:1]) == [1]
-    monkeypatch.setattr(search.text_models, "agreement", lambda *a: pytest.fail("measured again"))
-    engine = SearchEngine(Settings(store=store_dir, text_model=str(student)))
+    assert top_ids(Service(Settings(store=store_dir, text_model=str(student))), GERMAN[:1]) == [1]
+    monkeypatch.setattr(indexer.models.paired_text, "agreement", lambda *a: pytest.fail("measured again"))
+    engine = Service(Settings(store=store_dir, text_model=str(student)))
     assert top_ids(engine, GERMAN[:2]) == [1, 2] and engine._embedder is None  # the image model never loaded
 
 
 def test_a_text_model_of_another_space_is_refused(store_dir, student_dirs, tmp_path):
     _, stranger = student_dirs
-    engine = SearchEngine(Settings(store=store_dir, text_model=str(stranger)))
+    engine = Service(Settings(store=store_dir, text_model=str(stranger)))
     with pytest.raises(ModelMismatchError, match=r"does not share the vector space .* mean cosine of -?0\.\d\d"):
         engine.search(GERMAN[0], "embedding")
     assert paired_names(engine.store) == []
     narrow_teacher = SimpleNamespace(embed_texts=lambda texts: np.ones((len(texts), 8), dtype=np.float32))
     narrow = save_student_text_model(tmp_path / "narrow", narrow_teacher, CORPUS, {}, trained=False)
     with pytest.raises(ModelMismatchError, match="gives 8-dimensional vectors .* holds 16-dimensional ones"):
-        SearchEngine(Settings(store=store_dir, text_model=str(narrow))).search("a cat", "embedding")
+        Service(Settings(store=store_dir, text_model=str(narrow))).search("a cat", "embedding")
 
 
 def test_cli_and_api_take_the_text_model(store_dir, student_dirs):

@@ -7,7 +7,7 @@ import numpy as np
 
 from indexer.store import open_store
 from indexer.store.vectors import VECTOR_FILE, VectorFile
-from tests.planted import ClipLike, plant_vectors
+from tests.support.planted import ClipLike, plant_vectors
 
 
 def test_float16_keeps_cosine_rankings(tmp_path):

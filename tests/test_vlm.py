@@ -15,7 +15,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from indexer.errors import BadInputError, GenerationError, ModelLoadError, NotFoundError
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import SKIPPED, Image, open_store
 from search.cli import app
@@ -31,8 +31,8 @@ from search.vlm import (
     cut_at,
     load_vlm,
 )
-from tests.conftest import write_photos
-from tests.model_factory import save_blip2, save_blip_vqa, save_llava
+from tests.support.model_factory import save_blip2, save_blip_vqa, save_llava
+from tests.support.photos import write_photos
 
 PHOTOS = 5
 IMAGE_TOKENS = 16  # tiny LLaVA: (32 / 8) ** 2 patches per image
@@ -483,7 +483,7 @@ def client(store_dir, clip_dir, vlm_dirs):
         store=store_dir, model=str(clip_dir), device="cpu", vlm=str(vlm_dirs["chat"]), vlm_max_new_tokens=8
     )
     with TestClient(create_app(settings)) as client:
-        client.qa = client.app.state.visual_qa
+        client.qa = client.app.state.service.visual_qa
         yield client
 
 
@@ -560,7 +560,7 @@ def test_api_bad_input_is_4xx_before_streaming(client):
 def page_server(store_dir, clip_dir, vlm_dirs):
     """The module's store served over HTTP with the tiny LLaVA; yields (url, app)."""
     from search.api import create_app
-    from tests.test_web import serving
+    from tests.support.browser import serving
 
     settings = Settings(
         store=store_dir, model=str(clip_dir), device="cpu", vlm=str(vlm_dirs["chat"]), vlm_max_new_tokens=8
@@ -571,7 +571,7 @@ def page_server(store_dir, clip_dir, vlm_dirs):
 
 
 def test_page_asks_about_selected_hits_and_streams_the_answer(page_server):
-    from tests.test_web import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (apt-get install chromium)")

@@ -1,74 +1,26 @@
 """The web page in a real browser: Debian's headless Chromium driven by Playwright, against uvicorn."""
 
 import json
-import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from indexer.store import Image, open_store
 from search.api import create_app
-from tests.conftest import write_photos
-from tests.test_api import planted  # noqa: F401  (the planted store fixture)
-from tests.test_query import lighthouses  # noqa: F401  (a store where five images stand out)
+from tests.support.browser import CHROMIUM, serving
+from tests.support.photos import write_photos
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
 )
 
 
-@contextmanager
-def serving(app):
-    """uvicorn serving `app` on a free loopback port, in a thread; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="module")
-def server(planted):  # noqa: F811
+def server(planted):
     """The planted store served over HTTP."""
     with serving(create_app(planted)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_search_upload_and_similar_in_a_browser(server, browser, tmp_path):
@@ -140,7 +92,7 @@ def test_phone_layout_has_two_columns_and_no_sideways_scroll(server, browser):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
-def test_a_search_is_a_link_and_back_steps_through_searches(server, browser, planted):  # noqa: F811
+def test_a_search_is_a_link_and_back_steps_through_searches(server, browser, planted):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(f"{server}/?q=a+dog+on+a+beach&folder=beach")
     page.wait_for_function(
@@ -201,7 +153,7 @@ def test_duplicates_view_shows_groups_side_by_side(server, browser):
     page.wait_for_function("/groups? of copies|No duplicates/.test(document.querySelector('#status').textContent)")
 
 
-def test_only_relevant_is_on_by_default_and_says_when_nothing_stands_out(lighthouses, browser):  # noqa: F811
+def test_only_relevant_is_on_by_default_and_says_when_nothing_stands_out(lighthouses, browser):
     from indexer.settings import Settings
 
     with serving(create_app(Settings(store=lighthouses))) as url:

@@ -16,12 +16,12 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.pipeline import index_folder
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import INDEX_FILE, INDEX_META_FILE, is_database_url, open_store
-from search.engine import SearchEngine
-from tests.conftest import write_photos
-from tests.test_index import faiss_ids, stored
+from search.service import Service
+from tests.support.photos import write_photos
+from tests.support.stores import faiss_ids, stored
 
 
 def indexer(folder, store, model, **env) -> subprocess.Popen:
@@ -102,7 +102,7 @@ def test_a_service_answers_at_once_and_replaces_a_short_index_in_the_background(
     store = open_store(indexed.store)
     store.sync_index().remove_ids(np.asarray([2, 5], dtype=np.int64))
     store.save_index()
-    engine = SearchEngine(indexed, serving=True)
+    engine = Service(indexed, serving=True)
     with caplog.at_level(logging.WARNING):
         engine.similar(1, k=5)  # answered from the loaded index while the count runs
         for thread in threading.enumerate():
@@ -125,7 +125,7 @@ def test_damaged_index_files_are_rebuilt(indexed, damage, caplog):
     else:
         meta_file.write_text("{not json")
     with caplog.at_level(logging.WARNING):
-        hits = SearchEngine(indexed).similar(1, k=5)
+        hits = Service(indexed).similar(1, k=5)
     assert len(hits) == 5
     assert faiss.read_index(str(index_file)).ntotal == 6  # the rebuilt file is whole again
     if damage != "meta-garbage":

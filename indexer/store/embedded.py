@@ -26,6 +26,7 @@ from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
 from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, page, query_words
 from indexer.store.filters import NO_FILTERS, Filters
+from indexer.store.lock import store_writer
 from indexer.store.schema import (
     FORMAT_VERSION,
     INDEXED,
@@ -37,7 +38,6 @@ from indexer.store.schema import (
     utcnow,
 )
 from indexer.store.vectors import VECTOR_FILE, VectorFile
-from indexer.store_lock import store_writer
 
 log = logging.getLogger(__name__)
 

@@ -108,7 +108,8 @@ READ_TEXT = "ocr:"
 
 class TextLine(Base):
     """A line of text read in an image (OCR), with where it sits (four corners as fractions of the image's width
-    and height, as displayed) and the reader's confidence; the image's whole text is also a caption (indexer/ocr.py)."""
+    and height, as displayed) and the reader's confidence; the image's whole text is also a caption
+    (indexer/enrich/ocr.py)."""
 
     __tablename__ = "text_lines"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -155,7 +156,7 @@ class LabelSet(Base):
 
 
 class TextModel(Base):
-    """A text encoder other than the store model's own, measured to share its space (search/text_models.py)."""
+    """A text encoder other than the store model's own, measured to share its space (indexer/models/paired_text.py)."""
 
     __tablename__ = "text_models"
     name: Mapped[str] = mapped_column(String, primary_key=True)

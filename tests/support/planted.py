@@ -104,3 +104,10 @@ def plant_vectors(location, vectors, model: str = "synthetic", **options) -> Sto
         with store.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return store
+
+
+# A planted query vocabulary: each idea one axis, and the cone every image leans on (CLIP's modality gap).
+DIM = 64
+BEACH, SUNSET, PEOPLE, DOG, LIGHTHOUSE, UNICORN = (np.eye(DIM, dtype=np.float32)[i] for i in range(6))
+CONE = np.eye(DIM, dtype=np.float32)[63]  # the direction every image leans on (the relevance test's cone)
+VOCAB = {"beach": BEACH, "sunset": SUNSET, "people": PEOPLE, "dog": DOG}

@@ -2,7 +2,7 @@
 
 On CPU, ONNX Runtime with its transformer graph optimizer (fused attention) beats torch eager by 1.3x to
 2x on this project's 2-core machine (bench/indexing.py, README.md "Performance"). The towers are exported
-once per model and weights (`indexer/onnx_export.py`, in a child process) into `cache_dir/onnx/<key>/`;
+once per model and weights (`indexer/models/onnx_export.py`, in a child process) into `cache_dir/onnx/<key>/`;
 the key is computed from the model's files (names, sizes, mtimes and a sample of their bytes) and the tool
 versions, so finding the export costs a few stats, and neither torch nor transformers is imported here.
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.cpu import cpu_id
 from indexer.decode import ImagePrep
-from indexer.embed import Embedder, image_inputs, l2_normalize, load_fast_tokenizer
 from indexer.errors import ModelLoadError
-from indexer.models import ModelInfo
+from indexer.models.cpu import cpu_id
+from indexer.models.embedder import Embedder, image_inputs, l2_normalize, load_fast_tokenizer
+from indexer.models.loading import ModelInfo
 from indexer.settings import cpu_count
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def export_folder(name: str, cache_dir: Path) -> Path:
 
 def run_export(name: str, cache_dir: Path) -> Path:
     """Export `name` in a child process (torch and the weights never enter this one); the export's folder."""
-    command = [sys.executable, "-m", "indexer.onnx_export", name, str(cache_dir)]
+    command = [sys.executable, "-m", "indexer.models.onnx_export", name, str(cache_dir)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]

@@ -1,31 +1,30 @@
-"""Index a folder: scan, decode in worker processes overlapped with batched embedding, commit in chunks."""
+"""Index a folder: scan it against the store, hand the work to a runner (local process pool, or Ray), commit what
+comes back in chunks, then the optional passes (captions, read text)."""
 
 import logging
-import multiprocessing
-import threading
 import time
-from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import select
 
-from indexer.decode import HEALABLE_REASONS, LoadResult, WorkerConfig, load_file, setup_worker
+from indexer.decode import HEALABLE_REASONS
 from indexer.errors import BadInputError, StoreNotFoundError, reporting_full_disk
-from indexer.models import canonical_name
-from indexer.probes import PROBE_QUERIES
-from indexer.scan import FileStat, diff_against_store
-from indexer.settings import DEFAULT_MODEL, Settings, cpu_count
+from indexer.models.loading import canonical_name
+from indexer.runners.local import run_workers
+from indexer.runners.work import Pending
+from indexer.scan import diff_against_store
+from indexer.settings import DEFAULT_MODEL, Settings
 from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+from indexer.store.probes import PROBE_QUERIES
 
 if TYPE_CHECKING:
-    from indexer.caption import CaptionSummary
-    from indexer.embed import Embedder
-    from indexer.ocr import OcrSummary
+    from indexer.enrich.captions import CaptionSummary
+    from indexer.enrich.ocr import OcrSummary
+    from indexer.enrich.tags import TagSummary
+    from indexer.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class IndexSummary:
     seconds: float = 0.0
     captions: "CaptionSummary | None" = None  # when the run also captioned
     text: "OcrSummary | None" = None  # when the run also read the text in the images
+    retagged: "list[TagSummary] | None" = None  # when the run also tagged with the saved label sets
     index: str = ""  # the search index after a run that changed it: its kind and tuning
     cluster: str = ""  # for a run on Ray: the workers and GPUs that took part
 
@@ -62,25 +62,15 @@ class IndexSummary:
             + (f"; {self.cluster}" if self.cluster else "")
             + (f"; {self.captions.line()}" if self.captions else "")
             + (f"; {self.text.line()}" if self.text else "")
+            + "".join(f"\n{tagged.line()}" for tagged in self.retagged or ())
         )
 
 
 def load_embedder(name: str, settings: Settings) -> "Embedder":
-    """Imported here, not at the top: unchanged re-runs never need a model."""
-    from indexer.runtimes import make_embedder
+    """Imported here, not at the top: unchanged re-runs never need a model (nor torch)."""
+    from indexer.models.runtimes import make_embedder
 
     return make_embedder(name, settings)
-
-
-@dataclass
-class Pending:
-    """One file on its way to the store."""
-
-    stat: FileStat
-    image_id: int | None  # set for a changed file: its row is updated in place
-    result: LoadResult
-    vector: np.ndarray | None = None
-    source: Image | None = None  # the stored image whose vector and metadata a reused file copies
 
 
 def index_folder(
@@ -90,30 +80,32 @@ def index_folder(
     caption: bool = False,
     embedder: "Embedder | None" = None,
     ocr: bool = False,
+    retag: bool = False,
 ) -> IndexSummary:
     """Bring the store up to date with `folder`; safe to interrupt and re-run at any point.
 
-    With `caption`, the folder's images that lack a caption from the configured captioner are captioned
-    after embedding: new and changed images, and any a killed run left uncaptioned; with `ocr`, the same for
-    the text in them (indexer/ocr.py). `embedder`, when given, is an already loaded model for the store
-    (benchmarks time the pipeline without model loading); otherwise the model is loaded only if there is
-    something to embed.
+        With `caption`, the folder's images that lack a caption from the configured captioner are captioned
+        after embedding: new and changed images, and any a killed run left uncaptioned; with `ocr`, the same for
+        the text in them (indexer/enrich/ocr.py); with `retag`, the images indexed since each saved label set last ran
+    are tagged with it (indexer/enrich/tags.py). `embedder`, when given, is an already loaded model for the store
+        (benchmarks time the pipeline without model loading); otherwise the model is loaded only if there is
+        something to embed.
     """
     started = time.perf_counter()
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise BadInputError(f"{folder} is not a folder")
     if caption:
-        from indexer.caption import resolve_captioner
+        from indexer.enrich.captions import resolve_captioner
 
         resolve_captioner(settings)  # a bad captioner fails now, not after the indexing
     reader = None
     if ocr:
-        from indexer.ocr import Reader
+        from indexer.enrich.ocr import Reader
 
         reader = Reader(settings.ocr_model, settings.ocr_keys)  # so does a missing OCR model
     if settings.ray:
-        from indexer.cluster import connect
+        from indexer.runners.ray import connect
 
         connect(settings.ray)  # so does a cluster that cannot be reached
     store, embedder = open_for_writing(settings, embedder)
@@ -122,13 +114,17 @@ def index_folder(
             root_id, summary = update_store(store, root, settings, show_progress, embedder)
         summary.seconds = time.perf_counter() - started  # indexing only: captions report their own time
         if caption:
-            from indexer.caption import caption_store
+            from indexer.enrich.captions import caption_store
 
             summary.captions = caption_store(store, settings, root_id=root_id, show_progress=show_progress)
         if reader is not None:
-            from indexer.ocr import ocr_store
+            from indexer.enrich.ocr import ocr_store
 
             summary.text = ocr_store(store, settings, root_id=root_id, show_progress=show_progress, reader=reader)
+        if retag:
+            from indexer.enrich.tags import retag_store
+
+            summary.retagged = retag_store(store, show_progress)
     return summary
 
 
@@ -168,10 +164,12 @@ def update_store(
     if todo:
         embedder = embedder or load_embedder(store.model, settings)
         writer = ChunkWriter(store, root_id, summary)
+        cluster = None
         if settings.ray:
-            from indexer.cluster import run_on_ray
+            from indexer.runners.ray import ClusterUse, run_on_ray
 
-            files = run_on_ray(root, todo, embedder, store, settings, show_progress, summary)
+            cluster = ClusterUse()
+            files = run_on_ray(root, todo, embedder, store, settings, show_progress, cluster)
         else:
             files = run_workers(root, todo, embedder, store, settings, show_progress)
         for pending in files:
@@ -179,6 +177,7 @@ def update_store(
             if len(writer.rows) >= settings.commit_every:
                 writer.commit()
         writer.commit()
+        summary.cluster = cluster.line() if cluster else ""
     # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
     if scan.deleted:
         store.delete_images(scan.deleted)
@@ -215,98 +214,6 @@ def record_unreadable_folders(
                 )
             )  # fmt: skip
         s.commit()
-
-
-def decode_config(store: Store, embedder: "Embedder", settings: Settings) -> tuple[dict[str, int], WorkerConfig]:
-    """The store's embedded content hashes (hash -> image id), and what every decode worker needs."""
-    with store.session() as s:
-        known_hashes = dict(s.execute(select(Image.hash, Image.id).where(Image.status == INDEXED)).all())
-    config = WorkerConfig(
-        prep=embedder.prep,
-        max_pixels=settings.max_pixels,
-        known_hashes=frozenset(known_hashes),
-        memory_limit=settings.decode_memory,
-        timeout=settings.decode_timeout,
-    )
-    return known_hashes, config
-
-
-def indexing_progress(show_progress: bool) -> Progress:
-    return Progress(
-        TextColumn("indexing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} images/s"),
-        TimeRemainingColumn(),
-        disable=not show_progress,
-        transient=False,
-    )
-
-
-def reuse_twin(pending: Pending, store: Store, known_hashes: dict[str, int]) -> bool:
-    """Give a file whose content is already embedded its twin's vector; False if another writer deleted the twin."""
-    pending.source = store.image(known_hashes[pending.result.hash])
-    pending.vector = store.vector(pending.source.id) if pending.source else None
-    if pending.vector is None:  # another writer (of another folder) deleted it meanwhile
-        log.info("%s: its twin is gone; it is indexed on the next run", pending.stat.relpath)
-        return False
-    return True
-
-
-def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):
-    """Decode in a process pool while this process embeds; yields Pending files in order."""
-    known_hashes, config = decode_config(store, embedder, settings)
-    workers = settings.workers or cpu_count()
-    batch_size = embedder.batch_size
-    # Enough decoded work queued to keep every worker busy while a batch is in inference, and no more.
-    window = batch_size * 2 + workers * 4
-    batch: list[Pending] = []
-    progress = indexing_progress(show_progress)
-    context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe
-    # The image session opens (0.5-0.8 s for ViT-B/32, mostly outside the GIL) while the workers start and decode.
-    threading.Thread(target=embedder.load_image_tower, daemon=True).start()
-    started = time.perf_counter()
-    with (
-        progress,
-        ProcessPoolExecutor(workers, context, initializer=setup_worker, initargs=(config,)) as pool,
-    ):
-        task = progress.add_task("index", total=len(todo), rate=0.0)
-        queue: deque[tuple[FileStat, int | None, Future]] = deque()
-        items = iter(todo)
-        done = 0
-
-        def fill() -> None:
-            for stat, image_id in items:
-                queue.append((stat, image_id, pool.submit(load_file, root / stat.relpath)))
-                if len(queue) >= window:
-                    return
-
-        def flush():
-            nonlocal done
-            if batch:
-                vectors = embedder.embed_pixels([p.result.decoded.pixels for p in batch])
-                for p, vector in zip(batch, vectors, strict=True):
-                    p.vector = vector
-            done += len(batch)
-            progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
-            yield from batch
-            batch.clear()
-
-        fill()
-        while queue:
-            stat, image_id, future = queue.popleft()
-            fill()
-            pending = Pending(stat=stat, image_id=image_id, result=future.result())
-            if pending.result.decoded is None:
-                done += 1
-                if pending.result.skip_reason is None and not reuse_twin(pending, store, known_hashes):
-                    continue
-                yield pending
-                continue
-            batch.append(pending)
-            if len(batch) >= batch_size:
-                yield from flush()
-        yield from flush()
 
 
 class ChunkWriter:

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import select
 
-from indexer.embed import l2_normalize
 from indexer.errors import ModelLoadError, ModelMismatchError
-from indexer.models import canonical_name
+from indexer.models.embedder import l2_normalize
+from indexer.models.loading import canonical_name
 from indexer.store import Store, TextModel, utcnow
 
 MIN_AGREEMENT = 0.6

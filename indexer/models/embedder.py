@@ -1,7 +1,7 @@
 """Batched image and text embedding: L2-normalised float32 vectors out, whatever the runtime.
 
 No torch here: the ONNX Runtime path and the query path import NumPy and `tokenizers` only. The runtimes
-(`indexer/torch_embed.py`, `indexer/onnx_runtime.py`) subclass `Embedder`; `indexer/runtimes.py` picks one.
+(`torch_runtime.py`, `onnx_runtime.py` beside this file) subclass `Embedder`; `runtimes.py` picks one.
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from indexer.decode import ImagePrep
-from indexer.models import ModelInfo
+from indexer.models.loading import ModelInfo
 
 
 def normalize(pixels: np.ndarray, prep: ImagePrep) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 import logging
 
-from indexer.embed import Embedder
-from indexer.models import canonical_name, resolve_device
+from indexer.models.embedder import Embedder
+from indexer.models.loading import canonical_name, resolve_device
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ def make_embedder(name: str, settings: Settings, serving: bool = False) -> Embed
     """
     name, device = canonical_name(name), resolve_device(settings.device)
     if device == "cpu" and settings.cpu_runtime != "torch":
-        from indexer.onnx_runtime import OnnxEmbedder, OnnxExportError, find_or_export
+        from indexer.models.onnx_runtime import OnnxEmbedder, OnnxExportError, find_or_export
 
         try:
             folder = find_or_export(name, settings.cache_dir)
@@ -29,8 +29,8 @@ def make_embedder(name: str, settings: Settings, serving: bool = False) -> Embed
 
 
 def torch_embedder(name: str, device: str, settings: Settings) -> Embedder:
-    from indexer.models import load_model
-    from indexer.torch_embed import TorchEmbedder
+    from indexer.models.loading import load_model
+    from indexer.models.torch_runtime import TorchEmbedder
 
     loaded = load_model(name, device)
     return TorchEmbedder(loaded, settings.batch_size or (256 if loaded.device.type == "cuda" else 16))

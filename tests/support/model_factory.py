@@ -159,7 +159,7 @@ def save_sentence_transformers_clip(out: Path, seed: int = 0) -> Path:
     return out
 
 
-# --- text models that share a CLIP's space (search/text_models.py) ------------------------------------
+# --- text models that share a CLIP's space (indexer/models/paired_text.py) ------------------------------------
 
 GERMAN = [  # CORPUS, translated
     "ein Foto von einem Hund am Strand",
@@ -377,7 +377,7 @@ def save_blip_vqa(out: Path, seed: int = 0) -> Path:
     return out
 
 
-# --- BLIP captioners (indexer/caption.py): BERT WordPiece tokenizer from a vocab.txt ----------------------
+# --- BLIP captioners (indexer/enrich/captions.py): BERT WordPiece tokenizer from a vocab.txt ----------------------
 
 BLIP_DEC = "[DEC]"  # BLIP's decoder start token, added after the BERT vocabulary as in the real checkpoints
 

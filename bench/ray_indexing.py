@@ -17,8 +17,8 @@ import shutil
 import time
 
 from bench.indexing import DATA, QUICK, console, decode_cost, encode_cost, load, make_images, vit_b32
-from indexer.cpu import cpu_line
 from indexer.decode import WorkerConfig
+from indexer.models.cpu import cpu_line
 from indexer.settings import Settings, cpu_count
 
 COUNT = 60 if QUICK else 300
@@ -29,7 +29,7 @@ OVERHEAD_TARGET = 0.20
 
 def best_rate(folder, settings: Settings, runs: int) -> tuple[float, str]:
     """Best images/s of `runs` fresh indexing runs, and the summary line of that run."""
-    from indexer.pipeline import index_folder
+    from indexer.indexing import index_folder
 
     best = (0.0, "")
     for run in range(runs):
@@ -42,7 +42,7 @@ def best_rate(folder, settings: Settings, runs: int) -> tuple[float, str]:
 
 
 def main() -> None:
-    from indexer.runtimes import make_embedder
+    from indexer.models.runtimes import make_embedder
 
     cores = cpu_count()
     console.print(cpu_line())

@@ -1,4 +1,4 @@
-"""Index on a Ray cluster: decoding as Ray Data tasks on CPU workers, embedding in an actor pool (one per GPU).
+"""The Ray runner: decoding as Ray Data tasks on CPU workers, embedding in an actor pool (one per GPU).
 
 The driver (the `clipdex index --ray` process) lists the folder, diffs it against the store and commits rows and
 vectors in chunks exactly as the local pipeline does; only the per-file work moves to the cluster. Every node
@@ -21,12 +21,12 @@ import numpy as np
 
 from indexer.decode import Decoded, LoadResult, WorkerConfig, load_file, use_config
 from indexer.errors import BadInputError
+from indexer.runners.work import Pending, decode_config, indexing_progress, reuse_twin
 from indexer.scan import FileStat
 from indexer.settings import Settings
 
 if TYPE_CHECKING:
-    from indexer.embed import Embedder
-    from indexer.pipeline import IndexSummary, Pending
+    from indexer.models.embedder import Embedder
     from indexer.store import Store
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class EmbedActor:
     """Ray Data actor: loads the model once, then embeds the decoded files of each batch it is given."""
 
     def __init__(self, model: str, settings: Settings, device: str):
-        from indexer.runtimes import make_embedder
+        from indexer.models.runtimes import make_embedder
 
         self.embedder = make_embedder(model, settings.model_copy(update={"device": device}))
         self.name = f"{worker_name()}:{device}"
@@ -167,14 +167,12 @@ def run_on_ray(
     store: "Store",
     settings: Settings,
     show_progress: bool,
-    summary: "IndexSummary",
-) -> Iterator["Pending"]:
-    """The Ray twin of `pipeline.run_workers`: yields Pending files (in the order they finish), then says in
-    `summary.cluster` which workers took part."""
-    from indexer.pipeline import Pending, decode_config, indexing_progress, reuse_twin
-
+    use: ClusterUse,
+) -> Iterator[Pending]:
+    """The Ray twin of `local.run_workers`: yields Pending files (in the order they finish), and records in `use`
+    which of the cluster's workers took part."""
     ray = connect(settings.ray)
-    use = ClusterUse(nodes=check_every_node_reads(ray, root))
+    use.nodes = check_every_node_reads(ray, root)
     known_hashes, config = decode_config(store, embedder, settings)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     context = ray.data.DataContext.get_current()
@@ -220,7 +218,6 @@ def run_on_ray(
                 yield pending
             done += len(batch["relpath"])
             progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
-    summary.cluster = use.line()
 
 
 def load_result(batch: dict[str, np.ndarray], row: int) -> LoadResult:
@@ -237,65 +234,3 @@ def load_result(batch: dict[str, np.ndarray], row: int) -> LoadResult:
         taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
     )
     return LoadResult(hash=digest, decoded=decoded)
-
-
-class CaptionActor:
-    """Ray Data actor: loads the captioner once, then reads, decodes and captions each batch of images it is given.
-
-    Decoding stays in the actor: at the captioner's input size it costs milliseconds next to seconds of generation.
-    """
-
-    def __init__(self, name: str, prompt: str, settings: Settings, device: str):
-        from indexer.caption import load_captioner
-        from indexer.decode import setup_heif
-
-        setup_heif()
-        self.captioner = load_captioner(name, device, settings.caption_quantize, settings.caption_attn)
-        self.prompt, self.settings = prompt, settings
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from indexer.caption import caption_decoded, read_pixels
-
-        prep, max_pixels = self.captioner.prep, self.settings.max_pixels
-        ids = [int(i) for i in batch["id"]]
-        images = {i: read_pixels(path, prep, max_pixels) for i, path in zip(ids, batch["path"], strict=True)}
-        captions, failures = caption_decoded(self.captioner, images, self.prompt, self.settings)
-        return {
-            "id": batch["id"],
-            "caption": np.array([captions.get(i, "") for i in ids], dtype=object),
-            "failure": np.array([failures.get(i, "") for i in ids], dtype=object),
-        }
-
-
-def caption_on_ray(
-    store: "Store", ids: list[int], name: str, prompt: str, settings: Settings
-) -> Iterator[tuple[dict[int, str], dict[int, str]]]:
-    """The Ray twin of `caption.caption_here`: (captions, failures) of each batch, from a pool of caption actors."""
-    ray = connect(settings.ray)
-    paths = store.paths(ids)
-    if not paths:  # deleted since they were listed
-        return
-    # Only the folders that hold images to caption: another indexed folder may be gone, as locally it may.
-    roots = [root for root in store.roots() if any(p.startswith(root.rstrip("/") + "/") for p in paths.values())]
-    nodes = max(check_every_node_reads(ray, Path(root)) for root in roots)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    items = [{"id": i, "path": paths[i]} for i in ids if i in paths]
-    batch_size = settings.caption_batch_size or (16 if gpus else 4)
-    images = ray.data.from_items(items, override_num_blocks=min(math.ceil(len(items) / batch_size), MAX_BLOCKS))
-    # One actor per GPU, or one per node on CPU, whose generation threads take the node's cores.
-    captioned = images.map_batches(
-        CaptionActor,
-        fn_constructor_kwargs={
-            "name": name,
-            "prompt": prompt,
-            "settings": settings,
-            "device": "cuda" if gpus else "cpu",
-        },
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=gpus or nodes),
-        num_gpus=1 if gpus else 0,
-        num_cpus=0 if gpus else 1,
-    )
-    for batch in captioned.iter_batches(batch_size=None, batch_format="numpy"):
-        rows = list(zip(batch["id"].tolist(), batch["caption"], batch["failure"], strict=True))
-        yield {i: text for i, text, failure in rows if not failure}, {i: failure for i, _, failure in rows if failure}

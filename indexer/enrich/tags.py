@@ -18,54 +18,24 @@ What a score means:
 """
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy import delete, func, select
 
-from indexer.embed import Embedder, l2_normalize
-from indexer.errors import BadInputError, NotFoundError
+from indexer.enrich.labels import DEFAULT_SET, TagOptions
+from indexer.errors import NotFoundError
+from indexer.models.embedder import Embedder, l2_normalize
 from indexer.store import SKIPPED, Image, LabelSet, Store, Tag, utcnow
 
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a close-up photo of a {}.",
-    "a blurry photo of a {}.",
-    "a good photo of a {}.",
-)
-DEFAULT_SET = "default"
 BASELINE_LABEL = "something"  # CLIP multi-label scores compare each label with this one
-MAX_LABELS = 5_000
-MAX_LABEL_CHARS = 200
-MAX_TEMPLATES = 50
 CHUNK = 16_384  # stored vectors scored per matrix product
 TEXT_BATCH = 256  # prompts per text-tower forward pass
-
-
-@dataclass(frozen=True)
-class TagOptions:
-    """Which labels become tags. Neither top_k nor threshold: the best label (single) or 0.5 (multi)."""
-
-    top_k: int | None = None
-    threshold: float | None = None
-    multi_label: bool = False
-
-    def resolved(self, n_labels: int) -> "TagOptions":
-        """Check the options against the label count and fill in the defaults."""
-        if self.top_k is not None and not 1 <= self.top_k <= n_labels:
-            raise BadInputError(f"--top-k must be between 1 and the number of labels ({n_labels})")
-        if self.threshold is not None and not 0 < self.threshold < 1:
-            raise BadInputError("--threshold is a probability: give a number between 0 and 1 (exclusive)")
-        if self.top_k is None and self.threshold is None:
-            return TagOptions(threshold=0.5, multi_label=True) if self.multi_label else TagOptions(top_k=1)
-        return self
 
 
 @dataclass
@@ -160,56 +130,6 @@ class TagSummary:
         )
 
 
-# --- input --------------------------------------------------------------------------------------------
-
-
-def parse_labels(text: str) -> list[str]:
-    """Labels from a comma-separated string."""
-    return check_labels(text.split(","))
-
-
-def read_labels_file(path: Path) -> list[str]:
-    """Labels from a file: one a line; blank lines and lines starting with # are ignored."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"cannot read the labels file {path}: {e}") from None
-    return check_labels(line for line in lines if not line.lstrip().startswith("#"))
-
-
-def check_labels(raw: Iterable[str]) -> list[str]:
-    """Stripped, non-empty, unique (ignoring case) labels, no more than MAX_LABELS."""
-    labels = [label.strip() for label in raw if label.strip()]
-    if not labels:
-        raise BadInputError("the label set is empty: give labels like --labels 'cat,dog' or a --labels-file")
-    if len(labels) > MAX_LABELS:
-        raise BadInputError(f"{len(labels)} labels is over the limit of {MAX_LABELS}; split them into several sets")
-    long = [label for label in labels if len(label) > MAX_LABEL_CHARS]
-    if long:
-        raise BadInputError(f"labels must be at most {MAX_LABEL_CHARS} characters; {long[0][:40]!r}... is longer")
-    seen: dict[str, str] = {}
-    dupes = []
-    for label in labels:
-        if label.casefold() in seen:
-            dupes.append(label)
-        seen.setdefault(label.casefold(), label)
-    if dupes:
-        raise BadInputError(f"duplicate labels (case is ignored): {', '.join(sorted(set(dupes)))}; list each once")
-    return labels
-
-
-def check_templates(templates: Sequence[str] | None) -> list[str]:
-    """The default ensemble when none are given; each template must hold exactly one {}."""
-    if not templates:
-        return list(DEFAULT_TEMPLATES)
-    if len(templates) > MAX_TEMPLATES:
-        raise BadInputError(f"at most {MAX_TEMPLATES} templates")
-    for template in templates:
-        if template.count("{}") != 1:
-            raise BadInputError(f"template {template!r} needs one {{}} where the label goes: 'a photo of a {{}}.'")
-    return list(templates)
-
-
 # --- the classifier ------------------------------------------------------------------------------------
 
 
@@ -248,60 +168,7 @@ def rank_labels(classifier: Classifier, vector: np.ndarray, top_k: int | None = 
     return [LabelScore(classifier.labels[i], float(scores[i])) for i in order]
 
 
-def classify_image(
-    engine, data: bytes, labels: Sequence[str], templates: Sequence[str] | None = None, multi_label: bool = False
-) -> list[LabelScore]:
-    """Labels of an uploaded image file, ranked with their scores (the zero-shot pipeline, for one image)."""
-    classifier = build_classifier(engine.embedder, check_labels(labels), check_templates(templates), multi_label)
-    return rank_labels(classifier, engine.embed_image(data))
-
-
 # --- tagging the store ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelSetRequest:
-    """A checked request to tag a store: labels, templates, options and the set's name."""
-
-    labels: tuple[str, ...]
-    templates: tuple[str, ...]
-    options: TagOptions
-    name: str
-
-
-def check_request(
-    labels: Sequence[str],
-    templates: Sequence[str] | None = None,
-    options: TagOptions = TagOptions(),
-    name: str = DEFAULT_SET,
-) -> LabelSetRequest:
-    """Every check a tagging job needs, done before any model runs; BadInputError says what is wrong."""
-    labels, templates = check_labels(labels), check_templates(templates)
-    name = name.strip()
-    if not name or len(name) > MAX_LABEL_CHARS:
-        raise BadInputError(f"a label set needs a name of 1 to {MAX_LABEL_CHARS} characters")
-    return LabelSetRequest(tuple(labels), tuple(templates), options.resolved(len(labels)), name)
-
-
-def embed_label_set(engine, request: LabelSetRequest) -> Classifier:
-    """The classifier of a request, with the engine's model (the text tower's part of a tagging job)."""
-    return build_classifier(engine.embedder, request.labels, request.templates, request.options.multi_label)
-
-
-def run_tagging(engine, request: LabelSetRequest, classifier: Classifier, show_progress: bool = False) -> TagSummary:
-    """Tag the engine's store with a request's classifier and save the set (the stored vectors' part)."""
-    return tag_store(engine.store, classifier, request.templates, request.options, request.name, show_progress)
-
-
-def tag_collection(engine, request: LabelSetRequest, show_progress: bool = False) -> TagSummary:
-    """The whole tagging job on a search engine's store: embed the prompts, tag, save the set."""
-    _ = engine.embedder  # loaded before the clock starts: label_seconds times the prompts alone
-    clock = time.perf_counter()
-    classifier = embed_label_set(engine, request)
-    label_seconds = time.perf_counter() - clock
-    summary = run_tagging(engine, request, classifier, show_progress)
-    summary.label_seconds = label_seconds
-    return summary
 
 
 def tag_store(
@@ -438,7 +305,9 @@ def label_counts(store: Store, label_set: str | None = None) -> list[tuple[str, 
     with store.session() as s:
         rows = s.execute(query.order_by(Tag.label_set, func.count().desc(), Tag.label)).all()
     if label_set is not None and not rows and label_set not in label_set_names(store):
-        raise NotFoundError(f"no label set named {label_set!r}; `clipdex tags` lists them")
+        raise NotFoundError(
+            f"no label set named {label_set!r}; the store has {', '.join(label_set_names(store)) or 'none'}"
+        )
     return [(set_name, label, n) for set_name, label, n in rows]
 
 

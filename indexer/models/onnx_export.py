@@ -1,6 +1,6 @@
 """Export a model's image and text towers from torch to ONNX, once per model and weights.
 
-Runs in its own process (`python -m indexer.onnx_export NAME CACHE_DIR`, started by `indexer/onnx_runtime.py`),
+Runs in its own process (`python -m indexer.models.onnx_export NAME CACHE_DIR`, started by `onnx_runtime.py`),
 so the process that indexes or searches never imports torch or holds the torch weights: it loads only the
 export. The folder written holds everything inference needs: both graphs, the `tokenizers` tokenizer and
 the model's facts (`model.json`).
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from indexer.embed import image_inputs
 from indexer.errors import ModelLoadError
-from indexer.models import LoadedModel, load_model
-from indexer.onnx_runtime import (
+from indexer.models.embedder import image_inputs
+from indexer.models.loading import LoadedModel, load_model
+from indexer.models.onnx_runtime import (
     EXPORT_VERSION,
     MODEL_FILE,
     MODEL_LOAD_FAILED,
@@ -30,7 +30,7 @@ from indexer.onnx_runtime import (
     check_images,
     export_folder,
 )
-from indexer.torch_embed import features
+from indexer.models.torch_runtime import features
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def optimize(tower: Path, num_heads: int, hidden_size: int) -> None:
 
 
 def main() -> None:
-    """`python -m indexer.onnx_export NAME CACHE_DIR`: export NAME, print the export folder on stdout."""
+    """`python -m indexer.models.onnx_export NAME CACHE_DIR`: export NAME, print the export folder on stdout."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     name, cache_dir = sys.argv[1], Path(sys.argv[2])
     try:

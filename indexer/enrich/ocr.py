@@ -5,7 +5,8 @@ recognition model (a PP-OCR rec .onnx and its character list) is given by path (
 
 What is read is stored twice: the lines, each with its box and confidence (table text_lines), and the image's
 whole text as a caption by the reader (model READ_TEXT + name), so full-text search, incremental runs, recorded
-failures and a changed file losing its text all come from the captioning machinery (indexer/caption.py).
+failures and a changed file losing its text all come from the captioning machinery (indexer/enrich/batches.py,
+captions.py).
 
 Most photos hold no text, and with the wheel's defaults the detector alone costs most of a read (it upsizes
 the image to 736 px on its short side: 0.5 s for a 640x360 photo here). So the detector looks at a copy at most
@@ -15,7 +16,6 @@ wheel's pipeline: 3x faster, the same search recall from 20 px text up, a little
 """
 
 import functools
-import io
 import logging
 import re
 import time
@@ -27,8 +27,8 @@ from PIL import Image as PILImage
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import delete
 
-from indexer.caption import decoded_batches, images_to_caption
-from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash
+from indexer.decode import ImagePrep
+from indexer.enrich.batches import decoded_batches, images_to_do, read_pixels
 from indexer.errors import ModelLoadError
 from indexer.settings import Settings
 from indexer.store import READ_TEXT, Caption, CaptionFailure, Root, Store, TextLine, utcnow
@@ -109,20 +109,12 @@ class Reader:
         ]
 
 
-def read_pixels(path: str, max_pixels: int) -> np.ndarray | str:
-    """A file decoded for reading: full size up to MAX_EDGE on its long side; or the reason it cannot be."""
-    try:
-        data, _ = read_and_hash(Path(path))
-        try:
-            with PILImage.open(io.BytesIO(data)) as header:
-                width, height = header.size
-        except Exception:  # decode_image below says what is wrong with the file
-            width = height = MAX_EDGE
-        short = min(width, height) * min(1.0, MAX_EDGE / max(width, height, 1))
-        prep = ImagePrep((max(1, round(short)), 0), None, PILImage.Resampling.BICUBIC, (0, 0, 0), (1, 1, 1), 1.0)
-        return decode_image(data, prep, max_pixels).pixels
-    except DecodeError as e:
-        return e.reason
+def reading_prep(width: int, height: int) -> ImagePrep:
+    """How a file is decoded for reading: full size, at most MAX_EDGE on its long side."""
+    if not width or not height:
+        width = height = MAX_EDGE
+    short = min(width, height) * min(1.0, MAX_EDGE / max(width, height))
+    return ImagePrep((max(1, round(short)), 0), None, PILImage.Resampling.BICUBIC, (0, 0, 0), (1, 1, 1), 1.0)
 
 
 @dataclass
@@ -185,7 +177,7 @@ def ocr_store(
     with store.writing(root, settings.lock_timeout):  # re-entrant: `index --ocr` holds it already
         started = time.perf_counter()
         name = reader.name if reader else reader_name(settings.ocr_model)
-        todo, total = images_to_caption(store, name, "", redo, root_id)
+        todo, total = images_to_do(store, name, "", redo, root_id)
         summary = OcrSummary(reader=name, done_before=total - len(todo))
         if todo:
             reader = reader or Reader(settings.ocr_model, settings.ocr_keys)
@@ -199,7 +191,7 @@ def ocr_store(
             )
             with progress:
                 task = progress.add_task("ocr", total=len(todo), rate=0.0)
-                read_file = functools.partial(read_pixels, max_pixels=settings.max_pixels)
+                read_file = functools.partial(read_pixels, max_pixels=settings.max_pixels, prep=reading_prep)
                 for images in decoded_batches(store, todo, BATCH, read_file):
                     record(store, name, *read_batch(reader, images), summary)
                     done = summary.read + summary.empty + summary.failed

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from indexer.embed import Embedder
-from indexer.models import LoadedModel
+from indexer.models.embedder import Embedder
+from indexer.models.loading import LoadedModel
 
 
 def features(out) -> torch.Tensor:

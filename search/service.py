@@ -1,55 +1,102 @@
-"""Open a store and answer queries: by text, by image, by stored image; filters, paging, metadata, files.
+"""The service: one object that answers every operation the CLI and the API offer over a store.
 
-Text queries rank by embedding similarity, by caption match (the store's full-text search), or by both fused (hybrid).
+Searches (text, image, stored image, query arithmetic; embedding, caption, read-text or fused rankings; filters,
+paging, relevance cut-off, sorting), collection views (duplicates, clusters, tags), the passes that enrich a
+store (tags, captions, read text) and an image's facts and files. Modes, sorts and defaults are declared here
+once; the front ends translate requests into these calls and clipdex errors into their own (search/cli,
+search/api). Heavy modules (torch, the tagging and clustering code) are imported by the operations that use
+them, so a cold `clipdex search` stays fast.
 """
 
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image as PILImage
-from PIL import ImageOps
 from sqlalchemy import func, select
 
 from indexer.decode import DecodeError, decode_image, read_and_hash, setup_heif
-from indexer.embed import Embedder
-from indexer.errors import BadInputError, NotFoundError, StorageFullError, is_disk_full
-from indexer.models import canonical_name
+from indexer.enrich.labels import (
+    LabelSetRequest,
+    TagOptions,
+    check_labels,
+    check_request,
+    check_templates,
+    parse_labels,
+    read_labels_file,
+)
+from indexer.errors import BadInputError, NotFoundError
+from indexer.models.embedder import Embedder
+from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, TextLine, open_store
 from indexer.store.base import caption_source
+from search import media
 from search.query import Term, check_terms, parse_query
 from search.relevance import Background, sample_store
 
 if TYPE_CHECKING:
+    from indexer.enrich.captions import CaptionSummary
+    from indexer.enrich.ocr import OcrSummary
+    from indexer.enrich.tags import LabelScore, TagSummary
+    from indexer.indexing import IndexSummary
+    from indexer.store.copy import CopySummary
     from search.clusters import Clustering
     from search.duplicates import DuplicateGroup
+    from search.vlm import VisualQA
 
+# What the front ends take from here besides the Service: request and result types, the label-set checks.
+__all__ = [
+    "Filters",
+    "Hit",
+    "ImageInfo",
+    "LabelSetRequest",
+    "SearchMode",
+    "Service",
+    "Sort",
+    "TagOptions",
+    "check_request",
+    "check_templates",
+    "make_filters",
+    "parse_labels",
+    "read_labels_file",
+]
+
+
+class SearchMode(StrEnum):
+    """How a text query ranks: by embedding similarity, caption match, read-text match, or all fused."""
+
+    embedding = "embedding"
+    caption = "caption"
+    text = "text"
+    hybrid = "hybrid"
+
+
+class Sort(StrEnum):
+    """Hits by score, or the best MAX_K by capture date."""
+
+    score = "score"
+    newest = "newest"
+    oldest = "oldest"
+
+
+DEFAULT_MODE = SearchMode.hybrid
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
-SEARCH_MODES = ("embedding", "caption", "text", "hybrid")
 WORD_SOURCES = ("caption", "text")  # what the words of a query can match: written captions, text read in images
-SORTS = ("score", "newest", "oldest")
 RELEVANCE_SAMPLE_SECONDS = 600
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (RRF_K + rank). 60 is the
 # paper's constant: it keeps one ranking's top hit from outweighing agreement between both rankings.
 RRF_K = 60
 # Hybrid search fuses the top max(FUSION_DEPTH, k + offset) candidates of each ranking (embedding: <= MAX_K).
 FUSION_DEPTH = 100
-THUMB_DIR = "thumbs"
-THUMB_EDGE = 384  # pixels on the long side: sharp in a ~190 px grid cell on a 2x screen
-# What one request may decode (an upload, a thumbnail), far below the indexer's limit: a 24 KB 1-bit PNG can
-# be 14,000 x 14,000 pixels, 590 MB as RGB. JPEGs decode at reduced size (draft) before this is counted.
-REQUEST_MAX_PIXELS = 40_000_000
 DECODES_AT_ONCE = 2  # decodes for requests in flight at once, so concurrent uploads cannot add up
 
 
@@ -69,10 +116,10 @@ class ImageInfo:
     text: list[TextLine] = field(default_factory=list)  # lines read in it (OCR), with their boxes
 
 
-class SearchEngine:
-    """Queries over one store; the embedding model loads on the first query that needs it.
+class Service:
+    """Every operation over one store; the embedding model loads on the first operation that needs it.
 
-    `serving`: the engine of a long-running service, which trades start-up time for faster answers.
+    `serving`: a long-running service (clipdex serve), which trades start-up time for faster answers.
     """
 
     def __init__(self, settings: Settings, serving: bool = False):
@@ -93,11 +140,12 @@ class SearchEngine:
         # The last result of each long job (duplicates, clusters), keyed by its arguments and the store's state.
         self._remembered: dict[str, tuple] = {}
         self._background: tuple[float, Background | None] = (0.0, None)
+        self._visual_qa: VisualQA | None = None
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from indexer.runtimes import make_embedder
+            from indexer.models.runtimes import make_embedder
 
             self._embedder = make_embedder(self.store.model, self.settings, self.serving)
         return self._embedder
@@ -105,10 +153,10 @@ class SearchEngine:
     @property
     def text_tower(self):
         """What embeds query texts: settings.text_model once it is known to share the store's space
-        (search/text_models.py), else the store model's own text tower."""
+        (indexer/models/paired_text.py), else the store model's own text tower."""
         if self._text_tower is None:
             if self.settings.text_model:
-                from search.text_models import paired_text_model
+                from indexer.models.paired_text import paired_text_model
 
                 self._text_tower = paired_text_model(
                     self.store, self.settings.text_model, self.settings.device, lambda: self.embedder
@@ -116,10 +164,6 @@ class SearchEngine:
             else:
                 self._text_tower = self.embedder
         return self._text_tower
-
-    def search_text(self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS) -> list[Hit]:
-        """Images that best match a description (one idea: no query arithmetic)."""
-        return self.search_vector(self.embed_query(query), k, offset, filters=filters)
 
     def _embed_text(self, query: str) -> np.ndarray:
         return self.text_encoder(query) if self.text_encoder else self.text_tower.embed_texts([query])[0]
@@ -138,7 +182,9 @@ class SearchEngine:
         setup_heif()
         try:
             with self._decode_slots:
-                decoded = decode_image(data, self.embedder.prep, min(self.settings.max_pixels, REQUEST_MAX_PIXELS))
+                decoded = decode_image(
+                    data, self.embedder.prep, min(self.settings.max_pixels, media.REQUEST_MAX_PIXELS)
+                )
         except DecodeError as e:
             raise BadInputError(f"the query image cannot be used: {e.reason}") from None
         return self.embedder.embed_pixels([decoded.pixels])[0]
@@ -242,7 +288,7 @@ class SearchEngine:
     def search(
         self,
         query: str,
-        mode: str = "hybrid",
+        mode: str = DEFAULT_MODE,
         k: int = 10,
         offset: int = 0,
         filters: Filters = NO_FILTERS,
@@ -257,7 +303,7 @@ class SearchEngine:
     def search_terms(
         self,
         terms: list[Term],
-        mode: str = "hybrid",
+        mode: str = DEFAULT_MODE,
         k: int = 10,
         offset: int = 0,
         filters: Filters = NO_FILTERS,
@@ -267,17 +313,20 @@ class SearchEngine:
         """Search ranked by embedding similarity, caption match, match of the text read in the images, or all of
         them fused (hybrid); hits carry a caption, or the text that matched, when they have one.
 
-        Row filters apply in every mode; min_score (a cosine) and `relevant` to the embedding ranking. Several
+        Row filters apply in every mode; min_score (a cosine) and `relevant` to the embedding ranking (in hybrid
+        mode too, where the text matches join it uncut). Several
         terms, or an image, need the embedding ranking: hybrid matches captions on the words of the terms to find.
         `sort` "newest"/"oldest" orders the best MAX_K hits (those past the cut-off) by capture time, undated last.
         """
         check_page(k, offset)
-        if mode not in SEARCH_MODES:
-            raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
-        if sort not in SORTS:
-            raise BadInputError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
-        if mode != "embedding" and filters.min_score is not None:
-            raise BadInputError(f"min_score is a cosine similarity: use it with the embedding mode, not {mode}")
+        if mode not in SearchMode.__members__:
+            raise BadInputError(f"unknown search mode {mode!r}; use one of {', '.join(SearchMode)}")
+        if sort not in Sort.__members__:
+            raise BadInputError(f"unknown sort {sort!r}; use one of {', '.join(Sort)}")
+        if mode in WORD_SOURCES and filters.min_score is not None:
+            raise BadInputError(
+                f"min_score is a cosine similarity: use it with the embedding or hybrid mode, not {mode}"
+            )
         if sort != "score":
             hits = self.search_terms(terms, mode, MAX_K, 0, filters, relevant)
             dated = sorted((h for h in hits if h.taken_at), key=lambda h: h.taken_at, reverse=sort == "newest")
@@ -317,12 +366,12 @@ class SearchEngine:
         each of `sources` (captions, read text); the score is the fused one.
 
         An image only some rankings found gets their shares; equal scores go to the better embedding rank.
-        `relevant` cuts the embedding ranking only: text that matches the words is itself evidence. A hit shows
-        the caption or read text that matched, the caption first.
+        `relevant` and min_score cut the embedding ranking only: text that matches the words is itself evidence. A
+        hit shows the caption or read text that matched, the caption first.
         """
         check_page(k, offset)
         depth = max(FUSION_DEPTH, k + offset)
-        by_embedding = self.search_vector(vector, min(depth, MAX_K), 0, exclude, filters.rows_only, relevant)
+        by_embedding = self.search_vector(vector, min(depth, MAX_K), 0, exclude, filters, relevant)
         rankings = [{hit.id: rank for rank, hit in enumerate(by_embedding, 1)}]
         matched: dict[int, str] = {}
         for source in reversed(sources):  # captions last: their matched text wins
@@ -349,24 +398,74 @@ class SearchEngine:
         if not query:
             raise BadInputError("the query text is empty")
         if source == "text":  # split as the stored text is: "A4" finds "A4" read as "A 4"
-            from indexer.ocr import searchable
+            from indexer.enrich.ocr import searchable
 
             query = searchable(query)
         return self.store.match_captions(query, limit, filters, source)
 
+    # --- the collection: duplicates, clusters, tags --------------------------------------------------------
+
     def duplicates(self, threshold: float, folder: str | None = None) -> list["DuplicateGroup"]:
-        """The store's duplicate groups (search/duplicates.py)."""
+        """The store's duplicate groups (search/duplicates.py), largest first, each with its keeper first."""
         from search.duplicates import find_duplicates
 
         args = (threshold, folder)
         return self.remembered("duplicates", args, lambda: find_duplicates(self.store, *args))
 
-    def clusters(self, k: int | None = None, labels: list[str] | None = None, auto: bool = False) -> "Clustering":
-        """The store's clusters (search/clusters.py cluster_store)."""
+    def clusters(
+        self, k: int | None = None, labels: list[str] | None = None, auto: bool = False, show_progress: bool = False
+    ) -> "Clustering":
+        """The store's clusters (search/clusters.py), named by `labels` (None: the default vocabulary)."""
         from search.clusters import cluster_store
 
         args = (k, tuple(labels or ()), auto)
-        return self.remembered("clusters", args, lambda: cluster_store(self, k, labels, auto))
+        return self.remembered(
+            "clusters", args, lambda: cluster_store(self.store, self.text_tower, k, labels, auto, show_progress)
+        )
+
+    def classify(
+        self, data: bytes, labels: Sequence[str], templates: Sequence[str] | None = None, multi_label: bool = False
+    ) -> tuple[list["LabelScore"], str]:
+        """The labels of an image file, ranked with their scores, and how they were scored ("softmax" or
+        "sigmoid"): the zero-shot pipeline (indexer/enrich/tags.py) for one image."""
+        from indexer.enrich.tags import build_classifier, rank_labels
+
+        labels, templates = check_labels(labels), check_templates(templates)
+        vector = self.embed_image(data)
+        classifier = build_classifier(self.embedder, labels, templates, multi_label)
+        return rank_labels(classifier, vector), classifier.activation
+
+    def tag(self, request: "LabelSetRequest", show_progress: bool = False) -> "TagSummary":
+        """Tag every stored image with a checked label set (indexer/enrich/tags.py check_request) and save it."""
+        from indexer.enrich.tags import build_classifier, tag_store
+
+        _ = self.embedder  # loaded before the clock starts: label_seconds times the prompts alone
+        clock = time.perf_counter()
+        classifier = build_classifier(self.embedder, request.labels, request.templates, request.options.multi_label)
+        label_seconds = time.perf_counter() - clock
+        summary = tag_store(self.store, classifier, request.templates, request.options, request.name, show_progress)
+        summary.label_seconds = label_seconds
+        return summary
+
+    def tags(self, label_set: str | None = None) -> list[tuple[str, str, int]]:
+        """(label set, label, images) for every label in use, most used first."""
+        from indexer.enrich.tags import label_counts
+
+        return label_counts(self.store, label_set)
+
+    # --- passes that add to the store: captions, read text -----------------------------------------------
+
+    def caption(self, redo: bool = False, show_progress: bool = False) -> "CaptionSummary":
+        """Caption the stored images that lack a caption from the configured captioner (all with `redo`)."""
+        from indexer.enrich.captions import caption_store
+
+        return caption_store(self.store, self.settings, redo, None, show_progress)
+
+    def read_text(self, redo: bool = False, show_progress: bool = False) -> "OcrSummary":
+        """Read the text in the stored images not yet read (all with `redo`): indexer/enrich/ocr.py."""
+        from indexer.enrich.ocr import ocr_store
+
+        return ocr_store(self.store, self.settings, redo, None, show_progress)
 
     def remembered(self, name: str, args: tuple, compute: Callable):
         """compute() for `args`, worked out again only once the store has changed: pages of a result that takes
@@ -410,74 +509,26 @@ class SearchEngine:
         )
 
     def image_file(self, image_id: int) -> Path:
-        """The file of an indexed image, if it is still the file that was indexed (only ids are accepted).
-
-        A file swapped since (for a symlink to /etc/passwd, or a 400 MP picture) is not served: it must be a
-        regular file with the size and mtime the store recorded, and open as an image. The row stays for
-        the next index run to fix.
-        """
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                select(Root.path, Image.relpath, Image.size, Image.mtime_ns)
-                .join(Root)
-                .where(Image.id == image_id, Image.status == INDEXED)
-            ).first()
-        if row is None:
-            raise NotFoundError(f"no indexed image with id {image_id}")
-        path = Path(row.path) / row.relpath
-        try:
-            st = path.stat()
-        except OSError:
-            raise NotFoundError(f"image {image_id}'s file {path} is gone; re-index its folder") from None
-        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
-            raise NotFoundError(f"image {image_id}'s file {path} changed since it was indexed; re-index its folder")
-        setup_heif()
-        try:
-            with PILImage.open(path):  # reads the header only
-                pass
-        except (OSError, ValueError, PILImage.DecompressionBombError):
-            raise NotFoundError(f"image {image_id}'s file {path} is no longer an image; re-index its folder") from None
-        return path
+        """The file of an indexed image, if it is still the file that was indexed (search/media.py)."""
+        return media.image_file(self.store, image_id)
 
     def thumbnail(self, image_id: int) -> Path:
-        """A JPEG thumbnail of an indexed image, made once and cached in the store by content hash."""
-        source = self.image_file(image_id)
-        with self.store.session() as s:
-            content_hash = s.scalar(select(Image.hash).where(Image.id == image_id))
-        thumb = (self.store.local_dir or self.settings.cache_dir) / THUMB_DIR / f"{content_hash or image_id}.jpg"
-        if not thumb.exists():
-            small = self.decode_thumbnail(image_id, source)
-            thumb.parent.mkdir(parents=True, exist_ok=True)
-            tmp = thumb.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            try:  # written whole under a temporary name, then renamed: never a truncated thumbnail
-                small.save(tmp, "JPEG", quality=82)
-                os.replace(tmp, thumb)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                if is_disk_full(e):
-                    raise StorageFullError(f"no room for thumbnails in {thumb.parent}: {e.strerror}") from None
-                raise
-        return thumb
+        """A JPEG thumbnail of an indexed image, made once and cached in the store (search/media.py)."""
+        cache_dir = self.store.local_dir or self.settings.cache_dir
+        return media.thumbnail(self.store, cache_dir, image_id, self._decode_slots)
 
-    def decode_thumbnail(self, image_id: int, source: Path) -> PILImage.Image:
-        """The image at thumbnail size, decoded within REQUEST_MAX_PIXELS (JPEGs at reduced size)."""
-        try:
-            with self._decode_slots, PILImage.open(source) as img:
-                img.draft("RGB", (THUMB_EDGE, THUMB_EDGE))
-                if img.width * img.height > REQUEST_MAX_PIXELS:
-                    raise BadInputError(
-                        f"image {image_id} is {img.width}x{img.height} pixels, too large for a thumbnail "
-                        f"(at most {REQUEST_MAX_PIXELS:,} pixels); open the file itself"
-                    )
-                small = ImageOps.exif_transpose(img).convert("RGB")
-                small.thumbnail((THUMB_EDGE, THUMB_EDGE))
-                return small
-        except (OSError, PILImage.DecompressionBombError) as e:
-            raise BadInputError(f"image {image_id} can no longer be read ({e}); re-index its folder") from None
+    @property
+    def visual_qa(self) -> "VisualQA":
+        """Follow-up questions about stored images (search/vlm.py); its VLM loads with the first question."""
+        if self._visual_qa is None:
+            from search.vlm import VisualQA
 
-    def stats(self) -> dict:
-        """Counts, model and roots of the store."""
-        from search.text_models import paired_names
+            self._visual_qa = VisualQA(self.store, self.settings)
+        return self._visual_qa
+
+    def stats(self, skipped_files: bool = False) -> dict:
+        """Counts, model and roots of the store; with `skipped_files`, each skipped file and why."""
+        from indexer.models.paired_text import paired_names
 
         counts = self.store.counts()
         return {
@@ -488,7 +539,60 @@ class SearchEngine:
             "indexed": counts.get("indexed", 0),
             "skipped": counts.get("skipped", 0),
             "roots": self.store.roots(),
-        }
+        } | ({"skipped_files": [{"path": p, "reason": r} for p, r in self.store.skipped()]} if skipped_files else {})
+
+
+def make_filters(
+    folder: str | None = None,
+    taken_from: date | None = None,
+    taken_to: date | None = None,
+    tag: str | None = None,
+    min_score: float | None = None,
+) -> Filters:
+    """Filters from a request: empty strings (an empty form field) mean no filter; the dates must be in order."""
+    if taken_from and taken_to and taken_from > taken_to:
+        raise BadInputError("taken_from is after taken_to")
+    if min_score is not None and not -1 <= min_score <= 1:
+        raise BadInputError("min_score is a cosine similarity: between -1 and 1")
+    return Filters(
+        folder=folder or None, taken_from=taken_from, taken_to=taken_to, tag=tag or None, min_score=min_score
+    )
+
+
+# --- what comes before a Service: building a store, copying one, choosing a model ----------------------------
+
+
+def index_folder(
+    folder: Path, settings: Settings, show_progress: bool, caption: bool = False, ocr: bool = False, retag: bool = False
+) -> "IndexSummary":
+    """Bring the store up to date with a folder, and optionally caption, read and tag what changed
+    (indexer/indexing.py); the store is made on the first run."""
+    from indexer.indexing import index_folder
+
+    return index_folder(folder, settings, show_progress, caption=caption, ocr=ocr, retag=retag)
+
+
+def copy_store(source: str, destination: str, settings: Settings, show_progress: bool) -> "CopySummary":
+    """Copy a store, vectors, captions and tags included, into a new directory or an empty database; a re-run
+    continues an interrupted copy (indexer/store/copy.py)."""
+    from indexer.store.copy import copy_store
+
+    src = open_store(source)
+    dst = open_store(destination, model=src.model, dim=src.dim, create=True)
+    return copy_store(src, dst, settings.lock_timeout, show_progress)
+
+
+def model_catalogue() -> tuple[list[dict], dict]:
+    """The embedding models to choose from, each with the cost measured here, and where those figures come from
+    (indexer/models/catalog.py)."""
+    from indexer.models.catalog import CATALOG, measured
+
+    figures = measured()
+    rows = [{**asdict(e), **figures["models"].get(e.id, {})} for e in CATALOG]
+    for row in rows:
+        for key in ("kind", "vision", "text", "vocab_size", "image_size", "patch_size", "max_patches", "extra"):
+            del row[key]  # how bench/models.py rebuilds it, not what a user chooses by
+    return rows, {k: v for k, v in figures.items() if k != "models"}
 
 
 def check_page(k: int, offset: int) -> None:

@@ -24,7 +24,7 @@ from indexer.errors import ClipdexError
 from search.vlm import MAX_IMAGE_ID, MAX_QUESTION_CHARS, Conversation, VisualQA
 
 # Included in search.api's /api router (API key and error handling come from there); the app's lifespan
-# puts a VisualQA and a Conversations registry in app.state.
+# puts a Conversations registry in app.state; the VisualQA is the service's.
 router = APIRouter(prefix="/conversations", tags=["questions"])
 
 
@@ -56,7 +56,7 @@ class ConversationPublic(BaseModel):
 
 
 def get_visual_qa(request: Request) -> VisualQA:
-    return request.app.state.visual_qa
+    return request.app.state.service.visual_qa
 
 
 def get_conversation(request: Request, conversation_id: str) -> Conversation:

@@ -1,0 +1,201 @@
+"""What the API takes and gives: pydantic models per resource (`...Create` in, `...Public` out)."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from indexer.enrich.labels import DEFAULT_SET, MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
+from search.query import MAX_TERMS, MAX_WEIGHT
+from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, Hit, SearchMode, Sort
+
+StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
+
+
+class HitPublic(BaseModel):
+    id: int
+    path: str
+    name: str
+    score: float
+    relevance: float | None = Field(description="With relevant=true: spreads above this query's typical score")
+    caption: str | None
+    taken_at: str | None
+    thumbnail_url: str
+    image_url: str
+
+
+class SearchResults(BaseModel):
+    hits: list[HitPublic]
+    k: int
+    offset: int
+
+
+class TermCreate(BaseModel):
+    """One idea of a combined query: a text or a stored image, with a weight (negative: move away from it)."""
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS)
+    image_id: StoredId | None = None
+    weight: float = Field(1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT)
+
+
+class QueryCreate(BaseModel):
+    terms: list[TermCreate] = Field(min_length=1, max_length=MAX_TERMS)
+    mode: SearchMode = DEFAULT_MODE
+    relevant: bool = False
+    sort: Sort = Sort.score
+
+
+class TagPublic(BaseModel):
+    label: str
+    score: float
+
+
+class TextLinePublic(BaseModel):
+    text: str
+    confidence: float
+    box: list[list[float]] = Field(
+        description="Four [x, y] corners as fractions of the image's width and height, clockwise from the top left"
+    )
+
+
+class ImagePublic(BaseModel):
+    id: int
+    path: str
+    name: str
+    size: int
+    width: int | None
+    height: int | None
+    format: str | None
+    # EXIF capture times carry no time zone: the camera's local time, so no offset is claimed (RFC 3339's
+    # date-time needs one, and this is not one).
+    taken_at: str | None = Field(
+        description="capture time as the camera recorded it, local time without offset",
+        examples=["2024-06-01T12:00:00"],
+    )
+    captions: list[str]
+    tags: list[TagPublic]
+    text: list[TextLinePublic] = Field(description="Lines of text read in the image (clipdex ocr), top to bottom")
+    thumbnail_url: str
+    image_url: str
+
+
+class OcrJobPublic(BaseModel):
+    id: str
+    status: str  # queued, running, done or failed
+    read: int | None = None  # when done: images with text
+    empty: int | None = None  # images without
+    failed: int | None = None
+    seconds: float | None = None
+    error: str | None = None  # when failed
+
+
+class StatsPublic(BaseModel):
+    store: str
+    model: str
+    text_models: list[str] = Field(description="Other text encoders measured to share the model's space")
+    dim: int
+    indexed: int
+    skipped: int
+    roots: list[str]
+
+
+class HealthPublic(BaseModel):
+    status: str
+
+
+class ErrorPublic(BaseModel):
+    # A message; for a request that fails FastAPI's own validation, its list of problems.
+    detail: str | list[dict[str, Any]]
+
+
+class ClassifyResults(BaseModel):
+    """Labels of one image, best first; `scoring` says what a score means (see clipdex tag --help)."""
+
+    labels: list[TagPublic]
+    scoring: str
+
+
+class TagJobCreate(BaseModel):
+    labels: list[str] = Field(max_length=MAX_LABELS, description="The label set")
+    name: str = Field(DEFAULT_SET, max_length=MAX_LABEL_CHARS, description="Replaces a set so named")
+    templates: list[str] | None = Field(None, max_length=MAX_TEMPLATES, description="Each with one {}")
+    top_k: int | None = Field(None, ge=1, description="Keep the best N labels per image")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Keep labels scoring at least this")
+    multi_label: bool = Field(False, description="Score each label on its own instead of a softmax over the set")
+
+
+class TagJobPublic(BaseModel):
+    id: str
+    status: str  # queued, running, done or failed
+    label_set: str
+    labels: int
+    images: int | None = None  # when done
+    tags: int | None = None
+    seconds: float | None = None
+    counts: dict[str, int] | None = None  # images per label, when done
+    error: str | None = None  # when failed
+
+
+class DuplicatePublic(BaseModel):
+    id: int
+    path: str
+    width: int
+    height: int
+    bytes: int
+    taken_at: str | None  # the capture time as the camera wrote it (no time zone)
+    similarity: float  # cosine to the group's keeper
+    thumbnail_url: str
+    image_url: str
+
+
+class DuplicateGroupPublic(BaseModel):
+    exact: bool  # every member has the same content
+    reclaimable_bytes: int  # what the members other than the keeper take
+    members: list[DuplicatePublic]  # the suggested keeper first
+
+
+class DuplicatesPublic(BaseModel):
+    groups: list[DuplicateGroupPublic]
+    total: int  # groups in all
+    limit: int
+    offset: int
+
+
+class ClusterPublic(BaseModel):
+    number: int = Field(description="1 for the largest cluster, and so on")
+    size: int
+    labels: list[TagPublic] = Field(description="Best labels, scored by how much better they fit than elsewhere")
+    typical: list[HitPublic] = Field(description="The images nearest the centroid (score: their cosine to it)")
+
+
+class ClustersPublic(BaseModel):
+    k: int
+    chosen: str = Field(description='"given", or how the automatic choice of k went')
+    images: int
+    seconds: float
+    clusters: list[ClusterPublic]
+
+
+class LabelCountPublic(BaseModel):
+    label_set: str
+    label: str
+    images: int
+
+
+def hit_public(hit: Hit) -> HitPublic:
+    return HitPublic(
+        id=hit.id,
+        path=hit.path,
+        name=Path(hit.path).name,
+        score=hit.score,
+        relevance=hit.relevance,
+        caption=hit.caption,
+        taken_at=hit.taken_at.isoformat() if hit.taken_at else None,
+        thumbnail_url=f"/api/images/{hit.id}/thumbnail",
+        image_url=f"/api/images/{hit.id}/file",
+    )
+
+
+def results(hits: list[Hit], k: int, offset: int) -> SearchResults:
+    """Hits as the API shows them; a hit found by its caption shows that caption, others their newest."""
+    return SearchResults(hits=[hit_public(h) for h in hits], k=k, offset=offset)

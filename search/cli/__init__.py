@@ -1,0 +1,52 @@
+"""The `clipdex` command: a thin layer over the service (search/service.py), one module per area.
+
+Each command turns its flags into settings and service calls, prints the result, and turns clipdex errors into
+one stderr line and exit code 2 (common.py run).
+"""
+
+import logging
+import os
+import sys
+
+import typer
+from rich.logging import RichHandler
+
+from search.cli import ask, collection, searching, serve, stores
+from search.cli.common import err
+
+app = typer.Typer(help="Self-hosted image search: index folders, search them by text or by image.")
+store_app = typer.Typer(help="Manage stores: copy one between a directory and a PostgreSQL database.")
+app.add_typer(store_app, name="store")
+
+# In the order `clipdex --help` lists them.
+for command in (
+    stores.index,
+    searching.search,
+    searching.similar,
+    stores.stats,
+    stores.models,
+    collection.tag,
+    collection.tags,
+    collection.duplicates,
+    collection.clusters,
+    serve.serve,
+    stores.caption,
+    stores.ocr,
+):
+    app.command()(command)
+app.command("ask")(ask.ask_command)
+app.command()(ask.chat)
+store_app.command("copy")(stores.store_copy)
+
+
+@app.callback()
+def main() -> None:
+    # Set, not imported: importing transformers here would slow down commands that never load a model.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Piped, log lines are plain text: the rich handler's columns would wrap them.
+    handler = RichHandler(console=err, show_path=False) if sys.stderr.isatty() else logging.StreamHandler()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
+
+
+__all__ = ["app", "err"]
