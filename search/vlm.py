@@ -294,7 +294,7 @@ class VisualQA:
         image_id = int(ref) if ref.isdigit() else self.store.find_path(Path(ref).expanduser())
         image = self.store.image(image_id) if image_id is not None and image_id <= MAX_IMAGE_ID else None
         if image is None or image.status != INDEXED:
-            raise NotFoundError(f"{ref} is not a stored image id or path; find images with `clipdex search`")
+            raise NotFoundError(f"{ref} is not a stored image id or path; find images by searching first")
         return image_id
 
     def start(self, refs: Iterable[str | int]) -> Conversation:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
-import search.service
+import search.media
 from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import open_store
@@ -85,7 +85,7 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(service):
 
 def test_a_thumbnail_over_the_request_pixel_budget_is_refused(service, monkeypatch):
     client = service
-    monkeypatch.setattr(search.service, "REQUEST_MAX_PIXELS", 320 * 240 - 1)  # the photos are 320 x 240
+    monkeypatch.setattr(search.media, "REQUEST_MAX_PIXELS", 320 * 240 - 1)  # the photos are 320 x 240
     response = client.get("/api/images/1/thumbnail")
     assert response.status_code == 422
     assert "too large for a thumbnail" in response.json()["detail"]

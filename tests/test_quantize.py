@@ -92,12 +92,12 @@ def test_quanto_failing_on_a_model_is_a_clear_error(model_dirs, monkeypatch):
         raise RuntimeError("no kernel for this layer")
 
     monkeypatch.setattr(transformers.integrations, "replace_with_quanto_layers", refuse)
-    with pytest.raises(ModelLoadError, match=r"cannot be loaded with --quantize int8 \(RuntimeError: no kernel.*none"):
+    with pytest.raises(ModelLoadError, match=r"cannot be loaded with int8 weights \(RuntimeError: no kernel.*unquantized"):
         load_vlm(str(model_dirs["blip-2"]), device="cpu", quantize="int8")
 
 
 def test_bitsandbytes_and_unknown_values_are_clear_errors(model_dirs):
-    with pytest.raises(ModelLoadError, match="4bit loading needs a CUDA GPU.*--quantize int8"):
+    with pytest.raises(ModelLoadError, match="4bit loading needs a CUDA GPU.*use int8"):
         load_captioner(str(model_dirs["blip"]), "cpu", quantize="4bit")
     with pytest.raises(ModelLoadError, match="8bit loading needs a CUDA GPU"):
         load_vlm(str(model_dirs["chat"]), device="cpu", quantize="8bit")
@@ -143,7 +143,7 @@ def test_auto_takes_flash_attention_only_where_it_can_run(monkeypatch):
 
 
 def test_flash_attention_says_what_is_missing(model_dirs, monkeypatch):
-    with pytest.raises(ModelLoadError, match="flash_attention_2 needs a CUDA GPU"):
+    with pytest.raises(ModelLoadError, match="flash_attention_2 attention kernel needs a CUDA GPU"):
         load_vlm(str(model_dirs["chat"]), device="cpu", attn="flash_attention_2")
     monkeypatch.setattr("indexer.models.generative.installed", lambda module: module != "flash_attn")
     llava = transformers.LlavaForConditionalGeneration

@@ -47,7 +47,7 @@ def quantization_kwargs(device: "torch.device", dtype: "torch.dtype", quantize: 
     elif quantize in ("4bit", "8bit"):
         if device.type != "cuda":
             raise ModelLoadError(
-                f"{quantize} loading needs a CUDA GPU (bitsandbytes); here use --quantize int8 or --quantize none"
+                f"{quantize} loading needs a CUDA GPU (bitsandbytes); here use int8 or none"
             )
         if not (installed("bitsandbytes") and installed("accelerate")):
             raise ModelLoadError(f"{quantize} loading needs bitsandbytes: pip install 'clipdex[quantize]'")
@@ -76,9 +76,9 @@ def attention_kwargs(model_class: type, device: "torch.device", dtype: "torch.dt
         return {}  # transformers' default: sdpa where every part of the model has it, else eager
     if attn == "flash_attention_2":
         if device.type != "cuda":
-            raise ModelLoadError("--attn flash_attention_2 needs a CUDA GPU; here use --attn sdpa, eager or auto")
+            raise ModelLoadError("the flash_attention_2 attention kernel needs a CUDA GPU; here use sdpa, eager or auto")
         if not flash_runs:
-            raise ModelLoadError("--attn flash_attention_2 needs the flash-attn package: pip install flash-attn")
+            raise ModelLoadError("the flash_attention_2 attention kernel needs the flash-attn package: pip install flash-attn")
     supported = {
         "eager": True,
         "sdpa": model_class._supports_sdpa,
@@ -87,7 +87,7 @@ def attention_kwargs(model_class: type, device: "torch.device", dtype: "torch.dt
     if attn not in supported:
         raise ModelLoadError(f"unknown attention {attn!r}; use auto, sdpa, eager or flash_attention_2")
     if not supported[attn]:
-        raise ModelLoadError(f"{model_class.__name__} has no {attn} attention; use --attn auto or --attn eager")
+        raise ModelLoadError(f"{model_class.__name__} has no {attn} attention; use the auto or eager attention kernel")
     return {"attn_implementation": attn}
 
 
@@ -116,7 +116,7 @@ def load_pretrained(
         if quantize == "none" or isinstance(e, OSError | ValueError):
             raise
         # anything else is the quantizer failing on this model's layers
-        message = f"{name} cannot be loaded with --quantize {quantize} ({type(e).__name__}: {e}); use --quantize none"
+        message = f"{name} cannot be loaded with {quantize} weights ({type(e).__name__}: {e}); load it unquantized"
         raise ModelLoadError(message) from e
     if "device_map" not in kwargs:  # else already placed while loading
         model.to(device)

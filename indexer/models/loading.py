@@ -110,7 +110,7 @@ def pick_device(device: str) -> "torch.device":
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        raise ModelLoadError("the cuda device was asked for but torch sees no CUDA device; use the cpu device")
     return torch.device(device)
 
 
