@@ -22,7 +22,7 @@ $(BIN)/clipdex: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray,ocr,quanto]"
+	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray,ocr,quanto,openvino]"
 	touch $@
 
 install: $(BIN)/clipdex ## Create .venv and install clipdex into it

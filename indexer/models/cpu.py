@@ -23,6 +23,7 @@ VECTOR_FEATURES = {
     "i8mm": "I8MM",
     "sve": "SVE",
 }
+BF16_FLAGS = frozenset(("avx512_bf16", "amx_bf16"))
 
 
 @cache
@@ -38,8 +39,8 @@ def cpu_model() -> str:
 
 
 @cache
-def cpu_features() -> tuple[str, ...]:
-    """The vector features of VECTOR_FEATURES this CPU has, by their usual names."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (x86 "flags", ARM "Features")."""
     cpuinfo = Path("/proc/cpuinfo")
     flags: set[str] = set()
     if cpuinfo.exists():
@@ -50,7 +51,19 @@ def cpu_features() -> tuple[str, ...]:
                 break
     elif platform.machine() in ("arm64", "aarch64"):  # macOS on Apple silicon: NEON and dot product always
         flags.update(("asimd", "asimddp"))
+    return frozenset(flags)
+
+
+def cpu_features() -> tuple[str, ...]:
+    """The vector features of VECTOR_FEATURES this CPU has, by their usual names."""
+    flags = cpu_flags()
     return tuple(name for flag, name in VECTOR_FEATURES.items() if flag in flags)
+
+
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): where a bf16 runtime can pay.
+    Elsewhere a runtime asked for bf16 emulates it or quietly runs fp32."""
+    return bool(cpu_flags() & BF16_FLAGS)
 
 
 def cpu_id() -> str:

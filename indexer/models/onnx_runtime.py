@@ -1,5 +1,9 @@
 """Run an embedding model's image and text towers in ONNX Runtime, from an export cached on disk.
 
+The export (both towers as ONNX graphs, the tokenizer, the model's facts) is what every CPU runtime runs:
+`ExportEmbedder` reads it, `OnnxEmbedder` here and `OpenVinoEmbedder` (openvino_runtime.py) run it, and
+`runtime_choice.py` times them on it and records which is fastest on the CPU at hand.
+
 On CPU, ONNX Runtime with its transformer graph optimizer (fused attention) beats torch eager by 1.3x to
 2x on this project's 2-core machine (bench/indexing.py, README.md "Performance"). The towers are exported
 once per model and weights (`indexer/models/onnx_export.py`, in a child process) into `cache_dir/onnx/<key>/`;
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,7 @@ EXPORT_VERSION = 5  # bump when the exported graphs or the folder's layout chang
 OPSET = 17
 MODEL_FILE = "model.json"
 TOKENIZER_FILE = "tokenizer.json"
+TEXT_CACHE = "texts"  # fixed text sets embedded once per runtime (embedder.py embed_text_set)
 MODEL_LOAD_FAILED = "cannot load the model: "  # how the export process says the model itself is the problem
 SAMPLE_BYTES = 65_536  # read from each end of every model file for the key: a changed file changes it
 # A quantised tower is used only if every check input's vector keeps this cosine to the fp32 one.
@@ -185,8 +191,72 @@ def agreement(session, reference, inputs: dict[str, np.ndarray]) -> float:
     return float((l2_normalize(a) * l2_normalize(b)).sum(axis=1).min())
 
 
-class OnnxEmbedder(Embedder):
-    """The model's towers in ONNX Runtime, each session opened on first use (a text query never opens the image one).
+@lru_cache(maxsize=16)
+def read_export(folder: Path) -> tuple[ModelInfo, object]:
+    """The model facts and tokenizer saved in an export folder, read once per process (an export never changes:
+    new files make a new key, so a new folder)."""
+    try:
+        meta = json.loads((folder / MODEL_FILE).read_text())
+        info = ModelInfo.from_json(meta["info"])
+        if meta["tokenizer"]:
+            return info, load_fast_tokenizer(folder / meta["tokenizer"], info)
+        from transformers import AutoTokenizer
+
+        return info, AutoTokenizer.from_pretrained(info.name)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OnnxExportError(f"the ONNX export in {folder} cannot be read ({e}); delete it") from e
+
+
+class ExportEmbedder(Embedder):
+    """The towers of an export folder run by some runtime: the model facts and tokenizer come from the export,
+    inputs and normalisation from `Embedder`; a subclass opens a tower (`open_tower`) and runs it (`run_tower`).
+
+    Each tower opens on first use (a text query never opens the image one), once, by the first of concurrent
+    callers. Fixed text sets embedded through `embed_text_set` are cached beside the export, per runtime.
+    """
+
+    def __init__(self, folder: Path, batch_size: int):
+        self.folder = Path(folder)
+        info, tokenizer = read_export(self.folder)
+        super().__init__(info, tokenizer, batch_size)
+        self.sessions: dict[str, object] = {}
+        self.lock = threading.Lock()
+
+    @property
+    def text_cache(self) -> Path:
+        return self.folder / TEXT_CACHE / self.runtime
+
+    def session(self, tower: str):
+        """The tower's session (compiled model, ...), opened once."""
+        with self.lock:
+            if tower not in self.sessions:
+                self.sessions[tower] = self.open_tower(tower)
+            return self.sessions[tower]
+
+    def open_tower(self, tower: str):
+        raise NotImplementedError
+
+    def run_tower(self, tower: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_inputs(self, tower: str) -> dict[str, np.ndarray]:
+        """Fixed inputs of a tower, the same every time: what runtimes and int8 graphs are checked on."""
+        if tower == "image":
+            return image_inputs(check_images(self.prep), self.prep)
+        return self.tokenize(CHECK_TEXTS)
+
+    def load_image_tower(self) -> None:
+        self.session("image")
+
+    def image_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_tower("image", inputs)
+
+    def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_tower("text", tokens)
+
+
+class OnnxEmbedder(ExportEmbedder):
+    """The model's towers in ONNX Runtime.
 
     `quantize` asks for dynamic int8 towers (opt-in, approximate); a tower whose int8 graph does not agree with
     its fp32 graph on this CPU runs in fp32, with one line logged. `serving`: the text tower will answer many
@@ -194,33 +264,19 @@ class OnnxEmbedder(Embedder):
     """
 
     def __init__(self, folder: Path, batch_size: int, quantize: bool = False, serving: bool = False):
-        self.folder = Path(folder)
-        try:
-            meta = json.loads((self.folder / MODEL_FILE).read_text())
-            info = ModelInfo.from_json(meta["info"])
-            if meta["tokenizer"]:
-                tokenizer = load_fast_tokenizer(self.folder / meta["tokenizer"], info)
-            else:
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(info.name)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise OnnxExportError(f"the ONNX export in {self.folder} cannot be read ({e}); delete it") from e
-        super().__init__(info, tokenizer, batch_size)
+        super().__init__(folder, batch_size)
         self.quantize = quantize
         self.serving = serving
         self.runtime = "onnx-int8" if quantize else "onnx"
-        self.sessions: dict[str, object] = {}
-        self.lock = threading.Lock()
 
-    def session(self, tower: str):
-        """The tower's session, opened once (by the first of concurrent callers)."""
-        with self.lock:
-            if tower not in self.sessions:
-                int8 = self.checked_int8(tower) if self.quantize else None
-                prepack = tower == "image" or self.serving
-                self.sessions[tower] = int8 or open_session(self.folder / tower / "model.onnx", cpu_count(), prepack)
-            return self.sessions[tower]
+    def open_tower(self, tower: str):
+        int8 = self.checked_int8(tower) if self.quantize else None
+        prepack = tower == "image" or self.serving
+        return int8 or open_session(self.folder / tower / "model.onnx", cpu_count(), prepack)
+
+    def run_tower(self, tower: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        (out,) = self.session(tower).run(None, inputs)
+        return out
 
     def checked_int8(self, tower: str):
         """The tower's int8 session if it agrees with fp32 on this CPU (checked once per CPU), else None."""
@@ -244,24 +300,8 @@ class OnnxEmbedder(Embedder):
             return None
         return session
 
-    def check_inputs(self, tower: str) -> dict[str, np.ndarray]:
-        if tower == "image":
-            return image_inputs(check_images(self.prep), self.prep)
-        return self.tokenize(CHECK_TEXTS)
-
     def int8_agreement(self, tower: str) -> float | None:
         """The recorded int8-vs-fp32 cosine of a tower on this CPU, once it was checked."""
         record_file = self.folder / tower / "model.int8.check.json"
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
         return record.get("agreement") if record.get("cpu") == cpu_id() else None
-
-    def load_image_tower(self) -> None:
-        self.session("image")
-
-    def image_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        (out,) = self.session("image").run(None, inputs)
-        return out
-
-    def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
-        (out,) = self.session("text").run(None, tokens)
-        return out
