@@ -15,6 +15,8 @@ Quantize = Literal["none", "int8", "4bit", "8bit"]
 # Its attention kernel; "auto": flash_attention_2 on CUDA with the flash-attn package where the model has it,
 # else sdpa where the model has it, else eager.
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+# The CPU runtime of the embedding model: measured (auto) or named.
+Runtime = Literal["auto", "onnx", "openvino", "openvino-bf16", "onnx-int8", "torch"]
 
 
 def cpu_count() -> int:
@@ -49,8 +51,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # None: 256 on CUDA, 16 on CPU (enough to keep matrix kernels efficient, small enough for RAM).
     batch_size: int | None = None
-    # CPU inference runtime: "onnx" (fastest measured here), "torch", or "onnx-int8" (opt-in, approximate).
-    cpu_runtime: Literal["onnx", "torch", "onnx-int8"] = "onnx"
+    # What runs the embedding model on CPU (indexer/models/runtimes.py). "auto": on a model's first use on a CPU,
+    # ONNX Runtime and OpenVINO (fp32, and bf16 where the CPU has it) are timed on its towers and the fastest that
+    # agrees with fp32 is used from then on (indexer/models/runtime_choice.py); or one runtime by name, "onnx-int8"
+    # being opt-in and approximate. On CUDA the model runs in torch whatever this says.
+    runtime: Runtime = "auto"
+    # The older name of `runtime` (CLIPDEX_CPU_RUNTIME), still honoured where `runtime` is not set.
+    cpu_runtime: Literal["onnx", "torch", "onnx-int8"] | None = None
     # Decode worker processes; None: one per core.
     workers: int | None = None
     # Index on a Ray cluster (indexer/runners/ray.py): its address ("auto", "host:6379"), or
@@ -72,6 +79,13 @@ class Settings(BaseSettings):
     cache_dir: Path = default_cache()
     # When set, every API request must carry it in the X-API-Key header (`clipdex serve`).
     api_key: str | None = None
+
+    @property
+    def embedding_runtime(self) -> str:
+        """`runtime`, or the older `cpu_runtime` where only that one was set."""
+        if "runtime" not in self.model_fields_set and self.cpu_runtime is not None:
+            return self.cpu_runtime
+        return self.runtime
 
     @field_validator("api_key")
     @classmethod

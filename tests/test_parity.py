@@ -249,9 +249,9 @@ def test_query_path_imports_neither_torch_nor_transformers(clip_dir, onnx_cache)
 
 
 def test_make_embedder_picks_the_configured_cpu_runtime(clip_dir, onnx_cache):
-    settings = Settings(model=str(clip_dir), device="cpu", cache_dir=onnx_cache)
-    assert type(make_embedder(str(clip_dir), settings)) is OnnxEmbedder
-    torch_settings = settings.model_copy(update={"cpu_runtime": "torch"})
+    settings = Settings(model=str(clip_dir), device="cpu", cache_dir=onnx_cache, runtime="onnx")
+    assert type(make_embedder(str(clip_dir), settings)) is OnnxEmbedder  # auto: tests/test_runtimes.py
+    torch_settings = settings.model_copy(update={"runtime": "torch"})
     assert type(make_embedder(str(clip_dir), torch_settings)) is TorchEmbedder
 
 
