@@ -527,8 +527,10 @@ class Service:
         return self._visual_qa
 
     def stats(self, skipped_files: bool = False) -> dict:
-        """Counts, model and roots of the store; with `skipped_files`, each skipped file and why."""
+        """Counts, model, roots of the store and the runtime its model runs in here (and why); with
+        `skipped_files`, each skipped file and why."""
         from indexer.models.paired_text import paired_names
+        from indexer.models.runtimes import runtime_status
 
         counts = self.store.counts()
         return {
@@ -539,6 +541,7 @@ class Service:
             "indexed": counts.get("indexed", 0),
             "skipped": counts.get("skipped", 0),
             "roots": self.store.roots(),
+            "runtime": runtime_status(self.store.model, self.settings).to_json(),
         } | ({"skipped_files": [{"path": p, "reason": r} for p, r in self.store.skipped()]} if skipped_files else {})
 
 
@@ -593,6 +596,16 @@ def model_catalogue() -> tuple[list[dict], dict]:
         for key in ("kind", "vision", "text", "vocab_size", "image_size", "patch_size", "max_patches", "extra"):
             del row[key]  # how bench/models.py rebuilds it, not what a user chooses by
     return rows, {k: v for k, v in figures.items() if k != "models"}
+
+
+def measured_runtimes(settings: Settings) -> dict:
+    """The CPU runtimes measured on this CPU for each model used here: per tower, each candidate's rate and
+    agreement with fp32 and the choice (indexer/models/runtime_choice.py)."""
+    from indexer.models.cpu import cpu_id
+    from indexer.models.runtime_choice import measured_here
+
+    measured = [{"model": name, **choice.to_json()} for name, choice in measured_here(settings.cache_dir)]
+    return {"cpu": cpu_id(), "measured": measured}
 
 
 def check_page(k: int, offset: int) -> None:

@@ -14,6 +14,7 @@ from rich.table import Table
 from search.cli.common import (
     DeviceOpt,
     JsonOpt,
+    RuntimeOpt,
     StoreOpt,
     TextModelOpt,
     err,
@@ -55,6 +56,7 @@ def tag(
     ] = False,
     store: StoreOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Tag every stored image with zero-shot labels, from the stored vectors (no image is re-embedded).
@@ -68,7 +70,7 @@ def tag(
     label_list = read_labels(labels, labels_file)
     # Checked before the store is opened and the model loaded, so a typo fails in a moment.
     request = run(check_request, label_list, template, TagOptions(top_k, threshold, multi_label), name)
-    service = open_service(make_settings(store=store, device=device))
+    service = open_service(make_settings(store=store, device=device, runtime=runtime))
     summary = run(service.tag, request, progress_shown(json_out))
     if json_out:
         typer.echo(json.dumps(asdict(summary)))
@@ -162,6 +164,7 @@ def clusters(
     store: StoreOpt = None,
     text_model: TextModelOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Group the collection into clusters, name each by the labels it fits best, show its most typical images."""
@@ -169,7 +172,7 @@ def clusters(
         err.print("[red]error:[/red] give --k N or --auto, not both", highlight=False)
         raise typer.Exit(2)
     label_list = read_labels(labels, labels_file)
-    service = open_service(make_settings(store=store, device=device, text_model=text_model))
+    service = open_service(make_settings(store=store, device=device, runtime=runtime, text_model=text_model))
     result = run(service.clusters, k, label_list, auto, progress_shown(json_out))
     shown = {c.number: service.hits(c.typical(typical)) for c in result.clusters}
     if json_out:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from indexer.errors import ClipdexError, damage_message
-from indexer.settings import Attention, Quantize, Settings
+from indexer.settings import Attention, Quantize, Runtime, Settings
 from search.service import Filters, Hit, SearchMode, Service, Sort, make_filters
 
 UNWRAPPED = 100_000
@@ -38,6 +38,15 @@ ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Embedding model: hub id or local directory (env CLIPDEX_MODEL)")
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (env CLIPDEX_DEVICE)")]
+RuntimeOpt = Annotated[
+    Runtime | None,
+    typer.Option(
+        "--runtime",
+        help="What runs the embedding model on CPU; auto: the fastest runtime that agrees with fp32, measured once "
+        "per model and CPU (see clipdex models); or onnx, openvino, openvino-bf16, onnx-int8 (approximate), torch "
+        "(env CLIPDEX_RUNTIME)",
+    ),
+]
 KOpt = Annotated[int, typer.Option("-k", "--top-k", help="Number of hits")]
 RayOpt = Annotated[
     bool,

@@ -14,6 +14,7 @@ from search.cli.common import (
     ModeOpt,
     OffsetOpt,
     RelevantOpt,
+    RuntimeOpt,
     SortOpt,
     StoreOpt,
     TagOpt,
@@ -55,13 +56,15 @@ def search(
     store: StoreOpt = None,
     text_model: TextModelOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     json_out: JsonOpt = False,
     ask: Annotated[str | None, typer.Option("--ask", help="Ask a VLM this question about the top hits")] = None,
     vlm: VlmOpt = None,
 ) -> None:
     """Find images matching a text description, optionally combined with images (--like)."""
     wanted = filters(folder, taken_from, taken_to, tag, min_score)
-    service = open_service(make_settings(store=store, device=device, text_model=text_model, vlm=vlm))
+    settings = make_settings(store=store, device=device, runtime=runtime, text_model=text_model, vlm=vlm)
+    service = open_service(settings)
     hits = run(service.search, query, mode.value, k, offset, wanted, like or (), relevant, sort.value)
     print_hits(hits, json_out, relevant)
     if ask:
@@ -80,9 +83,10 @@ def similar(
     min_score: MinScoreOpt = None,
     store: StoreOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Find images that look like an image (a stored image is not its own hit)."""
     wanted = filters(folder, taken_from, taken_to, tag, min_score)
-    service = open_service(make_settings(store=store, device=device))
+    service = open_service(make_settings(store=store, device=device, runtime=runtime))
     print_hits(run(service.similar, target, k, offset, wanted, relevant), json_out, relevant)

@@ -5,7 +5,17 @@ from typing import Annotated
 
 import typer
 
-from search.cli.common import DeviceOpt, StoreOpt, TextModelOpt, err, make_settings, open_service, out, run
+from search.cli.common import (
+    DeviceOpt,
+    RuntimeOpt,
+    StoreOpt,
+    TextModelOpt,
+    err,
+    make_settings,
+    open_service,
+    out,
+    run,
+)
 
 
 def serve(
@@ -14,13 +24,14 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on")] = 8000,
     text_model: TextModelOpt = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Serve the store over HTTP: the REST API (docs at /docs) and the search page at /."""
     import uvicorn  # here: the other commands never need the web server
 
     from search.api import create_app
 
-    settings = make_settings(store=store, device=device, text_model=text_model)
+    settings = make_settings(store=store, device=device, runtime=runtime, text_model=text_model)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -22,6 +22,7 @@ from search.cli.common import (
     QuantizeOpt,
     RayAddressOpt,
     RayOpt,
+    RuntimeOpt,
     StoreOpt,
     make_settings,
     open_service,
@@ -39,6 +40,7 @@ def index(
     model: ModelOpt = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per inference batch")] = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode processes")] = None,
     retag: Annotated[
         bool, typer.Option("--retag", help="Then tag new and changed images with the store's saved label sets")
@@ -64,6 +66,7 @@ def index(
         model=model,
         batch_size=batch_size,
         device=device,
+        runtime=runtime,
         workers=workers,
         caption_model=caption_model,
         caption_quantize=caption_quantize,
@@ -87,7 +90,7 @@ def stats(
     skipped: Annotated[bool, typer.Option("--skipped", help="List skipped files with their reasons")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show what a store holds."""
+    """Show what a store holds, and which runtime its model runs in on this machine and why."""
     info = run(open_service(make_settings(store=store)).stats, skipped)
     if json_out:
         typer.echo(json.dumps(info))
@@ -98,15 +101,24 @@ def stats(
         out.print(f"text     {printable(name)} (shares the model's space)", highlight=False)
     for root in info["roots"]:
         out.print(f"root     {printable(root)}", highlight=False)
+    runtime = info["runtime"]
+    out.print(f"runtime  {runtime['runtime']} here: {runtime['reason']}", highlight=False)
+    for tower in runtime["towers"]:
+        out.print(f"         {tower['summary']}", highlight=False)
     for item in info.get("skipped_files", []):
         out.print(f"skipped  {printable(item['path'])}: {item['reason']}", highlight=False)
 
 
 def models(json_out: JsonOpt = False) -> None:
-    """The embedding models to choose from: size, input, languages, published quality and the cost measured here."""
+    """The embedding models to choose from, their quality and cost, and the CPU runtimes measured on this CPU.
+
+    Per model: size, input, languages, published quality and the cost measured by bench/models.py. Then, for each
+    model used here, every CPU runtime's speed and agreement with fp32 on this CPU, and the one each tower runs in.
+    """
     rows, figures = clipdex.model_catalogue()
+    runtimes = clipdex.measured_runtimes(make_settings())
     if json_out:
-        typer.echo(json.dumps({**figures, "models": rows}))
+        typer.echo(json.dumps({**figures, "models": rows, "runtimes": runtimes}))
         return
 
     def number(value, fmt: str, unit: str = "") -> str:
@@ -136,6 +148,27 @@ def models(json_out: JsonOpt = False) -> None:
         )
     else:
         out.print("cost not measured yet: make bench-models", highlight=False)
+    print_runtimes(runtimes)
+
+
+def print_runtimes(runtimes: dict) -> None:
+    """Each measured model's towers: every candidate runtime's rate and agreement with fp32, the chosen one marked."""
+    if not runtimes["measured"]:
+        out.print(
+            f"\nCPU runtimes: none measured on this CPU yet ({runtimes['cpu']}); a model's are on its first use.",
+            highlight=False,
+        )
+        return
+    out.print(f"\nCPU runtimes measured on this CPU ({runtimes['cpu']}); * runs the tower (--runtime auto):")
+    table = Table("model", "tower", "runtime", "per second", "cosine to fp32 (min)", "measured", box=None)
+    for choice in runtimes["measured"]:
+        for c in choice["candidates"]:
+            chosen = "*" if c["runtime"] == choice["runtime"] else " "
+            rate = f"{c['per_second']:.1f}" if c["per_second"] is not None else "-"
+            agreement = f"{c['min_cosine']:.5f}" if c["min_cosine"] is not None else c["skipped"] or "-"
+            table.add_row(printable(choice["model"]), choice["tower"], f"{chosen} {c['runtime']}", rate, agreement,
+                          choice["measured_at"][:10])  # fmt: skip
+    out.print(table)
 
 
 def caption(
