@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from indexer.decode import HEALABLE_REASONS
 from indexer.errors import BadInputError, StoreNotFoundError, reporting_full_disk
+from indexer.models.embedder import embed_text_set
 from indexer.models.loading import canonical_name
 from indexer.runners.local import run_workers
 from indexer.runners.work import Pending
@@ -185,7 +186,7 @@ def update_store(
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
         if store.wants_probes():
             embedder = embedder or load_embedder(store.model, settings)
-            store.save_probes(embedder.embed_texts(list(PROBE_QUERIES)))
+            store.save_probes(embed_text_set(embedder, PROBE_QUERIES))  # once per model and runtime
         store.save_index()
         summary.index = store.index_description()
     return root_id, summary

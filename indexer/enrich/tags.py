@@ -30,12 +30,11 @@ from sqlalchemy import delete, func, select
 
 from indexer.enrich.labels import DEFAULT_SET, TagOptions
 from indexer.errors import NotFoundError
-from indexer.models.embedder import Embedder, l2_normalize
+from indexer.models.embedder import Embedder, embed_text_set, l2_normalize
 from indexer.store import SKIPPED, Image, LabelSet, Store, Tag, utcnow
 
 BASELINE_LABEL = "something"  # CLIP multi-label scores compare each label with this one
 CHUNK = 16_384  # stored vectors scored per matrix product
-TEXT_BATCH = 256  # prompts per text-tower forward pass
 
 
 @dataclass
@@ -134,11 +133,13 @@ class TagSummary:
 
 
 def embed_prompts(embedder: Embedder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """Every label through every template, embedded and averaged per label: (labels, dim), unit rows."""
+    """Every label through every template, embedded and averaged per label: (labels, dim), unit rows.
+
+    The prompts are embedded once per model and runtime and kept (indexer/models/embedder.py embed_text_set):
+    tagging or clustering again with the same labels reads their vectors back instead of running the text tower.
+    """
     texts = [template.replace("{}", label) for label in labels for template in templates]
-    vectors = np.concatenate(
-        [embedder.embed_texts(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)]
-    )
+    vectors = embed_text_set(embedder, texts)
     return l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
 
 

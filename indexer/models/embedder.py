@@ -1,9 +1,13 @@
 """Batched image and text embedding: L2-normalised float32 vectors out, whatever the runtime.
 
 No torch here: the ONNX Runtime path and the query path import NumPy and `tokenizers` only. The runtimes
-(`torch_runtime.py`, `onnx_runtime.py` beside this file) subclass `Embedder`; `runtimes.py` picks one.
+(`torch_runtime.py`, `onnx_runtime.py`, `openvino_runtime.py` beside this file) subclass `Embedder`;
+`runtimes.py` picks one.
 """
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +16,8 @@ from tokenizers import Tokenizer
 
 from indexer.decode import ImagePrep
 from indexer.models.loading import ModelInfo
+
+TEXT_SET_BATCH = 256  # texts per text-tower forward pass when embedding a set of them
 
 
 def normalize(pixels: np.ndarray, prep: ImagePrep) -> np.ndarray:
@@ -66,6 +72,35 @@ def load_fast_tokenizer(path: Path, info: ModelInfo) -> Tokenizer:
     return tokenizer
 
 
+def embed_text_set(encoder, texts: Sequence[str]) -> np.ndarray:
+    """Embed a fixed set of texts (label prompts, a vocabulary, probe sentences) once per model and runtime.
+
+    `encoder` is an `Embedder` or anything with `embed_texts` (a paired text model, a test's fake). Where it has a
+    `text_cache` folder the vectors are kept there, named by a hash of the texts, and read back the next time;
+    TEXT_SET_BATCH texts go through each forward pass (one pass over thousands would hold gigabytes).
+    """
+    texts = list(texts)
+    folder = getattr(encoder, "text_cache", None)
+    digest = hashlib.blake2b(json.dumps(texts).encode(), digest_size=16).hexdigest()
+    path = folder / f"{digest}.npy" if folder is not None else None
+    if path is not None:
+        try:
+            vectors = np.load(path)
+            if vectors.shape[0] == len(texts):
+                return vectors
+        except (OSError, ValueError):  # not kept yet, or a damaged file: embedded again and rewritten
+            pass
+    vectors = np.concatenate(
+        [encoder.embed_texts(texts[i : i + TEXT_SET_BATCH]) for i in range(0, len(texts), TEXT_SET_BATCH)]
+    )
+    if path is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{digest}.tmp-{os.getpid()}.npy"
+        np.save(tmp, vectors)
+        os.replace(tmp, path)
+    return vectors
+
+
 class Embedder:
     """Embeds images and texts into a model's shared space; a runtime implements the two towers.
 
@@ -74,6 +109,8 @@ class Embedder:
     """
 
     runtime = "none"
+    # Where `embed_text_set` keeps the vectors of fixed text sets for this model and runtime; None: not kept.
+    text_cache: Path | None = None
 
     def __init__(self, info: ModelInfo, tokenizer, batch_size: int):
         self.info = info

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import select
 
 from indexer.errors import ModelLoadError, ModelMismatchError
-from indexer.models.embedder import l2_normalize
+from indexer.models.embedder import embed_text_set, l2_normalize
 from indexer.models.loading import canonical_name
 from indexer.store import Store, TextModel, utcnow
 
@@ -65,7 +65,7 @@ class SentenceTextModel:
 
 def agreement(candidate, own) -> float:
     """Mean cosine between two encoders' vectors of the same probe sentences."""
-    return float(np.mean(np.sum(candidate.embed_texts(PROBES) * own.embed_texts(PROBES), axis=1)))
+    return float(np.mean(np.sum(candidate.embed_texts(PROBES) * embed_text_set(own, PROBES), axis=1)))
 
 
 def paired_text_model(store: Store, name: str, device: str, own_text_tower) -> SentenceTextModel:
