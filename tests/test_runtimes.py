@@ -25,6 +25,7 @@ from indexer.models.torch_runtime import TorchEmbedder
 from indexer.settings import Settings
 from search.cli import app
 from search.service import Service
+from tests.support.photos import write_photos
 from tests.support.planted import plant_vectors, unit
 
 pytest.importorskip("openvino")
@@ -88,7 +89,7 @@ def test_openvino_shares_the_export_reading_with_onnx_runtime(clip_dir, cache_di
 
 def test_the_choice_is_measured_once_recorded_and_reused(private_cache, monkeypatch):
     folder = export_of(private_cache)
-    embedder = AutoEmbedder(folder, 4)
+    embedder = AutoEmbedder(folder, 4, serving=True)  # a server: its text tower runs in the measured choice
     assert embedder.runtime == "auto"  # nothing measured before a tower runs
     embedder.embed_texts(["a dog"])
     record = json.loads((folder / RECORD_FILE).read_text())
@@ -102,14 +103,23 @@ def test_the_choice_is_measured_once_recorded_and_reused(private_cache, monkeypa
 
     # Reused: neither this process nor a new embedder measures the text tower again.
     monkeypatch.setattr(runtime_choice, "measure_tower", lambda *a: pytest.fail("measured again on the same CPU"))
-    AutoEmbedder(folder, 4).embed_texts(["a cat"])
+    AutoEmbedder(folder, 4, serving=True).embed_texts(["a cat"])
     # Another CPU (or one whose features differ) measures again, and its record replaces this one.
     measured = []
     monkeypatch.setattr(runtime_choice, "measure_tower", lambda *a: measured.append(a) or fake_choice("text"))
     monkeypatch.setattr(runtime_choice, "cpu_id", lambda: "Another CPU [AVX2 AVX512-BF16] x86_64")
-    assert AutoEmbedder(folder, 4).embed_texts(["a cat"]).shape == (1, 16)
+    assert AutoEmbedder(folder, 4, serving=True).embed_texts(["a cat"]).shape == (1, 16)
     assert len(measured) == 1
     assert json.loads((folder / RECORD_FILE).read_text())["cpu"] == "Another CPU [AVX2 AVX512-BF16] x86_64"
+
+
+def test_a_one_shot_text_query_measures_nothing_and_runs_in_onnx_runtime(private_cache, monkeypatch):
+    """Outside a server, starting up is a query's cost: ONNX Runtime starts quickest, so no measurement, no OpenVINO."""
+    folder = export_of(private_cache)
+    monkeypatch.setattr(runtime_choice, "measure_tower", lambda *a: pytest.fail("measured for a one-shot query"))
+    embedder = AutoEmbedder(folder, 4)
+    embedder.embed_texts(["a dog"])
+    assert type(embedder.tower("text")) is OnnxEmbedder and not (folder / RECORD_FILE).exists()
 
 
 def fake_choice(tower: str, runtime: str = "onnx") -> runtime_choice.TowerChoice:
@@ -121,7 +131,7 @@ def test_the_towers_choose_separately_and_newer_runtimes_measure_again(private_c
     folder = export_of(private_cache)
     choices = {"image": fake_choice("image", "openvino"), "text": fake_choice("text", "onnx")}
     monkeypatch.setattr(runtime_choice, "measure_tower", lambda tower, build: choices[tower])
-    embedder = AutoEmbedder(folder, 4)
+    embedder = AutoEmbedder(folder, 4, serving=True)
     embedder.embed_texts(["a dog"])
     embedder.embed_pixels([np.zeros((224, 224, 3), dtype=np.uint8)])
     assert type(embedder.tower("image")) is OpenVinoEmbedder and type(embedder.tower("text")) is OnnxEmbedder
@@ -160,7 +170,8 @@ class Disagreeing(OnnxEmbedder):
 
 
 class FastAndRight(OnnxEmbedder):
-    """A runtime whose runs after the first cost nothing (it repeats its answers) and agree with fp32."""
+    """A runtime whose runs after the first cost nothing (it repeats its answer: the measurement's inputs are fixed)
+    and agree with fp32."""
 
     def __init__(self, folder):
         super().__init__(folder, 4)
@@ -168,10 +179,9 @@ class FastAndRight(OnnxEmbedder):
         self.answers = {}
 
     def run_tower(self, tower, inputs):
-        key = (tower, *(v.tobytes() for v in inputs.values()))
-        if key not in self.answers:
-            self.answers[key] = super().run_tower(tower, inputs)
-        return self.answers[key]
+        if tower not in self.answers:
+            self.answers[tower] = super().run_tower(tower, inputs)
+        return self.answers[tower]
 
 
 @pytest.mark.parametrize("tower", ["image", "text"])
@@ -271,25 +281,28 @@ def test_an_unknown_runtime_is_one_clear_line(store):
 # --- what stats and models show -------------------------------------------------------------------------
 
 
-def test_stats_and_models_show_the_choice_and_its_figures(store, clip_dir):
+def test_stats_and_models_show_the_choice_and_its_figures(store, clip_dir, tmp_path):
     runner = CliRunner()
     before = runner.invoke(app, ["stats", "--store", store])
     assert "runtime  auto here: runtimes not measured on this CPU yet" in before.output
-    assert runner.invoke(app, ["search", "a dog", "--store", store]).exit_code == 0
+    assert runner.invoke(app, ["search", "a dog", "--store", store]).exit_code == 0  # one-shot text: not measured
+    assert "runtimes not measured on this CPU yet" in runner.invoke(app, ["stats", "--store", store]).output
+    (photo,) = write_photos(tmp_path / "query", 1)
+    assert runner.invoke(app, ["similar", str(photo), "--store", store]).exit_code == 0  # the image tower: measured
     after = runner.invoke(app, ["stats", "--store", store, "--json"])
     runtime = json.loads(after.stdout)["runtime"]
     assert runtime["reason"] == "measured fastest agreeing with fp32 on this CPU"
-    assert [t["tower"] for t in runtime["towers"]] == ["text"] and runtime["runtime"] in ("onnx", "openvino")
+    assert [t["tower"] for t in runtime["towers"]] == ["image"] and runtime["runtime"] in ("onnx", "openvino")
     shown = runner.invoke(app, ["stats", "--store", store]).output
-    assert f"runtime  {runtime['runtime']} here: measured" in shown and "text tower: " in shown
-    assert "texts/s" in shown and "openvino-bf16" in shown
+    assert f"runtime  {runtime['runtime']} here: measured" in shown and "image tower: " in shown
+    assert "images/s" in shown and "openvino-bf16" in shown
 
     listed = json.loads(runner.invoke(app, ["models", "--json"]).stdout)["runtimes"]
     assert listed["cpu"] == indexer.models.cpu.cpu_id()
-    (text,) = [m for m in listed["measured"] if m["tower"] == "text"]
-    assert text["model"] == canonical_name(str(clip_dir))
+    (image,) = [m for m in listed["measured"] if m["tower"] == "image"]
+    assert image["model"] == canonical_name(str(clip_dir))
     table = runner.invoke(app, ["models"]).output
-    assert "CPU runtimes measured on this CPU" in table and f"* {text['runtime']}" in table
+    assert "CPU runtimes measured on this CPU" in table and f"* {image['runtime']}" in table
 
 
 def test_stats_says_a_named_runtime_is_set_not_measured(store, monkeypatch):
