@@ -8,7 +8,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
-BENCHES := startup indexing ray_indexing api tagging duplicates clusters relevance ocr scale postgres captions vlm
+BENCHES := startup indexing runtimes ray_indexing api tagging duplicates clusters relevance ocr scale postgres captions vlm
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
