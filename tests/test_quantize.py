@@ -92,7 +92,9 @@ def test_quanto_failing_on_a_model_is_a_clear_error(model_dirs, monkeypatch):
         raise RuntimeError("no kernel for this layer")
 
     monkeypatch.setattr(transformers.integrations, "replace_with_quanto_layers", refuse)
-    with pytest.raises(ModelLoadError, match=r"cannot be loaded with int8 weights \(RuntimeError: no kernel.*unquantized"):
+    with pytest.raises(
+        ModelLoadError, match=r"cannot be loaded with int8 weights \(RuntimeError: no kernel.*unquantized"
+    ):
         load_vlm(str(model_dirs["blip-2"]), device="cpu", quantize="int8")
 
 

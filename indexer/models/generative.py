@@ -46,9 +46,7 @@ def quantization_kwargs(device: "torch.device", dtype: "torch.dtype", quantize: 
         config = QuantoConfig(weights="int8")
     elif quantize in ("4bit", "8bit"):
         if device.type != "cuda":
-            raise ModelLoadError(
-                f"{quantize} loading needs a CUDA GPU (bitsandbytes); here use int8 or none"
-            )
+            raise ModelLoadError(f"{quantize} loading needs a CUDA GPU (bitsandbytes); here use int8 or none")
         if not (installed("bitsandbytes") and installed("accelerate")):
             raise ModelLoadError(f"{quantize} loading needs bitsandbytes: pip install 'clipdex[quantize]'")
         from transformers import BitsAndBytesConfig
@@ -76,9 +74,13 @@ def attention_kwargs(model_class: type, device: "torch.device", dtype: "torch.dt
         return {}  # transformers' default: sdpa where every part of the model has it, else eager
     if attn == "flash_attention_2":
         if device.type != "cuda":
-            raise ModelLoadError("the flash_attention_2 attention kernel needs a CUDA GPU; here use sdpa, eager or auto")
+            raise ModelLoadError(
+                "the flash_attention_2 attention kernel needs a CUDA GPU; here use sdpa, eager or auto"
+            )
         if not flash_runs:
-            raise ModelLoadError("the flash_attention_2 attention kernel needs the flash-attn package: pip install flash-attn")
+            raise ModelLoadError(
+                "the flash_attention_2 attention kernel needs the flash-attn package: pip install flash-attn"
+            )
     supported = {
         "eager": True,
         "sdpa": model_class._supports_sdpa,
