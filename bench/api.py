@@ -23,10 +23,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.indexing import vit_b32
+from bench.smoke import CLIP_DIM, DATA, announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.store import open_store
 from indexer.store.ann import ExactTop, recall_at
-from tests.support.model_factory import save_clip
 from tests.support.planted import ClipLike, plant_vectors
 
 WORDS = "dog cat beach car night street sofa sunset mountain lake document table wedding food pasta sneaker".split()
@@ -55,7 +56,7 @@ def recall(store_dir: Path, stored: np.ndarray, held_out: np.ndarray) -> tuple[s
         return truth.ids
 
     found_new = [[i for i, _ in store.search(q, 10)] for q in held_out]
-    found_stored = [[i for i, _ in store.search(stored[i - 1], 10, exclude=int(i))] for i in own]
+    found_stored = [[i for i, _ in store.search(stored[i - 1], 10, exclude=(int(i),))] for i in own]
     exact_stored = [row[row != i][:10] for row, i in zip(exact(stored[own - 1], 11), own, strict=True)]
     return (
         store.index_description(),
@@ -72,7 +73,7 @@ def start_server(store_dir: Path | str, runtime: str = "onnx") -> tuple[subproce
     server = subprocess.Popen(
         [sys.executable, "-m", "search", "serve", "--store", str(store_dir), "--port", str(port), "--device", "cpu"],
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "CLIPDEX_CPU_RUNTIME": runtime},
+        env={**os.environ, "CLIPDEX_CPU_RUNTIME": runtime, "CLIPDEX_CACHE_DIR": str(DATA / "cache")},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -130,18 +131,19 @@ def measure(url: str, name: str, paths: list[str], clients: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated stored vector counts")
-    parser.add_argument("--requests", type=int, default=300, help="requests per query kind and size")
+    parser.add_argument("--sizes", default=pick("10000,100000,1000000", "1000"), help="comma-separated vector counts")
+    parser.add_argument("--requests", type=int, default=pick(300, 90), help="requests per query kind and size")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--runtimes", default="onnx,onnx-int8", help="CLIPDEX_CPU_RUNTIME values to serve with")
     args = parser.parse_args()
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{cpu_line()}; load {load_avg}")
+    announce()
     print("query latency over HTTP (clipdex serve, ViT-B/32 text tower, random weights, CPU)")
     with tempfile.TemporaryDirectory(prefix="clipdex-bench-api-") as tmp:
-        model_dir = save_clip(Path(tmp) / "clip-vit-b-32", size="vit-b-32")
+        model_dir = vit_b32()  # exported once into DATA/cache, not on every run
         for count in (int(s) for s in args.sizes.split(",")):
-            vectors = ClipLike().images(count + 200)
+            vectors = ClipLike(CLIP_DIM).images(count + 200)
             store_dir = Path(tmp) / f"store-{count}"
             plant_vectors(store_dir, vectors[:count], model=str(model_dir.resolve()))
             kind, build_s, recall_new, recall_stored = recall(store_dir, vectors[:count], vectors[count:])

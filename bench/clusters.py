@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench.indexing import console, load, vit_b32
+from bench.smoke import CLIP_DIM, DATA, announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.models.loading import canonical_name
 from indexer.settings import Settings
@@ -27,16 +28,17 @@ TARGET_1M_SECONDS = 300
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     quick = os.environ.get("BENCH_QUICK") == "1"
-    parser.add_argument("--sizes", default="100000" if quick else "100000,1000000")
+    parser.add_argument("--sizes", default=pick("100000" if quick else "100000,1000000", "2000"))
     parser.add_argument("--k", type=int, default=None, help="clusters (default: chosen, as clipdex clusters does)")
     args = parser.parse_args()
     console.print(cpu_line())
+    announce(console.print)
     model = canonical_name(str(vit_b32()))
     with tempfile.TemporaryDirectory(dir="data") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             location = str(Path(tmp) / f"store-{size}")
-            plant_vectors(location, ClipLike().image_chunks(size), model=model)
-            engine = Service(Settings(store=location))
+            plant_vectors(location, ClipLike(CLIP_DIM).image_chunks(size), model=model)
+            engine = Service(Settings(store=location, cache_dir=DATA / "cache"))  # the model's export, made once
             engine.text_tower.embed_texts(["warm-up"])  # the model loads before the clock starts
             for auto in (False, True):
                 started = time.perf_counter()

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import update
 
 from bench.indexing import console, load
+from bench.smoke import announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.store import Image
 from search.duplicates import find_duplicates
@@ -44,9 +45,10 @@ def planted_store(folder: Path, size: int) -> tuple[str, set[tuple[int, int]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--sizes", default=pick("100000,1000000", "2000"))
     args = parser.parse_args()
     console.print(cpu_line())
+    announce(console.print)
     console.print("[bold]duplicates benchmark[/bold]: threshold 0.95, CLIP-like vectors, planted copies")
     from indexer.store import open_store
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
+from bench.smoke import DATA, SMOKE, announce, pick
 from indexer.decode import WorkerConfig, load_file, setup_worker
 from indexer.models.cpu import cpu_line
 from indexer.models.onnx_runtime import AGREEMENT_BAR
@@ -34,9 +35,8 @@ if TYPE_CHECKING:
 # torch-importing modules are imported inside functions: the spawned decode workers import this module again.
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-DATA = Path(os.environ.get("BENCH_DATA", "data/bench"))
-COUNT = 30 if QUICK else 300
-RERUN_FILES = 2_000 if QUICK else 10_000
+COUNT = pick(30 if QUICK else 300, 4)
+RERUN_FILES = pick(2_000 if QUICK else 10_000, 20)
 # Per image: 12 layers x 50 tokens x 2 x (4 x 768^2 + 2 x 768 x 3072) multiply-adds, plus patch embedding.
 VIT_B32_GFLOP = 8.8
 SIZES = {"photo 4000x3000": (4000, 3000), "web 1024x768": (1024, 768)}
@@ -44,12 +44,22 @@ console = Console(highlight=False)
 
 
 def vit_b32() -> Path:
-    """The benches' full-size ViT-B/32 with random weights, saved once under data/bench/."""
+    """The benches' full-size ViT-B/32 with random weights (a smoke run's tiny CLIP), saved once under DATA."""
+    return saved_clip("tiny" if SMOKE else "vit-b-32")
+
+
+def tiny_clip() -> Path:
+    """The tests' tiny CLIP, saved once under DATA: for figures where the model is beside the point."""
+    return saved_clip("tiny")
+
+
+def saved_clip(size: str) -> Path:
+    """A random-weight CLIP of save_clip's `size`, saved once under DATA."""
     from tests.support.model_factory import save_clip
 
-    model_dir = DATA / "vit-b-32"
+    model_dir = DATA / ("tiny-clip" if size == "tiny" else size)
     if not (model_dir / "config.json").exists():
-        save_clip(model_dir, size="vit-b-32")
+        save_clip(model_dir, size=size)
     return model_dir
 
 
@@ -144,7 +154,7 @@ def matmul_peak_gflops(threads: int) -> float:
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = {"x": np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)}
     session.run(None, x)
-    start, runs = time.perf_counter(), 30
+    start, runs = time.perf_counter(), pick(30, 2)
     for _ in range(runs):
         session.run(None, x)
     return 2 * m * k * n * runs / (time.perf_counter() - start) / 1e9
@@ -191,10 +201,10 @@ def main() -> None:
     from indexer.models.onnx_runtime import OnnxEmbedder
     from indexer.models.runtimes import make_embedder
     from indexer.models.torch_runtime import TorchEmbedder
-    from tests.support.model_factory import save_clip
 
     cores = cpu_count()
     console.print(cpu_line())
+    announce(console.print)
     console.print(f"[bold]indexing benchmark[/bold]{' (quick)' if QUICK else ''}; {load()}")
     model_dir = vit_b32()
     settings = Settings(model=str(model_dir), device="cpu", cache_dir=DATA / "cache")
@@ -206,7 +216,7 @@ def main() -> None:
         f"loaded in {time.perf_counter() - started:.1f} s"
     )
     config = WorkerConfig(prep=embedder.prep, max_pixels=settings.max_pixels, known_hashes=frozenset())
-    batches = 2 if QUICK else 6
+    batches = pick(2 if QUICK else 6, 1)
 
     folders = {name: make_images(DATA / f"{size[0]}x{size[1]}-{COUNT}", COUNT, size) for name, size in SIZES.items()}
 
@@ -267,11 +277,8 @@ def main() -> None:
     console.print(f"\n[bold]unchanged re-run[/bold] over {RERUN_FILES:,} files")
     small = DATA / f"small-{RERUN_FILES}"
     make_small_files(small, RERUN_FILES)
-    tiny = DATA / "tiny-clip"
-    if not (tiny / "config.json").exists():
-        save_clip(tiny)
     store = DATA / "stores" / small.name
-    rerun_settings = Settings(model=str(tiny), device="cpu", cache_dir=DATA / "cache", store=store)
+    rerun_settings = Settings(model=str(tiny_clip()), device="cpu", cache_dir=DATA / "cache", store=store)
     index_folder(small, rerun_settings, False)  # indexes the files the first time, a no-op later
     summary = index_folder(small, rerun_settings, False)
     console.print(f"  {summary.seconds:.2f} s ({summary.line()}; {load()})")

@@ -20,16 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from bench.api import load, start_server, text_queries
+from bench.indexing import vit_b32
 from bench.scale import YEAR, percentile, year_of
+from bench.smoke import CLIP_DIM, announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.store import INDEXED, Filters, Image, get_root, open_store, postgres, utcnow
 from indexer.store.ann import ExactTop, recall_at
-from tests.support.model_factory import save_clip
 from tests.support.planted import ClipLike, plant_vectors
 
-DIM, QUERIES, FILTERED = 512, 200, 50
+DIM, QUERIES, FILTERED = CLIP_DIM, 200, 50
 BUILD_MEMORY = 4 * 2**30  # maintenance_work_mem for the HNSW build: the graph of 1M 512-d vectors fits
-GRAPH_INSERTS = 2_000
+GRAPH_INSERTS = pick(2_000, 50)
 DEFAULT_EF = postgres.EF_MIN
 EF_SWEEP = (100, 200)
 
@@ -72,15 +73,15 @@ def measure_search(location: str, truths: dict[str, ExactTop], text: np.ndarray)
 
 
 def measure_http(location: str, requests: int) -> None:
-    """Two `clipdex serve` replicas of one store, 8 clients spread over them."""
-    servers = [start_server(location) for _ in range(2)]
+    """Two `clipdex serve` replicas of one store (one in a smoke run), 8 clients spread over them."""
+    servers = [start_server(location) for _ in range(pick(2, 1))]
     try:
         urls = [url for _, url in servers]
         paths = [f"/api/search?k=10&q={q}" for q in text_queries(requests)]
         asyncio.run(load(urls, paths[:20], 2))  # warm up both
         latencies, seconds = asyncio.run(load(urls, paths[20:], 8))
         print(
-            f"    HTTP, 8 clients over 2 replicas: {len(latencies) / seconds:.1f} requests/s, "
+            f"    HTTP, 8 clients over {len(servers)} replicas: {len(latencies) / seconds:.1f} requests/s, "
             f"p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms",
             flush=True,
         )
@@ -93,20 +94,22 @@ def measure_http(location: str, requests: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    parser.add_argument("--size", type=int, default=100_000 if quick else 1_000_000)
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--size", type=int, default=pick(100_000 if quick else 1_000_000, 2_000))
+    parser.add_argument("--requests", type=int, default=pick(300, 40))
     args = parser.parse_args()
     import pgserver
 
+    postgres.HNSW_MIN = pick(postgres.HNSW_MIN, 1_000)  # a smoke run's few vectors still get the HNSW graph
     print(cpu_line())
-    print(f"postgres: {args.size:,} synthetic CLIP-like 512-d vectors, PostgreSQL (pgvector) beside the embedded store")
+    announce()
+    print(f"postgres: {args.size:,} synthetic CLIP-like {DIM}-d vectors, PostgreSQL (pgvector) beside the embedded one")
     generator = ClipLike(DIM)
     vectors = generator.images(args.size + QUERIES)
     held_out, vectors = vectors[args.size :], vectors[: args.size]
     text = generator.texts(QUERIES, seed=5)
     truths = truths_for(vectors, {"text": text, "image": held_out})
     with tempfile.TemporaryDirectory(prefix="clipdex-bench-pg-") as tmp:
-        model = str(save_clip(Path(tmp) / "clip-vit-b-32", size="vit-b-32").resolve())
+        model = str(vit_b32().resolve())  # exported once into DATA/cache, not on every run
         server = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
         server.psql("CREATE DATABASE bench;")
         url = server.get_uri("bench")

@@ -17,11 +17,12 @@ import shutil
 import time
 
 from bench.indexing import DATA, QUICK, console, decode_cost, encode_cost, load, make_images, vit_b32
+from bench.smoke import announce, pick
 from indexer.decode import WorkerConfig
 from indexer.models.cpu import cpu_line
 from indexer.settings import Settings, cpu_count
 
-COUNT = 60 if QUICK else 300
+COUNT = pick(60 if QUICK else 300, 4)
 GPU_RATE = 1_500  # ViT-B/32 images/s on one good GPU (issue 14); clip-retrieval: 7,000 on 8 A100s, resize-bound
 CORES_PER_GPU = (4, 8, 16)  # a cloud 8-GPU node has 64-128 vCPUs
 OVERHEAD_TARGET = 0.20
@@ -46,13 +47,14 @@ def main() -> None:
 
     cores = cpu_count()
     console.print(cpu_line())
+    announce(console.print)
     console.print(f"[bold]Ray benchmark[/bold]{' (quick)' if QUICK else ''}; {load()}")
     model_dir = vit_b32()
     settings = Settings(model=str(model_dir), device="cpu", cache_dir=DATA / "cache")
     embedder = make_embedder(str(model_dir), settings)  # exports to ONNX once, before anything is timed
     paths = make_images(DATA / f"1024x768-{COUNT}", COUNT, (1024, 768))
     folder = paths[0].parent
-    runs = 1 if QUICK else 2
+    runs = pick(1 if QUICK else 2, 1)
 
     local_rate, local_line = best_rate(folder, settings, runs)
     console.print(f"local pipeline   {local_rate:7.1f} images/s ({local_line})")
@@ -76,9 +78,9 @@ def main() -> None:
     config = WorkerConfig(prep=embedder.prep, max_pixels=settings.max_pixels, known_hashes=frozenset())
     console.print("\n[bold]scaling model[/bold] (measured here: decode cost and one CPU actor; GPU rate assumed)")
     web_ms, pixels = decode_cost(paths[: 20 if QUICK else 60], config)
-    photos = make_images(DATA / "4000x3000-300", 10 if QUICK else 30, (4000, 3000))
+    photos = make_images(DATA / "4000x3000-300", pick(10 if QUICK else 30, 2), (4000, 3000))
     photo_ms, _ = decode_cost(photos, config)
-    _, actor_rate = encode_cost(embedder, pixels, 2 if QUICK else 6)
+    _, actor_rate = encode_cost(embedder, pixels, pick(2 if QUICK else 6, 1))
     console.print(f"  decode           {web_ms:7.1f} core-ms/image web 1024x768, {photo_ms:.1f} photo 4000x3000")
     console.print(f"  CPU actor        {actor_rate:7.1f} images/s (ViT-B/32 on {cores} cores of this machine)")
     console.print(f"  GPU actor        {GPU_RATE:7,d} images/s (assumed: ViT-B/32 fp16 on one good GPU)")

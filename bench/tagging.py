@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-DIM, LABELS, TEMPLATES = 512, 1000, 5
+from bench.smoke import DATA, announce, pick
+
+DIM, LABELS, TEMPLATES = 512, pick(1000, 50), 5
 TARGET_SECONDS = {100_000: 2.0, 1_000_000: 20.0}
 TARGET_PEAK_GB = 2.0
 out = Console(highlight=False, soft_wrap=True)
@@ -84,22 +86,21 @@ def run_tagging(count: int) -> None:
 
 def run_label_embedding() -> None:
     """Time embedding 1,000 labels x 5 templates with a ViT-B/32-sized CLIP text tower (random weights)."""
+    from bench.indexing import vit_b32
     from indexer.enrich.labels import DEFAULT_TEMPLATES
     from indexer.enrich.tags import embed_prompts
     from indexer.models.runtimes import make_embedder
     from indexer.settings import Settings
-    from tests.support.model_factory import CORPUS, save_clip
+    from tests.support.model_factory import CORPUS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        save_clip(Path(tmp) / "clip-b32", size="vit-b32")
-        embedder = make_embedder(str(Path(tmp) / "clip-b32"), Settings(device="auto"))
-        t = time.perf_counter()
-        # Two-word labels from the tokenizer's own vocabulary: about as many tokens as real labels take
-        # with CLIP's tokenizer (unknown words would be spelled out letter by letter).
-        words = sorted({w.strip(",.:") for line in CORPUS for w in line.split()} - {""})
-        labels = [f"{a} {b}" for a in words for b in words if a != b][:LABELS]
-        vectors = embed_prompts(embedder, labels, DEFAULT_TEMPLATES)
-        seconds = time.perf_counter() - t
+    embedder = make_embedder(str(vit_b32()), Settings(device="auto", cache_dir=DATA / "cache"))  # exported once
+    t = time.perf_counter()
+    # Two-word labels from the tokenizer's own vocabulary: about as many tokens as real labels take
+    # with CLIP's tokenizer (unknown words would be spelled out letter by letter).
+    words = sorted({w.strip(",.:") for line in CORPUS for w in line.split()} - {""})
+    labels = [f"{a} {b}" for a in words for b in words if a != b][:LABELS]
+    vectors = embed_prompts(embedder, labels, DEFAULT_TEMPLATES)
+    seconds = time.perf_counter() - t
     n = LABELS * len(DEFAULT_TEMPLATES)
     out.print(
         f"label embeddings: {n:,} prompts ({LABELS} labels x {len(DEFAULT_TEMPLATES)} templates) on "
@@ -110,7 +111,7 @@ def run_label_embedding() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=pick([100_000, 1_000_000], [2_000]))
     parser.add_argument("--no-embed-labels", action="store_true", help="skip timing the text tower")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a single measurement, in this process
     parser.add_argument("--labels-only", action="store_true", help=argparse.SUPPRESS)
@@ -120,6 +121,7 @@ def main() -> None:
     if args.labels_only:
         return run_label_embedding()
     out.print(f"machine: {machine()}")
+    announce(out.print)
     out.print(f"peak memory target at 1,000,000: < {TARGET_PEAK_GB:.0f} GB")
     for count in args.sizes:
         subprocess.run([sys.executable, "-m", "bench.tagging", "--one", str(count)], check=True)
