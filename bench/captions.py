@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from bench.smoke import announce, pick
 from bench.vlm import weight_bytes
 from indexer.enrich.captioner import full_prompt
 from indexer.enrich.captions import Captioner, load_captioner
 from indexer.models.loading import pick_device, read_image_prep
-from tests.support.model_factory import make_blip2, save_blip
 from tests.support.photos import photo
 
 out = Console(highlight=False, soft_wrap=True)
@@ -58,17 +58,27 @@ def load() -> str:
 
 def blip_base(device: str, max_new_tokens: int) -> dict[str, Captioner]:
     """The architecture loaded in full precision ("none") and with int8 weights ("int8")."""
+    from tests.support.model_factory import save_blip
+
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_blip(Path(tmp) / "blip-base", size="base", min_new_tokens=max_new_tokens)
+        model_dir = save_blip(Path(tmp) / "blip-base", size=pick("base", "tiny"), min_new_tokens=max_new_tokens)
         return {quantize: load_captioner(str(model_dir), device, quantize) for quantize in ("none", "int8")}
 
 
 def blip2_opt_2_7b(device: str, max_new_tokens: int) -> Captioner:
+    """BLIP-2 OPT-2.7B (a smoke run's tiny BLIP-2) built on the device, fp16 on CUDA."""
+    from transformers import AutoProcessor
+
+    from tests.support.model_factory import make_blip2
+
     torch_device = pick_device(device)
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     with torch_device:  # weights are created where they run: 15 GB of fp32 never crosses the bus
-        model, processor = make_blip2("opt-2.7b", min_new_tokens=max_new_tokens)
+        model, processor = make_blip2(pick("opt-2.7b", "tiny"), min_new_tokens=max_new_tokens)
     model.to(dtype)
+    with tempfile.TemporaryDirectory() as tmp:  # the processor as a checkpoint's loads (its image token an AddedToken)
+        processor.save_pretrained(tmp)
+        processor = AutoProcessor.from_pretrained(tmp)
     prep = read_image_prep(processor.image_processor)
     return Captioner("blip2-opt-2.7b (random)", "blip-2", model, processor, prep, torch_device, dtype)
 
@@ -92,9 +102,9 @@ def rate(captioner, pixels: list[np.ndarray], batch_size: int, max_new_tokens: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHITECTURES, default="blip-base")
-    parser.add_argument("--images", type=int, default=4 if QUICK else 16)
-    parser.add_argument("--batch-size", type=int, default=4 if QUICK else 8)
-    parser.add_argument("--max-new-tokens", type=int, default=10 if QUICK else 20)
+    parser.add_argument("--images", type=int, default=pick(4 if QUICK else 16, 2))
+    parser.add_argument("--batch-size", type=int, default=pick(4 if QUICK else 8, 2))
+    parser.add_argument("--max-new-tokens", type=int, default=pick(10 if QUICK else 20, 3))
     parser.add_argument("--beams", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
@@ -106,6 +116,7 @@ def main() -> None:
     height, width = captioners["none"].prep.out_size
     pixels = [np.asarray(photo(seed, (width, height))) for seed in range(args.images)]
     out.print(f"machine: {machine()}")
+    announce(out.print)
     megabytes, rates = {}, {}
     for quantize, captioner in captioners.items():
         weights = str(captioner.dtype)[6:] + (" with int8 Quanto weights" if quantize == "int8" else "")

@@ -41,8 +41,10 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from bench.smoke import DATA, SMOKE, announce, pick
+from indexer.models.cpu import cpu_line
 from indexer.models.onnx_export import ImageTower, TextTower  # the towers clipdex exports; rclip names the graph inputs
-from tests.support.model_factory import VIT_B32_TEXT, VIT_B32_VISION  # ViT-B/32's widths and depths
+from tests.support.model_factory import TINY_TEXT, TINY_VISION, VIT_B32_TEXT, VIT_B32_VISION
 
 MODEL_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip.model_download.MODEL_SUBDIR
 VISUAL_ONNX, TEXTUAL_ONNX = "visual.onnx", "textual.onnx"
@@ -110,7 +112,7 @@ def build_model(seed: int) -> CLIPModel:
         text_config=dict(
             vocab_size=VOCAB_SIZE,
             max_position_embeddings=CONTEXT_LENGTH,
-            **VIT_B32_TEXT,
+            **pick(VIT_B32_TEXT, TINY_TEXT),  # ViT-B/32's widths and depths (a smoke run's tiny ones)
             hidden_act="gelu",
             bos_token_id=SOT,
             eos_token_id=EOT,  # the text is pooled at the first end token, as OpenCLIP's argmax over ids does
@@ -119,7 +121,7 @@ def build_model(seed: int) -> CLIPModel:
         vision_config=dict(
             image_size=IMAGE_SIZE,
             patch_size=32,
-            **VIT_B32_VISION,
+            **pick(VIT_B32_VISION, TINY_VISION),
             hidden_act="gelu",
         ),
         projection_dim=EMBED_DIM,
@@ -186,12 +188,15 @@ def save_hf(model: CLIPModel, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="rclip data folder to write the models into")
-    parser.add_argument("--hf-out", type=Path, default=DEFAULT_HF_OUT, help="transformers copy for clipdex")
+    out, hf_out = pick((DEFAULT_OUT, DEFAULT_HF_OUT), (DATA / "rclip" / "models", DATA / "models" / "vit-b32-256"))
+    parser.add_argument("--out", type=Path, default=out, help="rclip data folder to write the models into")
+    parser.add_argument("--hf-out", type=Path, default=hf_out, help="transformers copy for clipdex")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers copy")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="rebuild files that exist")
+    parser.add_argument("--force", action="store_true", default=SMOKE, help="rebuild files that exist (smoke: always)")
     args = parser.parse_args()
+    print(cpu_line())
+    announce()
 
     folder = args.out / MODEL_SUBDIR
     visual, textual, vocab = folder / VISUAL_ONNX, folder / TEXTUAL_ONNX, args.out / TOKENIZER_VOCAB
@@ -206,7 +211,7 @@ def main() -> None:
     model = build_model(args.seed)
     images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     for module, example, path, dtype in (
-        (ImageTower(model), images, visual, "tensor(float)"),
+        (ImageTower(model, ("pixel_values",)), images, visual, "tensor(float)"),
         (TextTower(model), sample_tokens(), textual, "tensor(int64)"),  # no mask: rclip sends none
     ):
         export(module, example, path)

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from bench.indexing import tiny_clip
+from bench.smoke import DATA, announce, pick
 from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import open_store
 from search.vlm import GenerationOptions, VisualQA
-from tests.support.model_factory import save_blip2, save_clip, save_llava
 from tests.support.photos import write_photos
 
 out = Console(highlight=False, soft_wrap=True)  # figures stay on one line when piped
@@ -87,16 +88,21 @@ def time_answers(qa: VisualQA, refs: list[str], tokens: int, repeats: int) -> tu
 
 
 def main() -> None:
+    # Imported here, not above: index_folder's decode workers import this module again, and should stay light.
+    from tests.support.model_factory import save_blip2, save_llava
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=8 if QUICK else 32, help="answer length in tokens")
+    parser.add_argument("--tokens", type=int, default=pick(8 if QUICK else 32, 4), help="answer length in tokens")
     parser.add_argument("--repeats", type=int, default=1 if QUICK else 3)
-    parser.add_argument("--size", choices=["bench", "tiny"], default="bench")
+    parser.add_argument("--size", choices=["bench", "tiny"], default=pick("bench", "tiny"))
     args = parser.parse_args()
     out.print(f"machine: {machine()}")
+    announce(out.print)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_photos(root / "photos", 2, size=(640, 480))
-        settings = Settings(store=root / "store", model=str(save_clip(root / "clip")), device="cpu", workers=1)
+        model, cache = str(tiny_clip()), DATA / "cache"  # the store's model, exported once
+        settings = Settings(store=root / "store", model=model, device="cpu", workers=1, cache_dir=cache)
         index_folder(root / "photos", settings, show_progress=False)
         if args.size == "bench":
             out.print("BLIP-2: ViT-B/16, 12-layer Q-Former, 32 queries, OPT-125m; LLaVA: CLIP ViT-B/16, 12x768 Llama")
