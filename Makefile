@@ -9,10 +9,14 @@ STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
 BENCHES := startup indexing runtimes ray_indexing api tagging duplicates clusters relevance ocr scale postgres captions vlm
+# The benches `make bench-smoke` runs on tiny inputs (BENCH_SMOKE=1, bench/smoke.py): all of them, rclip's model builder
+# (not rclip itself) and the GPU bench on the CPU included; each must finish within SMOKE_TIMEOUT seconds.
+SMOKE_BENCHES := $(BENCHES) models rclip_model gpu
+SMOKE_TIMEOUT ?= 120
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 
-.PHONY: help install index search serve test lint bench bench-scale bench-models bench-gpu bench-rclip
+.PHONY: help install index search serve test lint bench bench-smoke bench-scale bench-models bench-gpu bench-rclip
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -48,6 +52,17 @@ lint: $(BIN)/clipdex ## ruff check and format check, the layout's import contrac
 
 bench: $(BIN)/clipdex ## Run the CPU benchmarks and print their figures (BENCH_QUICK=1: a short run)
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
+
+bench-smoke: $(BIN)/clipdex ## Every bench on tiny inputs, to keep them working (CI); the figures mean nothing
+	@started=$$(date +%s); \
+	for b in $(SMOKE_BENCHES); do \
+		echo "== bench/$$b.py (smoke)"; one=$$(date +%s); \
+		BENCH_SMOKE=1 BENCH_QUICK=1 timeout -k 10 $(SMOKE_TIMEOUT) $(BIN)/python -m bench.$$b; rc=$$?; \
+		if [ $$rc = 124 ]; then echo "bench-smoke: bench/$$b.py took over $(SMOKE_TIMEOUT) s" >&2; exit 1; fi; \
+		if [ $$rc != 0 ]; then echo "bench-smoke: bench/$$b.py failed (exit $$rc)" >&2; exit 1; fi; \
+		echo "== bench/$$b.py passed in $$(( $$(date +%s) - one )) s"; \
+	done; \
+	echo "bench-smoke: $(words $(SMOKE_BENCHES)) benches passed in $$(( $$(date +%s) - started )) s"
 
 bench-scale: $(BIN)/clipdex ## Ten million synthetic CLIP-like images in one store: index kind, memory, recall, latency, tagging
 	$(BIN)/python -m bench.scale --sizes 10000000 --budgets 1GiB
