@@ -29,10 +29,12 @@ from tests.support.planted import CONE, DIM, DOG, LIGHTHOUSE, UNICORN, plant_vec
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory):
-    """Every test's Settings (subprocesses too) export ONNX models into one temp cache, never ~/.cache."""
+    """Every test's Settings (subprocesses too) export ONNX models into one temp cache, never ~/.cache, and embed
+    in ONNX Runtime fp32: the same vectors on every CPU (tests/test_runtimes.py tests the measured choice)."""
     path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPDEX_CACHE_DIR", str(path))
+        mp.setenv("CLIPDEX_RUNTIME", "onnx")
         yield path
 
 

@@ -200,7 +200,7 @@ def test_caption_and_ask_pass_quantize_and_attn_to_the_loader(store_dir, model_d
 
 def test_index_caption_passes_the_captioner_options(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr("indexer.indexing.index_folder", lambda folder, settings, *a: seen.append(settings))
+    monkeypatch.setattr("indexer.indexing.index_folder", lambda folder, settings, *a, **options: seen.append(settings))
     args = ["index", str(tmp_path), "--caption", "--caption-quantize", "int8", "--caption-attn", "eager", "--json"]
     CliRunner().invoke(app, args, env=ENV)
     assert [(s.caption_quantize, s.caption_attn) for s in seen] == [("int8", "eager")]

@@ -35,6 +35,12 @@ TEXTS = ["a dog", "a photo of a red car parked by the road at night, seen from a
 NO_BF16 = frozenset({"fpu", "sse2", "avx", "avx2", "fma"})
 
 
+@pytest.fixture(autouse=True)
+def measured_by_default(monkeypatch):
+    """The rest of the suite pins ONNX Runtime (conftest.py); here the default is what a user gets: auto."""
+    monkeypatch.delenv("CLIPDEX_RUNTIME", raising=False)
+
+
 @pytest.fixture(params=["clip", "siglip"])
 def model_dir(request) -> Path:
     return request.getfixturevalue(f"{request.param}_dir")
