@@ -148,6 +148,22 @@ def planted(tmp_path_factory, clip_dir) -> Settings:
     return settings
 
 
+TOY_MODEL = Path(__file__).parent / "data" / "toyworld-clip"
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory) -> tuple[Settings, dict]:
+    """480 toy-world pictures (20 of each colour and shape) indexed with the model that knows that world:
+    its settings, and the truth (a Picture per file name; the names themselves say nothing)."""
+    from tests.support import toyworld
+
+    root = tmp_path_factory.mktemp("toy-world")
+    truth = toyworld.write_collection(root / "pictures", toyworld.collection(dict.fromkeys(toyworld.CLASSES, 20), 1))
+    settings = Settings(store=str(root / "store"), model=str(TOY_MODEL))
+    index_folder(root / "pictures", settings, show_progress=False)
+    return settings, truth
+
+
 @pytest.fixture
 def lighthouses(tmp_path, clip_dir, monkeypatch):
     """2000 images in a cone around CONE and five lighthouses; texts sit in a cone of their own (the gap)."""

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import select
@@ -153,7 +154,7 @@ def test_duplicates_view_shows_groups_side_by_side(server, browser):
     page.wait_for_function("/groups? of copies|No duplicates/.test(document.querySelector('#status').textContent)")
 
 
-def test_only_relevant_is_on_by_default_and_says_when_nothing_stands_out(lighthouses, browser):
+def test_only_relevant_is_on_by_default_and_offers_the_closest_when_nothing_stands_out(lighthouses, browser):
     from indexer.settings import Settings
 
     with serving(create_app(Settings(store=lighthouses))) as url:
@@ -167,6 +168,10 @@ def test_only_relevant_is_on_by_default_and_says_when_nothing_stands_out(lightho
         page.uncheck("input[name=relevant]")
         page.wait_for_function("document.querySelector('#status').textContent.startsWith('24 results')")
         assert "relevant=false" in page.url
+        page.goto(f"{url}/?q=unicorn")  # when nothing stands out, the closest matches are one click away
+        page.click("#closest")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('24 results')")
+        assert "relevant=false" in page.url and not page.is_checked("input[name=relevant]")
 
 
 def test_clusters_view_names_groups_and_opens_one(server, browser):
@@ -183,3 +188,21 @@ def test_clusters_view_names_groups_and_opens_one(server, browser):
     assert page.locator("#grid .hit").count() == sizes[0] and "cluster=1" in page.url
     page.go_back()
     page.wait_for_function("document.querySelectorAll('#grid .group').length === 2")
+
+
+def test_only_relevant_shows_what_the_plain_ranking_puts_first_in_the_toy_world(toy_world, browser):
+    """A common subject, a rarer one and a look-alike search: the default cut-off keeps their true matches."""
+    settings, truth = toy_world
+    with serving(create_app(settings)) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        for query in ("something yellow", "a star"):  # 80 and 120 matches: a full first page of them
+            page.goto(f"{url}/?{urlencode({'q': query})}")
+            page.wait_for_function("document.querySelector('#status').textContent.startsWith('24 results')")
+        page.goto(f"{url}/?q=a+photo+of+a+red+circle")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('20 results')")
+        shown = page.locator("#grid .hit .name").all_inner_texts()
+        assert {truth[name].label for name in shown} == {"red circle"}
+        page.locator("#grid .hit").first.click()  # more like this one: the other red circles
+        page.wait_for_function("/^\\d+ results? like/.test(document.querySelector('#status').textContent)")
+        similar = page.locator("#grid .hit .name").all_inner_texts()
+        assert sum(truth[name].label == "red circle" for name in similar) == 19 and len(similar) <= 21

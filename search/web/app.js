@@ -137,10 +137,9 @@ async function run(append = false, remember = true) {
     hits.forEach((hit, i) => grid.append(card(hit, offset + i)));
     const ms = Math.round(performance.now() - started);
     const shown = grid.children.length;
-    const none = form.elements.relevant.checked
-      ? `Nothing stands out ${describe()}: no image scores clearly above the rest. Untick “Only relevant” for the closest matches.`
-      : `Nothing found ${describe()}.`;
-    status.textContent = shown ? `${shown} result${shown === 1 ? "" : "s"} ${describe()} · ${ms} ms` : none;
+    if (shown) status.textContent = `${shown} result${shown === 1 ? "" : "s"} ${describe()} · ${ms} ms`;
+    else if (form.elements.relevant.checked) showClosestOffer();
+    else status.textContent = `Nothing found ${describe()}.`;
     more.hidden = hits.length < PAGE;
     $("#hint").hidden = true;
     if (!append && shown && current.kind !== "text") grid.querySelector(".hit").focus({ preventScroll: true });
@@ -150,6 +149,20 @@ async function run(append = false, remember = true) {
     status.textContent = error.message;
     more.hidden = true;
   }
+}
+
+// "Only relevant" found nothing: say so, and offer the plain ranking in one click.
+function showClosestOffer() {
+  status.textContent = `Nothing stands out ${describe()}: no image scores clearly above the rest. `;
+  const closest = document.createElement("button");
+  closest.type = "button";
+  closest.id = "closest";
+  closest.textContent = "Show the closest matches";
+  closest.addEventListener("click", () => {
+    form.elements.relevant.checked = false;
+    run();
+  });
+  status.append(closest);
 }
 
 function describe() {
