@@ -212,7 +212,11 @@ def print_hits(hits: list[Hit], json_out: bool, relevant: bool = False) -> None:
         typer.echo(json.dumps([asdict(h) for h in hits], default=str))
         return
     if not hits:
-        out.print("nothing stands out: no image scores clearly above the rest" if relevant else "no hits")
+        out.print(
+            "nothing stands out: no image scores clearly above the rest (without --relevant: the closest matches)"
+            if relevant
+            else "no hits"
+        )
         return
     with_captions = any(hit.caption for hit in hits)
     with_dates = any(hit.taken_at for hit in hits)
