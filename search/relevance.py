@@ -52,6 +52,7 @@ FALSE_VALLEY = 0.5  # chance, summed over the ranks tested, that a smooth fall-o
 VALLEY_SPAN = 5  # most spacings a valley spans: images inside it are neither hits nor background
 LOCAL = 40  # spacings below a valley that set its scale
 COMPACT = 0.1  # a valley at least this share of the width of the group above it
+VALLEY_SPREADS = 0.25  # and this many spreads of the scores under it
 MAX_SHARE = 0.5  # hits are at most this share of the sample: the rest is the background
 SELF = 1 - 1e-3  # scores this high are the query image itself (or its copies): not background
 # Below this many images there is no bulk to stand out from: the cut-off keeps every hit, with no relevance.
@@ -132,7 +133,7 @@ def valley_cut(descending: np.ndarray) -> float | None:
         width = descending[ranks - 1] - descending[below]
         passes = (ranks * width / scale > valley_bars(len(ranks), span)) & (width >= COMPACT * group_width)
         for i in np.flatnonzero(passes):
-            if width[i] > best_width:
+            if width[i] > best_width and width[i] >= VALLEY_SPREADS * bulk(descending[below[i] :])[1]:
                 best_width, best = float(width[i]), (int(ranks[i]) - 1, int(below[i]))
     if best is None:
         return None
