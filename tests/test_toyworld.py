@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from indexer.indexing import index_folder
 from indexer.settings import Settings
-from indexer.store import NO_FILTERS, Tag
+from indexer.store import NO_FILTERS, Caption, Tag, utcnow
 from search.duplicates import DEFAULT_THRESHOLD  # the CLI's default too (search/cli/collection.py)
 from search.service import Service, check_request
 from tests.support import toyworld
@@ -196,3 +196,23 @@ def test_class_mates_are_not_near_copies(world):
     originals = {world.ids[name] for name in world.originals}
     for group in world.service.duplicates(DEFAULT_THRESHOLD):
         assert len({m.id for m in group.members} & originals) == 1
+
+
+def test_hybrid_adds_caption_matches_to_the_relevant_pictures(world):
+    """Hybrid mode fuses the picture ranking with caption matches: a picture whose caption names the query joins the
+    relevant hits whatever it shows (text that matches is evidence of its own), and one that both find ranks first."""
+    red_circle, blue_square = min(world.of_class(("red", "circle"))), min(world.of_class(("blue", "square")))
+    with world.service.store.session() as s:
+        for image_id in (red_circle, blue_square):
+            s.add(Caption(image_id=image_id, model="toy", prompt="", text="a red circle", created_at=utcnow()))
+        s.commit()
+    try:
+        hits = world.service.search("red circle", mode="hybrid", k=500, relevant=True)
+        found = {hit.id for hit in hits}
+        precision, recall = precision_recall(found - {blue_square}, world.of_class(("red", "circle")))
+        assert blue_square in found and precision == 1 and recall >= 0.95  # 19 of 20 at seed 0
+        assert hits[0].id == red_circle and hits[0].caption == "a red circle"
+    finally:
+        with world.service.store.session() as s:
+            s.execute(delete(Caption).where(Caption.model == "toy"))
+            s.commit()
