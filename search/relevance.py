@@ -19,7 +19,8 @@ laid out. So each query is scored against a random sample of the store, and two 
    P(Gamma(j) > T) (j up to VALLEY_SPAN: a few images the model half-confuses may sit in it). Ranks are
    tested down to MAX_SHARE of the sample with FALSE_VALLEY shared out as 1/rank (a Bonferroni bound that
    spends most on the top ranks); among the valleys that pass, and that are at least COMPACT times as wide
-   as the group above them spreads, the widest holds the boundary, at its widest spacing.
+   as the group above them spreads and VALLEY_SPREADS spreads of the scores under them (a bulk's own
+   stretches are narrower), the widest holds the boundary, at its widest spacing.
 
 The cut is the lower of the two. What it assumes: the images that do not match a query are at least half
 the store; rare matches lie above a roughly normal bulk; common ones are separated from the rest by fewer
@@ -28,7 +29,7 @@ from "dog" to "not a dog") gets the rare rule only. A subject absent from the st
 smooth bulk: nothing passes either rule (a spread below MIN_SPREAD, less than float16 vectors resolve,
 counts as MIN_SPREAD). Measured in bench/relevance.py: rare planted matches among up to 200k images,
 planted matches of 0.5-40% of a collection, and the toy world (tests/support/toyworld.py) with a model that
-knows it, for text and image queries; figures in docs/search.md.
+knows it, for text and image queries; figures in bench/README.md.
 
 NumPy and the standard library only: the query path imports no scipy.
 """
@@ -94,7 +95,8 @@ class Background:
 def calibrate_scores(scores: np.ndarray, population: int) -> Calibration:
     """The calibration of one query from its scores on a sample of a store of `population` images."""
     descending = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    descending = descending[descending < SELF]
+    background = descending[descending < SELF]
+    descending = background if len(background) else descending  # a store of copies of the query: they are its bulk
     baseline, spread = bulk(descending)
     z_cut = rare_cut(population)
     valley = valley_cut(descending)

@@ -201,6 +201,15 @@ def test_relevant_keeps_what_stands_out(lighthouses):
     assert ids(engine.search("lighthouse", "embedding", k=2, offset=3, relevant=True)) == ids(hits)[3:]
 
 
+def test_relevance_of_a_query_among_its_own_copies_is_finite():
+    """Scores at the query's own (a store of copies of one image) are left out of the background, unless they are
+    all there is: then they are the bulk, and nothing stands out from it."""
+    from search.relevance import calibrate_scores
+
+    calibration = calibrate_scores(np.ones(500, dtype=np.float32), 500)
+    assert np.isfinite(calibration.cut) and calibration.cut > 1
+
+
 def test_relevant_in_cli_and_api(lighthouses):
     result = CliRunner().invoke(app, ["search", "unicorn", "--store", lighthouses, "--relevant"])
     assert result.exit_code == 0 and "nothing stands out" in result.output
