@@ -16,17 +16,17 @@
    matches making up the share; text queries as above, image queries a further match of the concept
    (what "similar" asks).
 3. The same shares in the toy world (tests/support/toyworld.py) with the toy-world CLIP
-   (tests/data/toyworld-clip/, loaded and run as clipdex does): fresh pictures, text queries for a colour and
-   shape ("a photo of a red circle"), a colour ("something yellow") or a shape ("a star"), image queries a
-   fresh picture of a class (its matches: its class); and subjects absent from the world ("a dog"), which
-   should return nothing.
+   (tests/data/toyworld-clip/, loaded as clipdex loads a checkpoint, run in torch): fresh pictures, text
+   queries for a colour and shape ("a photo of a red circle"), a colour ("something yellow") or a shape
+   ("a star"), image queries a fresh picture of a class (its matches: its class); and subjects absent from
+   the world ("a dog"), which should return nothing.
 Reported: mean precision and recall over the queries with matches (a query returning nothing has precision
 1), the share of them that returned nothing, and for queries without matches, the share that returned
 nothing and their mean number of hits.
 
     python -m bench.relevance [--sizes 20000 200000] [--share-size 20000] [--toy-size 1000]
 
-BENCH_QUICK=1: 20,000 distractors, fewer queries per share, a 400-picture toy world (about 30 s).
+BENCH_QUICK=1: 20,000 distractors, fewer queries per share, a 400-picture toy world (about 10 s).
 """
 
 import argparse
@@ -241,7 +241,7 @@ def planted_shares(size: int, queries: int, seed: int = 0) -> dict:
 
 
 def toy_embedder():
-    """The toy-world CLIP, loaded and run in torch as clipdex loads any checkpoint directory."""
+    """The toy-world CLIP, loaded as clipdex loads any checkpoint directory, run in torch."""
     from indexer.models.loading import load_model
     from indexer.models.torch_runtime import TorchEmbedder
 

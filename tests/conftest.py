@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random-weight models saved like hub checkpoints, and planted photo folders."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -10,8 +12,9 @@ from sqlalchemy import select
 from indexer.indexing import index_folder
 from indexer.models.loading import canonical_name
 from indexer.settings import Settings
-from indexer.store import Caption, Image, Tag, open_store, utcnow
+from indexer.store import NO_FILTERS, Caption, Image, Tag, open_store, utcnow
 from search.service import Service
+from tests.support import toyworld
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.model_factory import (
     CORPUS,
@@ -151,17 +154,39 @@ def planted(tmp_path_factory, clip_dir) -> Settings:
 TOY_MODEL = Path(__file__).parent / "data" / "toyworld-clip"
 
 
-@pytest.fixture(scope="session")
-def toy_world(tmp_path_factory) -> tuple[Settings, dict]:
-    """480 toy-world pictures (20 of each colour and shape) indexed with the model that knows that world:
-    its settings, and the truth (a Picture per file name; the names themselves say nothing)."""
-    from tests.support import toyworld
+@dataclass
+class ToyWorld:
+    """A toy-world collection indexed with the model that knows that world, and what each picture shows."""
 
-    root = tmp_path_factory.mktemp("toy-world")
-    truth = toyworld.write_collection(root / "pictures", toyworld.collection(dict.fromkeys(toyworld.CLASSES, 20), 1))
-    settings = Settings(store=str(root / "store"), model=str(TOY_MODEL))
-    index_folder(root / "pictures", settings, show_progress=False)
-    return settings, truth
+    service: Service
+    truth: dict[int, toyworld.Picture]  # what each stored image shows, by id; a copy shows its original
+    ids: dict[str, int]  # stored image ids by file name
+    originals: list[str]  # the drawn pictures' file names, in order
+    copies: dict[str, str]  # copy name -> original name
+
+    def showing(self, fits: Callable[[toyworld.Picture], bool]) -> set[int]:
+        return {i for i, picture in self.truth.items() if fits(picture)}
+
+    def of_class(self, cls: tuple[str, str]) -> set[int]:
+        return self.showing(lambda p: (p.colour, p.shape) == cls)
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory) -> ToyWorld:
+    """20 toy-world pictures of each colour and shape (seed 0) and three copies (tests/support/toyworld.py), indexed
+    through the library with the toy-world CLIP; the names say nothing of what the pictures show."""
+    folder = tmp_path_factory.mktemp("toyworld")
+    by_name = toyworld.write_collection(folder, toyworld.collection(dict.fromkeys(toyworld.CLASSES, 20), seed=0))
+    originals = sorted(by_name)
+    copies = toyworld.write_copies(folder)
+    by_name |= {copy: by_name[original] for copy, original in copies.items()}
+    settings = Settings(store=str(tmp_path_factory.mktemp("toystore") / "store"), model=str(TOY_MODEL), device="cpu")
+    index_folder(folder, settings, show_progress=False)
+    service = Service(settings)
+    paths = service.store.paths(service.store.matching_ids(NO_FILTERS).tolist())
+    ids = {Path(path).name: i for i, path in paths.items()}
+    assert ids.keys() == by_name.keys()
+    return ToyWorld(service, {i: by_name[name] for name, i in ids.items()}, ids, originals, copies)
 
 
 @pytest.fixture

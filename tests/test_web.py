@@ -192,17 +192,17 @@ def test_clusters_view_names_groups_and_opens_one(server, browser):
 
 def test_only_relevant_shows_what_the_plain_ranking_puts_first_in_the_toy_world(toy_world, browser):
     """A common subject, a rarer one and a look-alike search: the default cut-off keeps their true matches."""
-    settings, truth = toy_world
-    with serving(create_app(settings)) as url:
+    with serving(create_app(toy_world.service.settings)) as url:
         page = browser.new_page(viewport={"width": 1100, "height": 800})
-        for query in ("something yellow", "a star"):  # 80 and 120 matches: a full first page of them
+        for query in ("something yellow", "a star"):  # 81 and 121 matches: a full first page of them
             page.goto(f"{url}/?{urlencode({'q': query})}")
             page.wait_for_function("document.querySelector('#status').textContent.startsWith('24 results')")
-        page.goto(f"{url}/?q=a+photo+of+a+red+circle")
+        page.goto(f"{url}/?q=a+photo+of+a+green+circle")
         page.wait_for_function("document.querySelector('#status').textContent.startsWith('20 results')")
         shown = page.locator("#grid .hit .name").all_inner_texts()
-        assert {truth[name].label for name in shown} == {"red circle"}
-        page.locator("#grid .hit").first.click()  # more like this one: the other red circles
+        assert {toy_world.truth[toy_world.ids[name]].label for name in shown} == {"green circle"}
+        page.locator("#grid .hit").first.click()  # more like this one: the other green circles
         page.wait_for_function("/^\\d+ results? like/.test(document.querySelector('#status').textContent)")
         similar = page.locator("#grid .hit .name").all_inner_texts()
-        assert sum(truth[name].label == "red circle" for name in similar) == 19 and len(similar) <= 21
+        assert sum(toy_world.truth[toy_world.ids[name]].label == "green circle" for name in similar) == 19
+        assert len(similar) <= 21

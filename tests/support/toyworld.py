@@ -10,6 +10,7 @@ Truth is kept beside the pictures, never in their names: file names are searchab
 """
 
 import math
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,19 @@ def write_collection(folder: Path, pictures: list[Picture]) -> dict[str, Picture
         draw(picture).save(folder / name)
         truth[name] = picture
     return truth
+
+
+def write_copies(folder: Path) -> dict[str, str]:
+    """Copies of the first three pictures, as collections get them; copy name -> original name."""
+    copies = {
+        "copy-same-bytes.png": "img00000.png",
+        "copy-resaved.jpg": "img00001.png",
+        "copy-enlarged.png": "img00002.png",
+    }
+    shutil.copy(folder / "img00000.png", folder / "copy-same-bytes.png")
+    # 4:4:4: with the usual 4:2:0 chroma subsampling the 48-pixel shapes change colour at their edges, and the
+    # toy model sees it (cosine 0.83-0.999 to the original at quality 85); this way 0.9998 (seeds 0-5).
+    Image.open(folder / "img00001.png").save(folder / "copy-resaved.jpg", quality=95, subsampling=0)
+    enlarged = Image.open(folder / "img00002.png").resize((96, 96), Image.Resampling.BICUBIC)
+    enlarged.save(folder / "copy-enlarged.png")  # seen at 48 pixels again: cosine 0.998-0.9999
+    return copies
