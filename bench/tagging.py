@@ -88,7 +88,7 @@ def run_label_embedding() -> None:
     """Time embedding 1,000 labels x 5 templates with a ViT-B/32-sized CLIP text tower (random weights)."""
     from bench.indexing import vit_b32
     from indexer.enrich.labels import DEFAULT_TEMPLATES
-    from indexer.enrich.tags import embed_prompts
+    from indexer.models.embedder import embed_prompts
     from indexer.models.runtimes import make_embedder
     from indexer.settings import Settings
     from tests.support.model_factory import CORPUS

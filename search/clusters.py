@@ -25,10 +25,10 @@ import faiss
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from indexer.enrich.batches import CHUNK, read_ahead
 from indexer.enrich.labels import DEFAULT_TEMPLATES, check_labels, read_labels_file
-from indexer.enrich.tags import CHUNK, embed_prompts, read_ahead
 from indexer.errors import BadInputError
-from indexer.models.embedder import Embedder
+from indexer.models.embedder import Embedder, embed_prompts
 from indexer.store import Store
 
 VOCABULARY_FILE = Path(__file__).with_name("vocabulary.txt")

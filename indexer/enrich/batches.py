@@ -1,5 +1,6 @@
 """What the passes over stored images share (captions, read text): which images a model has still to do, and
-their files read and decoded in batches, the next batch in threads while the caller works on one."""
+their files read and decoded in batches, the next batch in threads while the caller works on one; and for the
+passes over stored vectors (tags, clusters), their chunks read ahead."""
 
 import io
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ from sqlalchemy import exists, func, select
 
 from indexer.decode import DecodeError, ImagePrep, decode_image, read_and_hash, setup_heif
 from indexer.store import INDEXED, Caption, CaptionFailure, Image, Store
+
+CHUNK = 16_384  # stored vectors read (and scored, by the passes over vectors) at a time
 
 
 def images_to_do(store: Store, model: str, prompt: str, redo: bool, root_id: int | None) -> tuple[list[int], int]:
@@ -70,3 +73,13 @@ def decoded_batches(
             pending = upcoming
         if pending is not None:
             yield {i: future.result() for i, future in pending.items()}
+
+
+def read_ahead(chunks: Iterator) -> Iterator:
+    """Yield the chunks while a thread reads the next one: SQLite reads and the scoring both release the GIL,
+    so reading overlaps scoring and writing instead of adding to them."""
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+        upcoming = reader.submit(next, chunks, None)
+        while (chunk := upcoming.result()) is not None:
+            upcoming = reader.submit(next, chunks, None)
+            yield chunk

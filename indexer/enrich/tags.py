@@ -18,8 +18,7 @@ What a score means:
 """
 
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,13 +27,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy import delete, func, select
 
+from indexer.enrich.batches import CHUNK, read_ahead
 from indexer.enrich.labels import DEFAULT_SET, TagOptions
 from indexer.errors import NotFoundError
-from indexer.models.embedder import Embedder, embed_text_set, l2_normalize
+from indexer.models.embedder import Embedder, embed_prompts
 from indexer.store import SKIPPED, Image, LabelSet, Store, Tag, utcnow
 
 BASELINE_LABEL = "something"  # CLIP multi-label scores compare each label with this one
-CHUNK = 16_384  # stored vectors scored per matrix product
 
 
 @dataclass
@@ -132,17 +131,6 @@ class TagSummary:
 # --- the classifier ------------------------------------------------------------------------------------
 
 
-def embed_prompts(embedder: Embedder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """Every label through every template, embedded and averaged per label: (labels, dim), unit rows.
-
-    The prompts are embedded once per model and runtime and kept (indexer/models/embedder.py embed_text_set):
-    tagging or clustering again with the same labels reads their vectors back instead of running the text tower.
-    """
-    texts = [template.replace("{}", label) for label in labels for template in templates]
-    vectors = embed_text_set(embedder, texts)
-    return l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
-
-
 def activation(family: str, multi_label: bool) -> str:
     """How a model family scores: "softmax" over the labels (CLIP, single-label) or "sigmoid" per label."""
     return "sigmoid" if family == "siglip" or multi_label else "softmax"
@@ -232,16 +220,6 @@ def retag_store(store: Store, show_progress: bool = False) -> list[TagSummary]:
 def saved_classifier(label_set: LabelSet, dim: int) -> Classifier:
     weights = np.frombuffer(label_set.weights, dtype=np.float32).reshape(-1, dim).copy()  # writable for torch
     return Classifier(list(label_set.labels), weights, label_set.activation, label_set.scale, label_set.bias)
-
-
-def read_ahead(chunks: Iterator) -> Iterator:
-    """Yield the chunks while a thread reads the next one: SQLite reads and the scoring both release the GIL,
-    so reading overlaps scoring and writing instead of adding to them."""
-    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
-        upcoming = reader.submit(next, chunks, None)
-        while (chunk := upcoming.result()) is not None:
-            upcoming = reader.submit(next, chunks, None)
-            yield chunk
 
 
 def write_tags(

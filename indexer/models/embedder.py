@@ -171,3 +171,14 @@ class Embedder:
     def text_features(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
         """Projected, unnormalised text features of tokenized texts."""
         raise NotImplementedError
+
+
+def embed_prompts(embedder: Embedder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """Every label through every template, embedded and averaged per label: (labels, dim), unit rows.
+
+    The prompts are embedded once per model and runtime and kept (indexer/models/embedder.py embed_text_set):
+    tagging or clustering again with the same labels reads their vectors back instead of running the text tower.
+    """
+    texts = [template.replace("{}", label) for label in labels for template in templates]
+    vectors = embed_text_set(embedder, texts)
+    return l2_normalize(vectors.reshape(len(labels), len(templates), -1).mean(axis=1))
