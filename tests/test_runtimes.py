@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import indexer.models.cpu
 import indexer.models.runtime_choice as runtime_choice
 from indexer.enrich.labels import LabelSetRequest, TagOptions
-from indexer.models.embedder import Embedder, l2_normalize
+from indexer.models.embedder import Embedder, embed_text_set, l2_normalize
 from indexer.models.loading import canonical_name
 from indexer.models.onnx_runtime import CHECK_TEXTS, OnnxEmbedder, find_or_export
 from indexer.models.runtime_choice import AGREEMENT, RECORD_FILE, measure_tower, skip_reason, tower_choice
@@ -126,6 +126,18 @@ def test_a_one_shot_text_query_measures_nothing_and_runs_in_onnx_runtime(private
     embedder = AutoEmbedder(folder, 4)
     embedder.embed_texts(["a dog"])
     assert type(embedder.tower("text")) is OnnxEmbedder and not (folder / RECORD_FILE).exists()
+
+
+def test_a_label_set_runs_in_the_text_towers_measured_choice_even_in_a_one_shot_command(private_cache, monkeypatch):
+    """Hundreds of prompts are worth the measured runtime; the one query beside them is not."""
+    folder = export_of(private_cache)
+    monkeypatch.setattr(runtime_choice, "measure_tower", lambda *a: fake_choice("text", "openvino"))
+    embedder = AutoEmbedder(folder, 4)
+    vectors = embed_text_set(embedder, ["a photo of a dog.", "a photo of a cat."])
+    assert vectors.shape == (2, 16) and type(embedder.tower("text set")) is OpenVinoEmbedder
+    assert list(embedder.tower("text set").text_cache.glob("*.npy"))  # kept in OpenVINO's own folder
+    embedder.embed_texts(["a dog"])
+    assert type(embedder.tower("text")) is OnnxEmbedder
 
 
 def fake_choice(tower: str, runtime: str = "onnx") -> runtime_choice.TowerChoice:

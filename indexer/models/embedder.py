@@ -93,6 +93,8 @@ def embed_text_set(encoder, texts: Sequence[str]) -> np.ndarray:
     TEXT_SET_BATCH texts go through each forward pass (one pass over thousands would hold gigabytes).
     """
     texts = list(texts)
+    if isinstance(encoder, Embedder):
+        encoder = encoder.text_set_embedder()
     folder = getattr(encoder, "text_cache", None)
     digest = hashlib.blake2b(json.dumps(texts).encode(), digest_size=16).hexdigest()
     path = folder / f"{digest}.npy" if folder is not None else None
@@ -163,6 +165,10 @@ class Embedder:
 
     def load_image_tower(self) -> None:
         """Get the image tower ready now rather than on the first batch (for runtimes that load it lazily)."""
+
+    def text_set_embedder(self) -> "Embedder":
+        """What embeds a set of texts (embed_text_set): this embedder, unless its runtime says otherwise."""
+        return self
 
     def image_features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Projected, unnormalised image features of `image_inputs`."""
