@@ -1,4 +1,5 @@
-"""Guards against rot: the query path stays light, and the CLI reference page matches the commands' help."""
+"""Guards against rot: the query path (and clusters) stays light, and the CLI reference page matches the commands'
+help."""
 
 import json
 import subprocess
@@ -47,7 +48,9 @@ def indexed(tmp_path_factory, clip_dir):
 
 
 @pytest.mark.parametrize(
-    "command", [["search", "a dog on a beach", "--relevant"], ["similar", "1"]], ids=["search", "similar"]
+    "command",
+    [["search", "a dog on a beach", "--relevant"], ["similar", "1"], ["clusters", "--k", "2"]],
+    ids=["search", "similar", "clusters"],
 )
 def test_cli_queries_import_nothing_heavy(indexed, command):
     assert imported(CLI.format(args=[*command, "--store", indexed])) == []
