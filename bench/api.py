@@ -66,18 +66,18 @@ def recall(store_dir: Path, stored: np.ndarray, held_out: np.ndarray) -> tuple[s
     )
 
 
-def start_server(store_dir: Path | str, runtime: str = "onnx") -> tuple[subprocess.Popen, str]:
+def start_server(store_dir: Path | str, runtime: str = "auto") -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "search", "serve", "--store", str(store_dir), "--port", str(port), "--device", "cpu"],
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "CLIPDEX_CPU_RUNTIME": runtime, "CLIPDEX_CACHE_DIR": str(DATA / "cache")},
+        env={**os.environ, "CLIPDEX_RUNTIME": runtime, "CLIPDEX_CACHE_DIR": str(DATA / "cache")},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         try:
             if httpx.get(f"{url}/api/health").status_code == 200:
                 return server, url
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--sizes", default=pick("10000,100000,1000000", "1000"), help="comma-separated vector counts")
     parser.add_argument("--requests", type=int, default=pick(300, 90), help="requests per query kind and size")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--runtimes", default="onnx,onnx-int8", help="CLIPDEX_CPU_RUNTIME values to serve with")
+    parser.add_argument("--runtimes", default="auto,onnx", help="CLIPDEX_RUNTIME values to serve with")
     args = parser.parse_args()
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{cpu_line()}; load {load_avg}")
