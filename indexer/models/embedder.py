@@ -184,7 +184,7 @@ class Embedder:
 def embed_prompts(embedder: Embedder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     """Every label through every template, embedded and averaged per label: (labels, dim), unit rows.
 
-    The prompts are embedded once per model and runtime and kept (indexer/models/embedder.py embed_text_set):
+    The prompts are embedded once per model and runtime and kept (embed_text_set above):
     tagging or clustering again with the same labels reads their vectors back instead of running the text tower.
     """
     texts = [template.replace("{}", label) for label in labels for template in templates]
