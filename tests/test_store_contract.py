@@ -7,6 +7,7 @@ rankings computed here, with every filter, paging, deletion, changed rows and ca
 
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -187,6 +188,37 @@ def test_text_read_in_images_is_searched_apart_from_captions(filled):
         store.delete_captions(s, [int(ids[1])])
         s.commit()
     assert store.match_captions("42.50", 10, source="text") == []
+
+
+def test_substrings_of_read_text_captions_and_names_are_found(filled):
+    """Pieces of a word or a number (pg_trgm / FTS5 trigrams), after whole words, with the same answers on both
+    backends; file and folder names the same way."""
+    store, ids, _ = filled
+    with store.session() as s:
+        s.add(Caption(image_id=int(ids[0]), model="blip", text="boats in the harbour at dusk", created_at=utcnow()))
+        s.add(Caption(image_id=int(ids[1]), model="blip", text="a harb seal", created_at=utcnow()))
+        s.add(Caption(image_id=int(ids[2]), model=f"{READ_TEXT}reader", text="TOTAL 42.50", created_at=utcnow()))
+        s.add(Caption(image_id=int(ids[3]), model=f"{READ_TEXT}reader", text="100% cotton_blend", created_at=utcnow()))
+        s.commit()
+    assert [(i, score) for i, score, _ in store.match_captions("harb", 10)][1] == (int(ids[0]), 0.0)
+    assert [i for i, _, _ in store.match_captions("harb", 10)] == [int(ids[1]), int(ids[0])]  # the word first
+    assert [i for i, _, t in store.match_captions("ARBOUR", 10)] == [int(ids[0])]
+    assert [i for i, _, _ in store.match_captions("42.5", 10, source="text")] == [int(ids[2])]
+    for wildcards in ("1%0", "t_n"):  # as LIKE patterns they would match "100%" and "cotton"
+        assert store.match_captions(wildcards, 10, source="text") == []
+    assert store.match_captions("0%", 10, source="text") == []  # shorter than a trigram
+    assert [i for i, _, _ in store.match_captions("on_b", 10, source="text")] == [int(ids[3])]
+    assert store.match_captions("harb", 10, Filters(folder="/photos/wedding")) == [(int(ids[0]), 0.0, ANY)]
+
+    # Names: images 0..399 are "<i // 100>/img<i:04d>.jpg" in two roots.
+    assert [(i, score) for i, score, _ in store.match_names("IMG0123", 5)] == [(int(ids[123]), 1.0)]
+    both = store.match_names("img012 img0120.jpg", 20)
+    assert [(i, score) for i, score, _ in both][:2] == [(int(ids[120]), 1.0), (int(ids[121]), 0.5)]
+    assert [i for i, _, _ in both] == [int(ids[n]) for n in range(120, 130)]
+    assert both[0][2] == "1/img0120.jpg"
+    shop = store.match_names("img012", 10, Filters(folder="/photos/shop"))
+    assert [i for i, _, _ in shop] == [int(ids[n]) for n in range(121, 130, 2)]
+    assert store.match_names("im", 10) == [] and store.match_names("zebra", 10) == []
 
 
 def test_a_random_sample_of_stored_vectors(filled):

@@ -143,9 +143,16 @@ class Store(ABC):
         self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
     ) -> list[tuple[int, float, str]]:
         """(image id, relevance, best matching caption) of images whose captions share words with `query`,
-        most relevant first (relevance: higher is better, in the backend's own full-text scoring).
+        most relevant first (relevance: higher is better, in the backend's own full-text scoring), then those
+        whose captions only hold one of its pieces inside a longer word or number (relevance 0; see
+        substring_pieces): "harb" finds "harbour", "42.5" finds "TOTAL 42.50".
 
         `source`: "caption" for written captions, "text" for the text read in the images (READ_TEXT)."""
+
+    @abstractmethod
+    def match_names(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """(image id, share of the query's pieces found, path within its folder) of the indexed images whose file
+        or folder names hold pieces of `query` (substring_pieces), those holding the most first, then by id."""
 
     def vector(self, image_id: int) -> np.ndarray | None:
         """The stored vector of an indexed image (None for another id)."""
@@ -290,3 +297,26 @@ def caption_source(source: str):
 def query_words(text: str) -> list[str]:
     """The words of a free-text caption query, lower-cased: what each backend's full-text search matches."""
     return re.findall(r"\w+", text.lower())
+
+
+def substring_pieces(text: str) -> list[str]:
+    """The pieces of a query that substring search looks for: its whitespace-separated parts, lower-cased, of
+    at least 3 characters (the backends' trigram indexes match nothing shorter), once each."""
+    return list(dict.fromkeys(piece for piece in text.lower().split() if len(piece) >= SUBSTRING_MIN))
+
+
+SUBSTRING_MIN = 3
+
+
+def by_pieces_found(rows: Iterable[tuple[int, int, str]], pieces: list[str]) -> list[tuple[int, float, str]]:
+    """(id, pieces found, text) rows as match_names returns them: the share of the pieces as the score."""
+    return [(image_id, found / len(pieces), text) for image_id, found, text in rows]
+
+
+def words_then_pieces(
+    by_words: list[tuple[int, float, str]], by_pieces: list[tuple[int, int, str]], limit: int
+) -> list[tuple[int, float, str]]:
+    """Word matches first, then the images only a substring of the query found (relevance 0), `limit` in all."""
+    known = {image_id for image_id, _, _ in by_words}
+    extra = [(image_id, 0.0, text) for image_id, _, text in by_pieces if image_id not in known]
+    return (by_words + extra)[:limit]

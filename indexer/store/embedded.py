@@ -24,7 +24,17 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
-from indexer.store.base import READ_CHUNK, Store, check_manifest, indexed_since, page, query_words
+from indexer.store.base import (
+    READ_CHUNK,
+    Store,
+    by_pieces_found,
+    check_manifest,
+    indexed_since,
+    page,
+    query_words,
+    substring_pieces,
+    words_then_pieces,
+)
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.lock import store_writer
 from indexer.store.schema import (
@@ -486,12 +496,12 @@ class EmbeddedStore(Store):
         """FTS5 over the captions: the query's words, quoted (no FTS5 syntax from users), joined by OR.
 
         Relevance is minus FTS5's bm25 (bm25 is lower for better matches); an image with several captions
-        counts with its best one. Row filters restrict the images considered.
+        counts with its best one. Then the substring matches, from the trigram index. Row filters restrict the
+        images considered.
         """
-        words = query_words(query)
+        words, pieces = query_words(query), substring_pieces(query)
         if not words:
             return []
-        fts_query = " OR ".join(f'"{word}"' for word in words)
         among = self.matching_ids(filters) if filters.selects_rows else None
         # SQLite returns the bare column `text` from the row that gave MIN(rank): the best caption.
         sql = text(
@@ -499,45 +509,101 @@ class EmbeddedStore(Store):
             "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
             "WHERE captions_fts MATCH :query AND i.status = :status "
             + f"AND c.model {'' if source == 'text' else 'NOT '}LIKE '{READ_TEXT}%' "
-            + ("AND c.image_id IN (SELECT value FROM json_each(:among)) " if among is not None else "")
+            + in_selection("c.image_id", among)
             + "GROUP BY c.image_id ORDER BY best, c.image_id LIMIT :limit"
         )
-        params = {"query": fts_query, "status": INDEXED, "limit": limit}
-        if among is not None:
-            params["among"] = json.dumps(among.tolist())
+        params = {"query": fts_phrases(words), "status": INDEXED, "limit": limit, "among": among_json(among)}
         with self.session() as s:
-            rows = s.execute(sql, params).all()
-        return [(image_id, -float(best), caption) for image_id, best, caption in rows]
+            by_words = [(image_id, -float(best), caption) for image_id, best, caption in s.execute(sql, params)]
+            by_pieces = []
+            if pieces and len(by_words) < limit:
+                found = pieces_found("c.text", pieces)
+                sql = text(
+                    f"SELECT c.image_id, MAX({found}) AS found, c.text FROM captions_trigram AS f "
+                    "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
+                    "WHERE captions_trigram MATCH :query AND i.status = :status "
+                    + f"AND c.model {'' if source == 'text' else 'NOT '}LIKE '{READ_TEXT}%' "
+                    + in_selection("c.image_id", among)
+                    + "GROUP BY c.image_id ORDER BY found DESC, c.image_id LIMIT :limit"
+                )
+                pieces_params = {f"piece{n}": piece for n, piece in enumerate(pieces)}
+                params = {**params, **pieces_params, "query": fts_phrases(pieces), "limit": 2 * limit}
+                by_pieces = s.execute(sql, params).all()
+        return words_then_pieces(by_words, by_pieces, limit)
+
+    def match_names(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        """The trigram index over the images' paths within their folders."""
+        pieces = substring_pieces(query)
+        if not pieces:
+            return []
+        among = self.matching_ids(filters) if filters.selects_rows else None
+        found = pieces_found("i.relpath", pieces)
+        sql = text(
+            f"SELECT i.id, {found} AS found, i.relpath FROM images_names AS f JOIN images AS i ON i.id = f.rowid "
+            "WHERE images_names MATCH :query AND i.status = :status "
+            + in_selection("i.id", among)
+            + "ORDER BY found DESC, i.id LIMIT :limit"
+        )
+        params = {f"piece{n}": piece for n, piece in enumerate(pieces)}
+        params |= {"query": fts_phrases(pieces), "status": INDEXED, "limit": limit, "among": among_json(among)}
+        with self.session() as s:
+            return by_pieces_found(s.execute(sql, params).all(), pieces)
+
+
+def fts_phrases(terms: list[str]) -> str:
+    """An FTS5 query matching any of the terms, each quoted as a phrase: no FTS5 syntax from users."""
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def pieces_found(column: str, pieces: list[str]) -> str:
+    """SQL counting the pieces (bound as :piece0, :piece1, ...) that `column` holds, case folded."""
+    return " + ".join(f"(instr(lower({column}), :piece{n}) > 0)" for n in range(len(pieces)))
+
+
+def in_selection(column: str, among: np.ndarray | None) -> str:
+    return "" if among is None else f"AND {column} IN (SELECT value FROM json_each(:among)) "
+
+
+def among_json(among: np.ndarray | None) -> str | None:
+    return None if among is None else json.dumps(among.tolist())
 
 
 def in_chunks(ids: np.ndarray) -> Iterator[np.ndarray]:
     return (ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK))
 
 
-# Full-text index over caption text: an FTS5 table over `captions` (external content), kept in step by
-# triggers, so every write path (captioning, cascade deletes of images, plain SQL) updates it.
-# The porter stemmer lets "dogs" find "dog".
-CAPTION_FTS_DDL = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS captions_fts USING fts5("
-    "text, content='captions', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
-    "CREATE TRIGGER IF NOT EXISTS captions_fts_insert AFTER INSERT ON captions BEGIN "
-    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS captions_fts_delete AFTER DELETE ON captions BEGIN "
-    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS captions_fts_update AFTER UPDATE OF text ON captions BEGIN "
-    "INSERT INTO captions_fts(captions_fts, rowid, text) VALUES ('delete', old.id, old.text); "
-    "INSERT INTO captions_fts(rowid, text) VALUES (new.id, new.text); END",
-)
+# Full-text indexes, FTS5 tables over a column of another table (external content), kept in step by triggers,
+# so every write path (captioning, cascade deletes of images, plain SQL) updates them: name -> (table, column,
+# tokenizer). Words of captions and read text (the porter stemmer lets "dogs" find "dog"), and trigrams of them
+# and of the images' paths for substring search (case folded; any piece of 3 or more characters).
+FULL_TEXT = {
+    "captions_fts": ("captions", "text", "porter unicode61 remove_diacritics 2"),
+    "captions_trigram": ("captions", "text", "trigram"),
+    "images_names": ("images", "relpath", "trigram"),
+}
 
 
-def ensure_caption_fts(engine) -> None:
-    """Create the caption full-text index and its triggers when missing, filled from captions already stored."""
+def full_text_ddl(name: str, table: str, column: str, tokenizer: str) -> list[str]:
+    remove = f"INSERT INTO {name}({name}, rowid, {column}) VALUES ('delete', old.id, old.{column});"
+    add = f"INSERT INTO {name}(rowid, {column}) VALUES (new.id, new.{column});"
+    return [
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS {name} USING fts5("
+        f"{column}, content='{table}', content_rowid='id', tokenize='{tokenizer}')",
+        f"CREATE TRIGGER IF NOT EXISTS {name}_insert AFTER INSERT ON {table} BEGIN {add} END",
+        f"CREATE TRIGGER IF NOT EXISTS {name}_delete AFTER DELETE ON {table} BEGIN {remove} END",
+        f"CREATE TRIGGER IF NOT EXISTS {name}_update AFTER UPDATE OF {column} ON {table} BEGIN {remove} {add} END",
+    ]
+
+
+def ensure_full_text(engine) -> None:
+    """Create the full-text indexes and their triggers when missing, filled from the rows already stored."""
     with engine.begin() as conn:
-        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'captions_fts'").first():
-            return  # made together with its triggers, in one transaction
-        for statement in CAPTION_FTS_DDL:
-            conn.exec_driver_sql(statement)
-        conn.exec_driver_sql("INSERT INTO captions_fts(captions_fts) VALUES ('rebuild')")
+        for name, (table, column, tokenizer) in FULL_TEXT.items():
+            if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).first():
+                continue  # made together with its triggers, in one transaction
+            for statement in full_text_ddl(name, table, column, tokenizer):
+                conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(f"INSERT INTO {name}({name}) VALUES ('rebuild')")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -603,7 +669,7 @@ def create_database(path: Path, model: str, dim: int) -> None:
     engine = create_engine(f"sqlite:///{staging}")  # no WAL yet: one file to rename
     try:
         Base.metadata.create_all(engine)
-        ensure_caption_fts(engine)
+        ensure_full_text(engine)
         with Session(engine) as s:
             s.add(Manifest(id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow()))
             s.commit()
@@ -617,7 +683,7 @@ def read_manifest(engine, db_file: Path) -> Manifest:
         try:
             # Forward migration for additive changes: tables added since the store was made are created.
             Base.metadata.create_all(engine)
-            ensure_caption_fts(engine)
+            ensure_full_text(engine)
             manifest = s.scalar(select(Manifest))
         except Exception as e:
             raise StoreFormatError(f"{db_file} is not a clipdex store ({e})") from None

@@ -32,12 +32,15 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
+    case,
     create_engine,
     delete,
     func,
     inspect,
+    literal,
     literal_column,
     make_url,
+    or_,
     select,
     text,
 )
@@ -45,7 +48,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreConnectionError, StoreFormatError, StoreNotFoundError, driver_message
-from indexer.store.base import READ_CHUNK, Store, caption_source, check_manifest, indexed_since, page, query_words
+from indexer.store.base import (
+    READ_CHUNK,
+    Store,
+    by_pieces_found,
+    caption_source,
+    check_manifest,
+    indexed_since,
+    page,
+    query_words,
+    substring_pieces,
+    words_then_pieces,
+)
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import (
     FORMAT_VERSION,
@@ -80,9 +94,10 @@ HNSW_MIN = 10_000
 
 @dataclass(frozen=True)
 class Features:
-    """What the server's pgvector can do, by its version."""
+    """What the server's pgvector can do, by its version, and whether the database has pg_trgm."""
 
     version: str
+    trigram: bool
 
     @property
     def release(self) -> tuple[int, ...]:
@@ -102,6 +117,7 @@ class Features:
             for what, has in (
                 ("halfvec (0.7: vectors are stored as float32, 2 bytes a dimension more)", self.halfvec),
                 ("iterative index scans (0.8: filtered searches may fall back to exact scans)", self.iterative_scan),
+                ("pg_trgm (substring search reads every caption and path)", self.trigram),
             )
             if not has
         ]
@@ -387,10 +403,49 @@ class PostgresStore(Store):
     def match_captions(
         self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
     ) -> list[tuple[int, float, str]]:
-        """PostgreSQL text search (english stemming): any of the query's words; relevance is ts_rank_cd."""
+        """PostgreSQL text search (english stemming): any of the query's words; relevance is ts_rank_cd. Then the
+        substring matches (ILIKE, served by pg_trgm's index)."""
         words = query_words(query)
         if not words:
             return []
+        by_words = self.match_caption_words(query, words, limit, filters, source)
+        pieces = substring_pieces(query)
+        if not pieces or len(by_words) >= limit:
+            return by_words
+        found = pieces_found(Caption.text, pieces).label("found")
+        best = (
+            select(Caption.image_id, found, Caption.text)
+            .join(Image, Image.id == Caption.image_id)
+            .where(holds_any(Caption.text, pieces), Image.status == INDEXED, caption_source(source))
+            .distinct(Caption.image_id)
+            .order_by(Caption.image_id, found.desc(), Caption.id)
+        )
+        if filters.selects_rows:
+            best = best.where(Caption.image_id.in_(matching_ids(filters)))
+        best = best.subquery()
+        ranked = select(best).order_by(best.c.found.desc(), best.c.image_id).limit(2 * limit)
+        with self.engine.connect() as conn:
+            return words_then_pieces(by_words, conn.execute(ranked).all(), limit)
+
+    def match_names(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
+        pieces = substring_pieces(query)
+        if not pieces:
+            return []
+        found = pieces_found(Image.relpath, pieces)
+        ranked = (
+            select(Image.id, found, Image.relpath)
+            .where(holds_any(Image.relpath, pieces), Image.status == INDEXED)
+            .order_by(found.desc(), Image.id)
+            .limit(limit)
+        )
+        if filters.selects_rows:
+            ranked = ranked.where(Image.id.in_(matching_ids(filters)))
+        with self.engine.connect() as conn:
+            return by_pieces_found(conn.execute(ranked).all(), pieces)
+
+    def match_caption_words(
+        self, query: str, words: list[str], limit: int, filters: Filters, source: str
+    ) -> list[tuple[int, float, str]]:
         # PostgreSQL's parser keeps "42.50" or "e-mail" whole in a document: the query's whitespace-separated
         # pieces are tried whole too, besides their words.
         pieces = list(dict.fromkeys([*query.lower().split(), *words]))
@@ -412,6 +467,17 @@ class PostgresStore(Store):
         ranked = select(best).order_by(best.c.relevance.desc(), best.c.image_id).limit(limit)
         with self.engine.connect() as conn:
             return [(image_id, float(score), caption) for image_id, score, caption in conn.execute(ranked)]
+
+
+def holds_any(column, pieces: list[str]):
+    """`column` holds one of the pieces, case folded: ILIKE, which pg_trgm's GIN index serves."""
+    escaped = (piece.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for piece in pieces)
+    return or_(*(column.ilike(f"%{piece}%") for piece in escaped))
+
+
+def pieces_found(column, pieces: list[str]):
+    """How many of the (lower-cased) pieces `column` holds."""
+    return sum((case((func.strpos(func.lower(column), piece) > 0, 1), else_=0) for piece in pieces), literal(0))
 
 
 def open_postgres(
@@ -439,6 +505,9 @@ def open_postgres(
             elif schema_behind(conn):
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
                 migrate_schema(conn)
+            if conn.scalar(text("SELECT to_regclass(:name) IS NULL"), {"name": TRIGRAM_INDEXES[-1][0]}):
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
+                create_trigram_indexes(conn)
     except OperationalError as e:
         raise StoreConnectionError(
             f"cannot connect to the PostgreSQL store {shown}: {driver_message(e)}. Check that the server is running "
@@ -465,7 +534,25 @@ def open_postgres(
 
 
 def server_features(conn) -> Features:
-    return Features(conn.scalar(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")))
+    versions = dict(conn.execute(text("SELECT extname, extversion FROM pg_extension")).all())
+    return Features(versions["vector"], trigram="pg_trgm" in versions)
+
+
+# Substring search (base.substring_pieces) through pg_trgm's GIN indexes: ILIKE '%piece%' reads only the rows that
+# hold the piece's trigrams. Made with a new store, or on the first open of an older one.
+TRIGRAM_INDEXES = (("captions_text_trigram", "captions", "text"), ("images_relpath_trigram", "images", "relpath"))
+
+
+def create_trigram_indexes(conn) -> None:
+    """pg_trgm (a trusted extension: the database's owner may create it) and its indexes; without it, substring
+    search reads every row (Features says so)."""
+    try:
+        with conn.begin_nested():
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+    except DBAPIError:
+        return
+    for name, table, column in TRIGRAM_INDEXES:
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin ({column} gin_trgm_ops)"))
 
 
 def create_schema(conn, model: str, dim: int, shown: str) -> None:
@@ -480,6 +567,7 @@ def create_schema(conn, model: str, dim: int, shown: str) -> None:
     Base.metadata.create_all(conn)
     for statement in schema_ddl(dim, server_features(conn).halfvec):
         conn.execute(text(statement))
+    create_trigram_indexes(conn)
     conn.execute(
         Manifest.__table__.insert().values(
             id=1, format_version=FORMAT_VERSION, model=model, dim=dim, created_at=utcnow(), data_version=0
