@@ -257,6 +257,7 @@ class ChunkWriter:
         row.status, row.skip_reason = INDEXED, None
         meta = decoded if decoded is not None else p.source
         row.width, row.height, row.format, row.taken_at = meta.width, meta.height, meta.format, meta.taken_at
+        row.phash = meta.phash
         if decoded is not None:
             self.summary.indexed += 1
         else:

@@ -1,31 +1,77 @@
-"""Near-duplicate groups: copies by content hash, near copies by embedding, each group with a suggested keeper.
+"""Duplicate groups in three kinds, each with a suggested keeper: exact copies, the same picture, similar shots.
 
-Every image's nearest neighbours above a cosine threshold are linked, and so are images with one content hash;
-the connected components of those links are the groups (so a burst of twenty shots is one group even though
-each image looks at only its few nearest). Neighbours are exact up to EXACT_LIMIT vectors and come from an IVF
-index built for the run beyond. clipdex never deletes anything: the groups are a list for the user or another
-tool.
+Exact copies share a content hash; the same picture (resized, re-encoded, lightly edited) has a perceptual hash
+(pHash, computed at indexing) at most `distance` bits from the keeper's; similar shots have embeddings at cosine
+>= `similarity` to the keeper's and capture times within `window` of it when both have one. Nothing chains: keepers
+are chosen greedily, the best picture first (most pixels, then the oldest, then the first indexed), and each takes
+the images still free that are within its kind's threshold of it (the same picture's embeddings must agree too:
+SAME_PICTURE_COSINE). Kinds run strongest first (exact, same picture, similar), so an image is in at most one
+group, of the strongest kind that links it to a keeper: an image whose keeper went to a stronger group waits for
+the next run (after the ones to drop are moved to the trash).
+
+Candidates come from each image's NEIGHBOURS nearest (a larger set of copies becomes several groups): exact
+up to EXACT_LIMIT vectors, from an IVF index built for the run beyond; pHashes are compared exactly. An image
+indexed before clipdex computed pHashes has none and is no candidate for the same picture until re-indexed.
 """
 
 import math
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 import faiss
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from sqlalchemy import func, select
 
 from indexer.errors import BadInputError
 from indexer.store import INDEXED, Image, Root, Store
 from indexer.store.filters import Filters, folder_condition
 
-DEFAULT_THRESHOLD = 0.95
-NEIGHBOURS = 8  # looked at per image; a larger group still joins up through its members' neighbours
+# A same picture's embeddings agree too (a resized or re-encoded copy scores 0.99 and more): pHash alone matches
+# different pictures of plain shapes on plain grounds, as graphics and the tests' toy world have them.
+SAME_PICTURE_COSINE = 0.85
+NEIGHBOURS = 16  # looked at per image: the most members a keeper can take of one kind
 EXACT_LIMIT = 50_000  # vectors up to which neighbours are found exactly (a flat index)
 NPROBE = 4  # IVF lists searched per image beyond that: near copies (cosine >= 0.9) share a list or a neighbour
 SEARCH_CHUNK = 16_384
+MAX_DISTANCE = 32  # pHash bits: past half of 64, unrelated pictures match
+MAX_WINDOW = 10 * 365 * 86_400.0
+
+
+class DuplicateKind(StrEnum):
+    """How alike a duplicate group's members are to its keeper, strongest first."""
+
+    exact = "exact"  # the same bytes: one content hash
+    same_picture = "same-picture"  # the picture resized, re-encoded or lightly edited: close perceptual hashes
+    similar = "similar"  # similar shots: close embeddings, taken close together in time when both say when
+
+
+@dataclass(frozen=True)
+class DuplicateOptions:
+    """Which duplicate kinds to find and how alike each must be.
+
+    `distance`: the pHash bits (of 64) a same picture may differ by; 8 matched no pair of 1,000 distinct photos
+    and every resized, re-encoded, brightened or cropped copy (bench/duplicates.py). `similarity`: the cosine
+    similar shots reach; `window`: the seconds between their capture times when both have one.
+    """
+
+    kinds: tuple[DuplicateKind, ...] = tuple(DuplicateKind)
+    distance: int = 8
+    similarity: float = 0.95
+    window: float = 300.0
+    folder: str | None = None
+
+    def __post_init__(self):
+        if not self.kinds:
+            raise BadInputError(f"give at least one duplicate kind: {', '.join(DuplicateKind)}")
+        if not 0 <= self.distance <= MAX_DISTANCE:
+            raise BadInputError(f"distance must be pHash bits from 0 to {MAX_DISTANCE}, not {self.distance}")
+        if not 0.5 <= self.similarity <= 1.0:
+            raise BadInputError(f"similarity must be a cosine between 0.5 and 1.0, not {self.similarity}")
+        if not 0 <= self.window <= MAX_WINDOW:
+            raise BadInputError(f"window must be from 0 to {MAX_WINDOW:g} seconds, not {self.window:g}")
 
 
 @dataclass
@@ -37,14 +83,15 @@ class Member:
     bytes: int  # the file's size
     taken_at: datetime | None
     similarity: float  # cosine to the group's keeper (1.0 for the keeper)
+    distance: int | None  # pHash bits that differ from the keeper's (None when either has no pHash)
 
 
 @dataclass
 class DuplicateGroup:
-    """Images that are copies or near copies of each other, in order of preference: members[0] is the keeper."""
+    """Images alike in one way (`kind`), in order of preference: members[0] is the keeper."""
 
+    kind: DuplicateKind
     members: list[Member]
-    exact: bool  # every member has the same content: byte-identical files
 
     @property
     def keeper(self) -> Member:
@@ -56,34 +103,51 @@ class DuplicateGroup:
         return sum(m.bytes for m in self.members[1:])
 
 
-def check_threshold(threshold: float) -> float:
-    if not 0.5 <= threshold <= 1.0:
-        raise BadInputError(f"threshold must be a cosine between 0.5 and 1.0, not {threshold}")
-    return threshold
+@dataclass
+class Row:
+    path: str
+    width: int
+    height: int
+    bytes: int
+    taken_at: datetime | None
+    phash: str | None
 
 
-def find_duplicates(
-    store: Store, threshold: float = DEFAULT_THRESHOLD, folder: str | None = None
-) -> list[DuplicateGroup]:
-    """Groups of two or more near-identical images (cosine >= threshold, or the same content), largest first."""
-    check_threshold(threshold)
-    ids, vectors = load_vectors(store, folder)
+def find_duplicates(store: Store, options: DuplicateOptions) -> list[DuplicateGroup]:
+    """The groups of the kinds asked for, strongest kind first, then largest first."""
+    ids, vectors = load_vectors(store, options.folder)
     if len(ids) < 2:
         return []
-    near = neighbour_links(vectors, threshold)
-    links = np.concatenate([near, same_content_links(store, ids, folder)])
-    graph = coo_matrix((np.ones(len(links), dtype=np.int8), (links[:, 0], links[:, 1])), shape=(len(ids),) * 2)
-    _, component = connected_components(graph, directed=False)
-    sizes = np.bincount(component)
-    grouped = np.flatnonzero(sizes[component] > 1)
-    if not len(grouped):
-        return []
-    order = grouped[np.argsort(component[grouped], kind="stable")]
-    rows = member_rows(store, ids[order].tolist())
-    groups = []
-    for members in np.split(order, np.flatnonzero(np.diff(component[order])) + 1):
-        groups.append(make_group(members, ids, vectors, rows))
-    groups.sort(key=lambda g: (-len(g.members), g.keeper.id))
+    position = {int(i): p for p, i in enumerate(ids)}
+    free = np.ones(len(ids), dtype=bool)
+    groups: list[DuplicateGroup] = []
+    rows: dict[int, Row] = {}
+
+    def rank(p: int) -> tuple:
+        row = rows[int(ids[p])]
+        return (-row.width * row.height, row.taken_at is None, row.taken_at or datetime.min, int(ids[p]))
+
+    for kind in DuplicateKind:  # strongest first
+        if kind not in options.kinds:
+            continue
+        if kind is DuplicateKind.exact:
+            neighbours = same_content(store, position, options.folder)
+        elif kind is DuplicateKind.same_picture:
+            neighbours = close_phashes(store, position, free, vectors, options)
+        else:
+            neighbours = close_vectors(vectors, free, options.similarity)
+        rows |= member_rows(store, [int(ids[p]) for p in neighbours if int(ids[p]) not in rows])
+        if kind is DuplicateKind.similar:
+            neighbours = within_window(neighbours, ids, rows, options.window)
+        for keeper in sorted(neighbours, key=rank):
+            if not free[keeper]:
+                continue
+            members = sorted((p for p in neighbours[keeper] if p != keeper and free[p]), key=rank)
+            if members:
+                free[[keeper, *members]] = False
+                groups.append(make_group(kind, [keeper, *members], ids, vectors, rows))
+    strength = {kind: n for n, kind in enumerate(DuplicateKind)}
+    groups.sort(key=lambda g: (strength[g.kind], -len(g.members), g.keeper.id))
     return groups
 
 
@@ -96,6 +160,57 @@ def load_vectors(store: Store, folder: str | None) -> tuple[np.ndarray, np.ndarr
     if not chunks:
         return np.zeros(0, dtype=np.int64), np.zeros((0, store.dim), dtype=np.float32)
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]).astype(np.float32)
+
+
+def indexed_under(query, folder: str | None):
+    query = query.where(Image.status == INDEXED)
+    return query.join(Root).where(folder_condition(folder)) if folder is not None else query
+
+
+def same_content(store: Store, position: dict[int, int], folder: str | None) -> dict[int, list[int]]:
+    """{position: the positions of every image with its content hash} for hashes that several images share."""
+    shared = select(Image.hash).where(Image.status == INDEXED).group_by(Image.hash).having(func.count() > 1)
+    query = indexed_under(select(Image.id, Image.hash).where(Image.hash.in_(shared)), folder)
+    copies = defaultdict(list)
+    with store.session() as s:
+        for image_id, digest in s.execute(query):
+            if image_id in position:
+                copies[digest].append(position[image_id])
+    return {p: same for same in copies.values() if len(same) > 1 for p in same}
+
+
+def close_phashes(
+    store: Store, position: dict[int, int], free: np.ndarray, vectors: np.ndarray, options: DuplicateOptions
+) -> dict[int, set[int]]:
+    """{position: positions} of free images whose pHashes differ by at most `distance` bits (exact Hamming) and
+    whose embeddings agree (SAME_PICTURE_COSINE)."""
+    query = indexed_under(select(Image.id, Image.phash).where(Image.phash.is_not(None)), options.folder)
+    with store.session() as s:
+        found = [(position[i], h) for i, h in s.execute(query) if i in position and free[position[i]]]
+    if len(found) < 2:
+        return {}
+    where = np.array([p for p, _ in found], dtype=np.int64)
+    codes = np.frombuffer(bytes.fromhex("".join(h for _, h in found)), dtype=np.uint8).reshape(-1, 8)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    k = min(NEIGHBOURS + 1, len(codes))  # the image itself comes back too
+    pairs = []
+    for start in range(0, len(codes), SEARCH_CHUNK):
+        distances, near = index.search(codes[start : start + SEARCH_CHUNK], k)
+        rows = np.arange(start, start + len(near))[:, None]
+        keep = (distances <= options.distance) & (near != rows) & (near >= 0)
+        pairs.append(np.column_stack([np.broadcast_to(rows, near.shape)[keep], near[keep]]))
+    pairs = where[np.concatenate(pairs)]
+    agree = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) >= SAME_PICTURE_COSINE
+    return adjacency(pairs[agree])
+
+
+def close_vectors(vectors: np.ndarray, free: np.ndarray, threshold: float) -> dict[int, set[int]]:
+    """{position: positions} of free images among each other's nearest neighbours at cosine >= threshold."""
+    where = np.flatnonzero(free)
+    if len(where) < 2:
+        return {}
+    return adjacency(where[neighbour_links(vectors[where], threshold)])
 
 
 def neighbour_links(vectors: np.ndarray, threshold: float) -> np.ndarray:
@@ -121,48 +236,58 @@ def neighbour_links(vectors: np.ndarray, threshold: float) -> np.ndarray:
     return np.concatenate(links).astype(np.int64)
 
 
-def same_content_links(store: Store, ids: np.ndarray, folder: str | None) -> np.ndarray:
-    """(i, j) position pairs of images with the same content hash: a chain through each set of copies."""
-    shared = select(Image.hash).where(Image.status == INDEXED).group_by(Image.hash).having(func.count() > 1)
-    query = select(Image.id, Image.hash).where(Image.status == INDEXED, Image.hash.in_(shared))
-    if folder is not None:
-        query = query.join(Root).where(folder_condition(folder))
-    with store.session() as s:
-        rows = s.execute(query.order_by(Image.hash, Image.id)).all()
-    position = {int(i): p for p, i in enumerate(ids)}
-    links = [
-        (position[a], position[b])
-        for (a, hash_a), (b, hash_b) in zip(rows, rows[1:], strict=False)
-        if hash_a == hash_b and a in position and b in position
-    ]
-    return np.array(links, dtype=np.int64).reshape(-1, 2)
+def adjacency(pairs: Iterable) -> dict[int, set[int]]:
+    """{position: its linked positions}, both ways, from (i, j) pairs."""
+    linked = defaultdict(set)
+    for a, b in np.asarray(pairs).reshape(-1, 2).tolist():
+        linked[a].add(b)
+        linked[b].add(a)
+    return linked
 
 
-def member_rows(store: Store, ids: list[int]) -> dict[int, tuple]:
-    """{id: (path, width, height, size, taken_at, hash)} of the grouped images."""
+def within_window(
+    neighbours: dict[int, set[int]], ids: np.ndarray, rows: dict[int, Row], window: float
+) -> dict[int, set[int]]:
+    """The links whose capture times are at most `window` seconds apart, or unknown for either image."""
+
+    def close(a: int, b: int) -> bool:
+        ta, tb = rows[int(ids[a])].taken_at, rows[int(ids[b])].taken_at
+        return ta is None or tb is None or abs((ta - tb).total_seconds()) <= window
+
+    kept = {a: {b for b in near if close(a, b)} for a, near in neighbours.items()}
+    return {a: near for a, near in kept.items() if near}
+
+
+def member_rows(store: Store, ids: list[int]) -> dict[int, Row]:
+    """{id: Row} of the given images."""
     paths = store.paths(ids)
     rows = {}
     with store.session() as s:
         for start in range(0, len(ids), 10_000):
-            query = select(Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.hash)
-            for i, *rest in s.execute(query.where(Image.id.in_(ids[start : start + 10_000]))):
-                rows[i] = (paths[i], *rest)
+            query = select(Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.phash)
+            for i, width, height, size, taken_at, phash in s.execute(
+                query.where(Image.id.in_(ids[start : start + 10_000]))
+            ):
+                rows[i] = Row(paths[i], width or 0, height or 0, size, taken_at, phash)
     return rows
 
 
-def make_group(positions: np.ndarray, ids: np.ndarray, vectors: np.ndarray, rows: dict[int, tuple]) -> DuplicateGroup:
-    """The keeper is the largest picture (pixels), then the oldest (capture time), then the first indexed."""
-
-    def rank(p: int) -> tuple:
-        _, width, height, _, taken_at, _ = rows[int(ids[p])]
-        return (-(width or 0) * (height or 0), taken_at is None, taken_at or datetime.min, int(ids[p]))
-
-    ordered = sorted(positions.tolist(), key=rank)
-    similarity = vectors[ordered] @ vectors[ordered[0]]
+def make_group(
+    kind: DuplicateKind, positions: list[int], ids: np.ndarray, vectors: np.ndarray, rows: dict[int, Row]
+) -> DuplicateGroup:
+    """A group of these positions, the keeper first, each member's similarity and distance to the keeper."""
+    similarity = vectors[positions] @ vectors[positions[0]]
+    keeper_hash = rows[int(ids[positions[0]])].phash
     members = []
-    for p, score in zip(ordered, similarity.tolist(), strict=True):
-        path, width, height, size, taken_at, _ = rows[int(ids[p])]
-        members.append(Member(int(ids[p]), path, width or 0, height or 0, size, taken_at, min(score, 1.0)))
+    for p, score in zip(positions, similarity.tolist(), strict=True):
+        row = rows[int(ids[p])]
+        distance = phash_distance(keeper_hash, row.phash) if keeper_hash and row.phash else None
+        members.append(
+            Member(int(ids[p]), row.path, row.width, row.height, row.bytes, row.taken_at, min(score, 1.0), distance)
+        )
     members[0].similarity = 1.0
-    hashes = {rows[int(ids[p])][5] for p in ordered}
-    return DuplicateGroup(members=members, exact=len(hashes) == 1)
+    return DuplicateGroup(kind=kind, members=members)
+
+
+def phash_distance(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()

@@ -38,6 +38,14 @@ from indexer.settings import Settings
 from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, TextLine, open_store
 from indexer.store.base import caption_source
 from search import media
+from search.duplicates import (
+    MAX_DISTANCE,
+    MAX_WINDOW,
+    DuplicateGroup,
+    DuplicateKind,
+    DuplicateOptions,
+    find_duplicates,
+)
 from search.query import Term, check_terms, parse_query
 from search.relevance import Background, sample_store
 
@@ -48,11 +56,15 @@ if TYPE_CHECKING:
     from indexer.indexing import IndexSummary
     from indexer.store.copy import CopySummary
     from search.clusters import Clustering
-    from search.duplicates import DuplicateGroup
     from search.vlm import VisualQA
 
-# What the front ends take from here besides the Service: request and result types, the label-set checks.
+# What the front ends take from here besides the Service: request and result types, the label-set checks, the
+# duplicate kinds and options (declared beside the search for them).
 __all__ = [
+    "MAX_DISTANCE",
+    "MAX_WINDOW",
+    "DuplicateKind",
+    "DuplicateOptions",
     "Filters",
     "Hit",
     "ImageInfo",
@@ -405,12 +417,9 @@ class Service:
 
     # --- the collection: duplicates, clusters, tags --------------------------------------------------------
 
-    def duplicates(self, threshold: float, folder: str | None = None) -> list["DuplicateGroup"]:
-        """The store's duplicate groups (search/duplicates.py), largest first, each with its keeper first."""
-        from search.duplicates import find_duplicates
-
-        args = (threshold, folder)
-        return self.remembered("duplicates", args, lambda: find_duplicates(self.store, *args))
+    def duplicates(self, options: DuplicateOptions) -> list[DuplicateGroup]:
+        """The store's duplicate groups (search/duplicates.py), strongest kind first, each with its keeper first."""
+        return self.remembered("duplicates", (options,), lambda: find_duplicates(self.store, options))
 
     def clusters(
         self, k: int | None = None, labels: list[str] | None = None, auto: bool = False, show_progress: bool = False

@@ -1,111 +1,229 @@
-"""Near-duplicate groups on planted vectors: exact groups, the keeper rule, threshold, folder, CLI, CSV, API."""
+"""Duplicate groups on real photos: exact copies, the same picture resized or edited, a burst of similar shots; no
+chaining; the keeper rule; kinds and thresholds; the pHash column's migration; CLI, CSV, API."""
 
 import csv
+import io
 import json
-from datetime import datetime
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from PIL import Image as PILImage
+from PIL import ImageEnhance
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 import search.duplicates
+from indexer.decode import perceptual_hash
 from indexer.errors import BadInputError
-from indexer.models.loading import canonical_name
+from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import Image, open_store
 from search.api import create_app
 from search.cli import app
-from search.duplicates import find_duplicates
+from search.duplicates import DuplicateKind, DuplicateOptions, find_duplicates
+from tests.support.photos import photo
 from tests.support.planted import plant_vectors, unit
 
-DIM = 64
-COPIES = [11, 12, 13]  # byte-identical: one hash, one vector
-BURST = [20, 21, 22, 23]  # near copies, cosine ~0.97 to each other
-PAIR = [30, 31]  # alike at cosine ~0.93: a group at threshold 0.9, not at 0.95
+EXACT, SAME, SIMILAR = DuplicateKind
+COPIES = ["distinct/img00.jpg", "copies/img00 copy.jpg", "copies/img00 copy 2.jpg"]  # byte-identical
 
 
-def near(base: np.ndarray, rng, noise: float) -> np.ndarray:
-    return unit(base + noise * rng.standard_normal(DIM))
+def save(img: PILImage.Image, path: Path, quality: int = 90, taken: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = PILImage.Exif()
+    if taken:
+        exif[0x0132] = taken  # DateTime, as a camera writes it
+    img.save(path, quality=quality, exif=exif)
 
 
-@pytest.fixture
-def planted(tmp_path, clip_dir):
-    """300 unrelated images (cosine ~0 between them) with the three groups above planted among them."""
-    rng = np.random.default_rng(7)
-    vectors = unit(rng.standard_normal((300, DIM)))
-    vectors[[i - 1 for i in COPIES]] = vectors[COPIES[0] - 1]
-    burst = unit(rng.standard_normal(DIM))
-    for i in BURST:
-        vectors[i - 1] = near(burst, rng, 0.022)
-    pair = unit(rng.standard_normal(DIM))
-    for i in PAIR:
-        vectors[i - 1] = near(pair, rng, 0.034)
-    location = str(tmp_path / "store")
-    store = plant_vectors(location, vectors, model=canonical_name(str(clip_dir)))  # a model the service can load
+def resized(img: PILImage.Image, scale: float) -> PILImage.Image:
+    return img.resize((int(img.width * scale), int(img.height * scale)), PILImage.LANCZOS)
+
+
+def write_album(root: Path) -> None:
+    """40 distinct photos; two byte-identical copies of distinct/img00; img01 resized twice and img02 brightened,
+    each re-encoded; a burst of five different shots (their vectors are planted) of which shot2 is the largest."""
+    for seed in range(40):
+        save(photo(seed, (640, 480)), root / f"distinct/img{seed:02d}.jpg")
+    for name in ("img00 copy.jpg", "img00 copy 2.jpg"):
+        (root / "copies").mkdir(exist_ok=True)
+        shutil.copyfile(root / "distinct/img00.jpg", root / "copies" / name)
+    save(resized(photo(1, (640, 480)), 0.5), root / "resized/img01 small.jpg", quality=70)
+    save(resized(photo(1, (640, 480)), 0.25), root / "resized/img01 tiny.jpg", quality=50)
+    save(ImageEnhance.Brightness(resized(photo(2, (640, 480)), 0.8)).enhance(1.1), root / "resized/img02 edited.jpg")
+    for n in range(1, 6):
+        size = (800, 600) if n == 2 else (640, 480)
+        taken = "2024:05:01 13:00:00" if n == 5 else f"2024:05:01 12:00:0{n}"  # shot5 an hour later
+        save(photo(100 + n, size), root / f"burst/shot{n}.jpg", taken=taken)
+
+
+def burst_vectors(dim: int, rng) -> dict[str, np.ndarray]:
+    """Shots 1-4 on an arc, 14 degrees apart: each at cosine 0.97 to the next, 0.88 to the one after (below 0.95:
+    shot4 chains to shot2 only through shot3); shot5 beside shot2 (cosine 0.99)."""
+    u, v = np.linalg.qr(rng.standard_normal((dim, 2)))[0].T
+    shots = {f"burst/shot{n}.jpg": unit(np.cos(np.radians(14 * (n - 1))) * u + np.sin(np.radians(14 * (n - 1))) * v)
+             for n in range(1, 5)}  # fmt: skip
+    shots["burst/shot5.jpg"] = unit(shots["burst/shot2.jpg"] + 0.1 * unit(rng.standard_normal(dim)))
+    return shots
+
+
+@pytest.fixture(scope="module")
+def album(tmp_path_factory, clip_dir) -> tuple[Path, Settings, dict[str, int]]:
+    """The album indexed with the tiny CLIP, its vectors then planted: unrelated images at cosine ~0, copies at
+    their original's vector (the resized ones with a little noise), the burst as in burst_vectors.
+    Returns (root, settings, {relpath: id})."""
+    root = tmp_path_factory.mktemp("album")
+    write_album(root)
+    settings = Settings(store=root.parent / f"{root.name}-store", model=str(clip_dir), device="cpu", workers=1)
+    index_folder(root, settings, show_progress=False)
+    return root, settings, plant(root, settings)
+
+
+def plant(root: Path, settings: Settings) -> dict[str, int]:
+    """Plant the vectors described in `album` into an indexed album's store; {relpath: id}."""
+    store = open_store(settings.store)
     with store.session() as s:
-        s.execute(update(Image).where(Image.id.in_(COPIES)).values(hash="same content"))
-        s.execute(update(Image).where(Image.id == 13).values(taken_at=datetime(2001, 1, 1)))  # the oldest copy
-        s.execute(update(Image).where(Image.id == 22).values(width=6000, height=4000))  # the sharpest shot
-        for i in BURST:
-            s.execute(update(Image).where(Image.id == i).values(relpath=f"burst/IMG_{i}.JPG"))
+        ids = dict(s.execute(select(Image.relpath, Image.id)).all())
+    rng = np.random.default_rng(3)
+    vectors = {relpath: unit(rng.standard_normal(store.dim)) for relpath in sorted(ids)}
+    for relpath in ids:
+        if relpath.startswith(("copies/img00", "resized/")):
+            original = vectors[f"distinct/{relpath.split('/')[1][:5]}.jpg"]
+            noise = 0 if relpath.startswith("copies/") else 0.05
+            vectors[relpath] = unit(original + noise * unit(rng.standard_normal(store.dim)))
+    vectors |= burst_vectors(store.dim, rng)
+    with store.session() as s:
+        store.write_vectors(s, np.array(list(ids.values())), np.stack([vectors[r] for r in ids]))
         s.commit()
-    cosines = vectors @ vectors.T
-    assert min(cosines[a - 1, b - 1] for a in BURST for b in BURST) > 0.95
-    assert 0.9 < cosines[PAIR[0] - 1, PAIR[1] - 1] < 0.95
-    assert np.sort(cosines, axis=1)[:, -2].max() > 0.95 and np.abs(cosines - np.eye(300)).max() < 1.0001
-    return location
+    return ids
 
 
-def groups_of(found) -> list[tuple[list[int], bool]]:
-    return [([m.id for m in g.members], g.exact) for g in found]
+def groups_of(found) -> list[tuple[str, list[str]]]:
+    """(kind, member relpaths, keeper first) of each group."""
+    return [(g.kind, ["/".join(Path(m.path).parts[-2:]) for m in g.members]) for g in found]
 
 
-@pytest.mark.parametrize("exact_limit", [search.duplicates.EXACT_LIMIT, 100])  # flat, then the IVF path
-def test_planted_groups_come_back_exactly_with_their_keepers(planted, monkeypatch, exact_limit):
-    monkeypatch.setattr(search.duplicates, "EXACT_LIMIT", exact_limit)
-    store = planted
-    found = find_duplicates(open_store(store), 0.95)
-    assert groups_of(found) == [([22, 20, 21, 23], False), ([13, 12, 11], True)]
-    keeper = found[0].keeper
-    assert (keeper.width, keeper.height, keeper.similarity) == (6000, 4000, 1.0)
-    assert all(0.95 <= m.similarity < 1.0 for m in found[0].members[1:])
-    assert found[1].reclaimable == sum(m.bytes for m in found[1].members if m.id != 13)
-    assert groups_of(find_duplicates(open_store(store), 0.9)) == [([22, 20, 21, 23], False), ([13, 12, 11], True),
-                                                                  ([30, 31], False)]  # fmt: skip
-    assert groups_of(find_duplicates(open_store(store), 0.95, folder="/planted/burst")) == [([22, 20, 21, 23], False)]
-    assert find_duplicates(open_store(store), 0.95, folder="/elsewhere") == []
-    assert find_duplicates(open_store(store), 1.0, folder="/planted/burst") == []  # images, none alike enough
-    with pytest.raises(BadInputError, match="threshold must be a cosine between 0.5 and 1.0"):
-        find_duplicates(open_store(store), 1.5)
+def test_each_kind_is_found_without_chaining_with_its_keeper(album):
+    root, settings, ids = album
+    store = open_store(settings.store)
+    found = find_duplicates(store, DuplicateOptions())
+    assert groups_of(found) == [
+        (EXACT, sorted(COPIES, key=ids.get)),  # one content: the first indexed keeps
+        (SAME, ["distinct/img01.jpg", "resized/img01 small.jpg", "resized/img01 tiny.jpg"]),  # largest first
+        (SAME, ["distinct/img02.jpg", "resized/img02 edited.jpg"]),
+        # shot4 is within 0.95 of shot3 only, and shot3 went to shot2; shot5 was taken an hour later
+        (SIMILAR, ["burst/shot2.jpg", "burst/shot1.jpg", "burst/shot3.jpg"]),
+    ]  # fmt: skip
+    exact, same, _, similar = found
+    assert [m.distance for m in exact.members] == [0, 0, 0] and exact.reclaimable == 2 * exact.keeper.bytes
+    assert same.keeper.width == 640 and [m.distance for m in same.members] == [0, 0, 0]  # pHash ignores size
+    assert (similar.keeper.width, similar.keeper.height) == (800, 600)
+    assert [round(m.similarity, 2) for m in similar.members] == [1.0, 0.97, 0.97]
+    assert similar.keeper.taken_at.isoformat() == "2024-05-01T12:00:02"
 
 
-def test_cli_lists_groups_and_writes_json_and_csv(planted, tmp_path):
+def test_kinds_and_thresholds_are_chosen(album, monkeypatch):
+    root, settings, ids = album
+    store = open_store(settings.store)
+    similar_only = find_duplicates(store, DuplicateOptions(kinds=(SIMILAR,)))
+    assert [kind for kind, _ in groups_of(similar_only)] == [SIMILAR] * 4  # the copies are similar shots too
+    assert ["burst/shot2.jpg", "burst/shot1.jpg", "burst/shot3.jpg"] in [m for _, m in groups_of(similar_only)]
+    wide = find_duplicates(store, DuplicateOptions(kinds=(SIMILAR,), window=7200, folder=str(root / "burst")))
+    assert groups_of(wide) == [(SIMILAR, ["burst/shot2.jpg", "burst/shot1.jpg", "burst/shot3.jpg", "burst/shot5.jpg"])]
+    loose = find_duplicates(store, DuplicateOptions(kinds=(SIMILAR,), similarity=0.85, folder=str(root / "burst")))
+    assert groups_of(loose) == [(SIMILAR, ["burst/shot2.jpg", "burst/shot1.jpg", "burst/shot3.jpg", "burst/shot4.jpg"])]
+    strict = find_duplicates(store, DuplicateOptions(kinds=(SAME,), distance=1))  # the edited copy is 2 bits off
+    assert [m for _, m in groups_of(strict)] == [sorted(COPIES, key=ids.get), [
+        "distinct/img01.jpg", "resized/img01 small.jpg", "resized/img01 tiny.jpg"]]  # fmt: skip
+    monkeypatch.setattr(search.duplicates, "EXACT_LIMIT", 10)  # the IVF path finds the same
+    assert groups_of(find_duplicates(store, DuplicateOptions())) == groups_of(
+        find_duplicates(store, DuplicateOptions())
+    )
+    assert find_duplicates(store, DuplicateOptions(folder="/elsewhere")) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(kinds=()), "give at least one duplicate kind"),
+        (dict(distance=40), "distance must be pHash bits from 0 to 32"),
+        (dict(similarity=1.5), "similarity must be a cosine between 0.5 and 1.0"),
+        (dict(window=-1), "window must be from 0"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(BadInputError, match=message):
+        DuplicateOptions(**options)
+
+
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
+def test_a_store_made_before_phashes_gets_the_column_and_its_images_are_no_candidates(backend, tmp_path, request):
+    location = str(tmp_path / "store") if backend == "embedded" else request.getfixturevalue("pg_url")
+    store = plant_vectors(location, unit(np.ones((3, 8)) + np.eye(3, 8)))
+    with store.engine.begin() as conn:  # the store as the clipdex before this change made it
+        conn.execute(text("ALTER TABLE images DROP COLUMN phash"))
+        conn.execute(text("DROP TABLE trashed_files"))
+    store.engine.dispose()
+    reopened = open_store(location)
+    with reopened.session() as s:
+        assert s.scalars(select(Image.phash)).all() == [None, None, None]
+        s.execute(text("UPDATE images SET hash = 'same'"))
+        s.commit()
+    groups = find_duplicates(reopened, DuplicateOptions(kinds=(EXACT, SAME)))
+    assert [(g.kind, [m.id for m in g.members]) for g in groups] == [(EXACT, [1, 2, 3])]
+    assert find_duplicates(reopened, DuplicateOptions(kinds=(SAME,))) == []  # no pHash: no candidate
+    reopened.engine.dispose()
+
+
+def test_the_phash_is_computed_once_at_indexing_and_copied_with_reused_content(album):
+    root, settings, ids = album
+    store = open_store(settings.store)
+    with store.session() as s:
+        phashes = dict(s.execute(select(Image.relpath, Image.phash)).all())
+    assert all(len(h) == 16 for h in phashes.values())
+    assert phashes["copies/img00 copy.jpg"] == phashes["distinct/img00.jpg"]
+    data = io.BytesIO()
+    photo(7, (640, 480)).save(data, "PNG")
+    assert search.duplicates.phash_distance(perceptual_hash(PILImage.open(data).convert("RGB")),
+                                            phashes["distinct/img07.jpg"]) <= 2  # fmt: skip
+
+
+def test_cli_lists_groups_with_their_kind_and_writes_json_and_csv(album, tmp_path):
+    root, settings, ids = album
     runner = CliRunner()
-    listed = runner.invoke(app, ["duplicates", "--store", planted])
+    listed = runner.invoke(app, ["duplicates", "--store", str(settings.store)])
     assert listed.exit_code == 0, listed.output
-    assert "group 1: 4 near copies" in listed.stdout and "group 2: 3 exact copies" in listed.stdout
-    assert "2 groups, 7 images" in listed.stdout
+    assert "group 1: 3 exact copies" in listed.stdout and "group 2: 3 copies of one picture" in listed.stdout
+    assert "group 4: 3 similar shots" in listed.stdout and "4 groups, 11 images" in listed.stdout
     table = tmp_path / "groups.csv"
-    result = runner.invoke(app, ["duplicates", "--store", planted, "--threshold", "0.9", "--json", "--csv", str(table)])
+    args = ["duplicates", "--store", str(settings.store), "--kind", "similar", "--window", "7200", "--json"]
+    result = runner.invoke(app, [*args, "--folder", str(root / "burst"), "--csv", str(table)])
     assert result.exit_code == 0, result.output
     groups = json.loads(result.stdout)
-    assert [[m["id"] for m in g["members"]] for g in groups] == [[22, 20, 21, 23], [13, 12, 11], [30, 31]]
+    assert [g["kind"] for g in groups] == ["similar"] and len(groups[0]["members"]) == 4
     rows = list(csv.DictReader(table.open()))
-    assert [(r["group"], r["keep"], r["id"]) for r in rows[:4]] == [("1", "1", "22"), ("1", "0", "20"),
-                                                                     ("1", "0", "21"), ("1", "0", "23")]  # fmt: skip
-    assert rows[0]["path"] == "/planted/burst/IMG_22.JPG" and len(rows) == 9
-    bad = runner.invoke(app, ["duplicates", "--store", planted, "--threshold", "0.2"])
-    assert bad.exit_code == 2 and "threshold must be a cosine" in bad.output
+    assert [(r["group"], r["kind"], r["keep"]) for r in rows[:2]] == [("1", "similar", "1"), ("1", "similar", "0")]
+    assert rows[0]["path"] == str(root / "burst/shot2.jpg") and len(rows) == 4
+    bad = runner.invoke(app, ["duplicates", "--store", str(settings.store), "--similarity", "0.2"])
+    assert bad.exit_code == 2 and "similarity must be a cosine" in bad.output
+    bad_kind = runner.invoke(app, ["duplicates", "--store", str(settings.store), "--kind", "twins"])
+    assert bad_kind.exit_code == 2
 
 
-def test_api_pages_through_groups_and_refuses_a_bad_threshold(planted):
-    with TestClient(create_app(Settings(store=planted, device="cpu"))) as client:
-        first = client.get("/api/duplicates", params={"threshold": 0.9, "limit": 2}).json()
-        assert first["total"] == 3 and [len(g["members"]) for g in first["groups"]] == [4, 3]
-        assert first["groups"][0]["members"][0] | {"similarity": 1.0} == first["groups"][0]["members"][0]
-        assert first["groups"][0]["members"][0]["thumbnail_url"] == "/api/images/22/thumbnail"
-        second = client.get("/api/duplicates", params={"threshold": 0.9, "limit": 2, "offset": 2}).json()
-        assert [[m["id"] for m in g["members"]] for g in second["groups"]] == [[30, 31]]
-        assert client.get("/api/duplicates", params={"threshold": 2}).status_code == 422
+def test_api_pages_through_groups_with_their_kind_and_refuses_bad_options(album):
+    root, settings, ids = album
+    with TestClient(create_app(settings.model_copy(update={"device": "cpu"}))) as client:
+        first = client.get("/api/duplicates", params={"limit": 2}).json()
+        assert first["total"] == 4 and [g["kind"] for g in first["groups"]] == ["exact", "same-picture"]
+        keeper = first["groups"][1]["members"][0]
+        assert keeper["thumbnail_url"] == f"/api/images/{keeper['id']}/thumbnail" and keeper["similarity"] == 1.0
+        second = client.get("/api/duplicates", params={"limit": 2, "offset": 2}).json()
+        assert [g["kind"] for g in second["groups"]] == ["same-picture", "similar"]
+        only = client.get("/api/duplicates", params={"kind": ["similar"], "window": 7200}).json()
+        assert [len(g["members"]) for g in only["groups"]] == [4, 3, 3, 2]
+        for params in ({"similarity": 2}, {"distance": 33}, {"kind": "twins"}, {"window": -5}):
+            refused = client.get("/api/duplicates", params=params)
+            assert refused.status_code == 422, params

@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from indexer.store import Caption, Tag, utcnow
-from search.duplicates import DEFAULT_THRESHOLD  # the CLI's default too (search/cli/collection.py)
-from search.service import check_request
+from search.service import DuplicateKind, DuplicateOptions, check_request
 from tests.support import toyworld
 
 VOCABULARY = [*toyworld.COLOURS, *toyworld.SHAPES]
@@ -113,7 +112,7 @@ def test_query_arithmetic_swaps_a_colour_or_a_shape(toy_world, query, wanted):
 
 
 def test_copies_are_grouped_with_their_originals(toy_world):
-    groups = toy_world.service.duplicates(DEFAULT_THRESHOLD)
+    groups = toy_world.service.duplicates(DuplicateOptions())
     group_of = {member.id: n for n, group in enumerate(groups) for member in group.members}
     for copy, original in toy_world.copies.items():
         assert toy_world.ids[original] in group_of
@@ -123,12 +122,12 @@ def test_copies_are_grouped_with_their_originals(toy_world):
 
 
 def test_only_the_same_bytes_are_identical(toy_world):
-    """At threshold 1.0 only the byte copy joins its original, by its content hash: the float16 vector of one
+    """At similarity 1.0 only the byte copy joins its original, by its content hash: the float16 vector of one
     picture scores 0.9998-1.0001 with itself; the other copies score up to 0.99999, class mates up to 0.9998."""
-    groups = toy_world.service.duplicates(1.0)
+    options = DuplicateOptions(kinds=(DuplicateKind.exact, DuplicateKind.similar), similarity=1.0)
     names = {i: name for name, i in toy_world.ids.items()}
-    assert [({names[m.id] for m in group.members}, group.exact) for group in groups] == [
-        ({"img00000.png", "copy-same-bytes.png"}, True)
+    assert [({names[m.id] for m in group.members}, group.kind) for group in toy_world.service.duplicates(options)] == [
+        ({"img00000.png", "copy-same-bytes.png"}, DuplicateKind.exact)
     ]
 
 
@@ -138,7 +137,7 @@ def test_class_mates_are_not_near_copies(toy_world):
     them apart (91-96% of class-mate pairs score >= 0.95, up to 0.9998), so this fails until a model sees
     position and size too: an XPASS says it is time to drop the xfail."""
     originals = {toy_world.ids[name] for name in toy_world.originals}
-    for group in toy_world.service.duplicates(DEFAULT_THRESHOLD):
+    for group in toy_world.service.duplicates(DuplicateOptions()):
         assert len({m.id for m in group.members} & originals) == 1
 
 

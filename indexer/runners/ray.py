@@ -134,6 +134,7 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, config: WorkerConfig) 
         "height": np.array([d.height if d else 0 for d in decoded], dtype=np.int64),
         "format": np.array([d.format if d else "" for d in decoded], dtype=object),
         "taken_at": np.array([d.taken_at.isoformat() if d and d.taken_at else "" for d in decoded], dtype=object),
+        "phash": np.array([d.phash if d else "" for d in decoded], dtype=object),
         "pixels": np.array([d.pixels.tobytes() if d else b"" for d in decoded], dtype=object),
         # (height, width) of the pixels: a NaFlex model's vary from image to image.
         "pixel_shape": np.array([d.pixels.shape[:2] if d else (0, 0) for d in decoded], dtype=np.int64),
@@ -232,5 +233,6 @@ def load_result(batch: dict[str, np.ndarray], row: int) -> LoadResult:
         height=int(batch["height"][row]),
         format=str(fmt),
         taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
+        phash=str(batch["phash"][row]),
     )
     return LoadResult(hash=digest, decoded=decoded)

@@ -45,6 +45,7 @@ from indexer.store.schema import (
     Image,
     Manifest,
     RemovedVector,
+    migrate_schema,
     utcnow,
 )
 from indexer.store.vectors import VECTOR_FILE, VectorFile
@@ -681,8 +682,8 @@ def create_database(path: Path, model: str, dim: int) -> None:
 def read_manifest(engine, db_file: Path) -> Manifest:
     with Session(engine, expire_on_commit=False) as s:
         try:
-            # Forward migration for additive changes: tables added since the store was made are created.
-            Base.metadata.create_all(engine)
+            with engine.begin() as conn:
+                migrate_schema(conn)
             ensure_full_text(engine)
             manifest = s.scalar(select(Manifest))
         except Exception as e:
@@ -697,11 +698,7 @@ def move_vectors_out(path: Path, engine, dim: int) -> None:
     started = time.perf_counter()
     log.warning("upgrading the store %s: moving its vectors out of the database (once)", path)
     vectors = VectorFile(path / VECTOR_FILE, dim, writable=True)
-    with engine.connect() as conn:
-        if "vector_version" not in {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(images)")}:
-            conn.exec_driver_sql("ALTER TABLE images ADD COLUMN vector_version INTEGER NOT NULL DEFAULT 0")
-            conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_images_vector_version ON images (vector_version)")
-            conn.commit()
+    with engine.connect() as conn:  # vector_version came with format 2: read_manifest's migration added it
         rows = conn.exec_driver_sql("SELECT id, vector FROM images WHERE vector IS NOT NULL ORDER BY id")
         for chunk in rows.partitions(READ_CHUNK):
             ids = np.fromiter((r[0] for r in chunk), dtype=np.int64, count=len(chunk))

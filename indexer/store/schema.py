@@ -8,7 +8,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, LargeBinary, String, UniqueConstraint, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    DateTime,
+    ForeignKey,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 # Format 2: vectors moved from SQLite blobs to the float16 vector file; format 1 stores are migrated on open.
@@ -54,6 +66,9 @@ class Image(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    # The perceptual hash of the decoded picture (imagehash's 64-bit pHash, hex), for "same picture" duplicates.
+    # NULL for images indexed before clipdex computed it: they are not candidates until re-indexed.
+    phash: Mapped[str | None] = mapped_column(String(16))
     width: Mapped[int | None]
     height: Mapped[int | None]
     format: Mapped[str | None]
@@ -162,6 +177,47 @@ class TextModel(Base):
     name: Mapped[str] = mapped_column(String, primary_key=True)
     agreement: Mapped[float]  # mean cosine with the store model's text vectors on the probe sentences
     checked_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TrashedFile(Base):
+    """A file clipdex moved into its root's trash folder (search/trash.py), so it can be moved back."""
+
+    __tablename__ = "trashed_files"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
+    relpath: Mapped[str]  # where it was, relative to its root
+    trash_relpath: Mapped[str]  # where it is now, relative to its root
+    size: Mapped[int] = mapped_column(BigInteger)
+    moved_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+def schema_behind(conn: Connection) -> bool:
+    """True when the database lacks a table or a column of the shared tables (a store made by an older clipdex)."""
+    inspector = inspect(conn)
+    present = set(inspector.get_table_names())
+    return any(
+        table.name not in present or set(table.columns.keys()) - {c["name"] for c in inspector.get_columns(table.name)}
+        for table in Base.metadata.sorted_tables
+    )
+
+
+def migrate_schema(conn: Connection) -> None:
+    """Forward migration for additive changes: the tables, columns and their indexes added since the store was made
+    are created. A new column is nullable or has a constant default (which the rows there already get).
+    Callers serialise it (PostgreSQL: an advisory lock) or accept the race of two first opens."""
+    Base.metadata.create_all(conn)
+    inspector = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        added = [column for column in table.columns if column.name not in present]
+        for column in added:
+            definition = f"{column.name} {column.type.compile(conn.dialect)}"
+            if column.default is not None:
+                definition += f" NOT NULL DEFAULT {column.default.arg!r}"
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {definition}"))
+        for index in table.indexes:
+            if {column.name for column in added} & set(index.columns.keys()):
+                index.create(conn, checkfirst=True)
 
 
 @dataclass

@@ -24,7 +24,17 @@ from search.api.schemas import (
     hit_public,
     results,
 )
-from search.service import MAX_K, MAX_OFFSET, Service, check_templates, parse_labels
+from search.service import (
+    MAX_DISTANCE,
+    MAX_K,
+    MAX_OFFSET,
+    MAX_WINDOW,
+    DuplicateKind,
+    DuplicateOptions,
+    Service,
+    check_templates,
+    parse_labels,
+)
 
 router = APIRouter()
 
@@ -55,26 +65,40 @@ def tags(
     return [LabelCountPublic(label_set=s, label=label, images=n) for s, label, n in counts]
 
 
+DEFAULTS = DuplicateOptions()
+
+
 @router.get("/duplicates", responses={422: {"model": ErrorPublic}})
 def duplicates(
     service: ServiceDep,
-    threshold: Annotated[
-        float, Query(ge=0.5, le=1.0, description="Cosine at or above which images are near copies")
-    ] = 0.95,
+    kind: Annotated[
+        list[DuplicateKind] | None, Query(description="Only these kinds (repeatable; default: all)")
+    ] = None,
+    distance: Annotated[
+        int, Query(ge=0, le=MAX_DISTANCE, description="pHash bits a copy of the same picture may differ by")
+    ] = DEFAULTS.distance,
+    similarity: Annotated[
+        float, Query(ge=0.5, le=1.0, description="Cosine at or above which shots are similar")
+    ] = DEFAULTS.similarity,
+    window: Annotated[
+        float, Query(ge=0, le=MAX_WINDOW, description="Seconds apart similar shots may be taken")
+    ] = DEFAULTS.window,
     folder: Annotated[
         str | None, Query(max_length=MAX_FOLDER_CHARS, description="Only images under this folder")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_K, description="Groups per page")] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Groups to skip (paging)")] = 0,
 ) -> DuplicatesPublic:
-    """Groups of copies and near copies, largest first, each with its suggested keeper first (nothing is deleted).
+    """Groups of exact copies, copies of one picture and similar shots, strongest kind then largest first, each
+    with its suggested keeper first (nothing is deleted).
 
-    Found once per store state and threshold (at 1M images that takes minutes); later pages come from memory.
+    Found once per store state and options (at 1M images that takes minutes); later pages come from memory.
     """
-    groups = service.duplicates(threshold, folder or None)
+    options = DuplicateOptions(tuple(kind or DuplicateKind), distance, similarity, window, folder or None)
+    groups = service.duplicates(options)
     page = [
         DuplicateGroupPublic(
-            exact=g.exact,
+            kind=g.kind,
             reclaimable_bytes=g.reclaimable,
             members=[
                 DuplicatePublic(

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from indexer.enrich.labels import DEFAULT_SET, MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
 from search.query import MAX_TERMS, MAX_WEIGHT
-from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, Hit, SearchMode, Sort
+from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, DuplicateKind, Hit, SearchMode, Sort
 
 StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
 
@@ -144,12 +144,13 @@ class DuplicatePublic(BaseModel):
     bytes: int
     taken_at: str | None  # the capture time as the camera wrote it (no time zone)
     similarity: float  # cosine to the group's keeper
+    distance: int | None  # pHash bits that differ from the keeper's (null when either has no pHash)
     thumbnail_url: str
     image_url: str
 
 
 class DuplicateGroupPublic(BaseModel):
-    exact: bool  # every member has the same content
+    kind: DuplicateKind  # exact (same bytes), same-picture (close pHashes) or similar (close embeddings)
     reclaimable_bytes: int  # what the members other than the keeper take
     members: list[DuplicatePublic]  # the suggested keeper first
 

@@ -25,7 +25,14 @@ from search.cli.common import (
     progress_shown,
     run,
 )
-from search.service import TagOptions, check_request, parse_labels, read_labels_file
+from search.service import (
+    DuplicateKind,
+    DuplicateOptions,
+    TagOptions,
+    check_request,
+    parse_labels,
+    read_labels_file,
+)
 
 
 def read_labels(labels: str | None, labels_file: Path | None) -> list[str] | None:
@@ -97,10 +104,24 @@ def tags(
     out.print(table)
 
 
+KIND_NAMES = {"exact": "exact copies", "same-picture": "copies of one picture", "similar": "similar shots"}
+DEFAULTS = DuplicateOptions()
+
+
 def duplicates(
-    threshold: Annotated[
-        float, typer.Option("--threshold", help="Cosine at or above which two images are near copies")
-    ] = 0.95,
+    kind: Annotated[
+        list[DuplicateKind] | None,
+        typer.Option("--kind", help="Only these kinds (repeatable; default: all, an image in the strongest only)"),
+    ] = None,
+    distance: Annotated[
+        int, typer.Option("--distance", help="pHash bits of 64 a copy of the same picture may differ by")
+    ] = DEFAULTS.distance,
+    similarity: Annotated[
+        float, typer.Option("--similarity", "--threshold", help="Cosine at or above which shots are similar")
+    ] = DEFAULTS.similarity,
+    window: Annotated[
+        float, typer.Option("--window", help="Seconds apart similar shots may be taken (when both say when)")
+    ] = DEFAULTS.window,
     folder: Annotated[str | None, typer.Option("--folder", help="Only images under this folder")] = None,
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Also write every member, one row each, to this CSV file")
@@ -108,45 +129,59 @@ def duplicates(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List groups of copies and near copies, each with a suggested keeper; nothing is deleted."""
+    """List groups of exact copies, copies of one picture and similar shots, each with a suggested keeper.
+
+    Nothing is deleted.
+    """
     started = time.perf_counter()
-    groups = run(open_service(make_settings(store=store)).duplicates, threshold, folder)
+    options = run(DuplicateOptions, tuple(kind or DuplicateKind), distance, similarity, window, folder)
+    groups = run(open_service(make_settings(store=store)).duplicates, options)
     if csv_file is not None:
         write_duplicates_csv(csv_file, groups)
     if json_out:
         typer.echo(json.dumps([duplicate_json(g) for g in groups], default=str))
         return
     for n, group in enumerate(groups, 1):
-        kind = "exact copies" if group.exact else "near copies"
-        out.print(f"group {n}: {len(group.members)} {kind}, {group.reclaimable / 1e6:.1f} MB besides the keeper")
-        table = Table("", "id", "similarity", "pixels", "taken", "path", box=None)
+        out.print(
+            f"group {n}: {len(group.members)} {KIND_NAMES[group.kind]}, "
+            f"{group.reclaimable / 1e6:.1f} MB besides the keeper"
+        )
+        table = Table("", "id", "similarity", "phash bits", "pixels", "taken", "path", box=None)
         for i, m in enumerate(group.members):
             taken = m.taken_at.isoformat(" ", "minutes") if m.taken_at else ""
-            table.add_row("keep" if i == 0 else "", str(m.id), f"{m.similarity:.4f}", f"{m.width}x{m.height}", taken,
-                          printable(m.path))  # fmt: skip
+            bits = "" if m.distance is None else str(m.distance)
+            table.add_row("keep" if i == 0 else "", str(m.id), f"{m.similarity:.4f}", bits, f"{m.width}x{m.height}",
+                          taken, printable(m.path))  # fmt: skip
         out.print(table)
     images = sum(len(g.members) for g in groups)
     reclaimable = sum(g.reclaimable for g in groups) / 1e6
     out.print(
         f"{len(groups)} groups, {images} images, {reclaimable:.1f} MB besides the keepers "
-        f"(threshold {threshold:g}) in {time.perf_counter() - started:.1f} s"
+        f"(pHash distance {distance}, similarity {similarity:g}, window {window:g} s) "
+        f"in {time.perf_counter() - started:.1f} s"
     )
 
 
 def duplicate_json(group) -> dict:
     """A group as the API shows it (search/api DuplicateGroupPublic), less the URLs."""
-    return {"exact": group.exact, "reclaimable_bytes": group.reclaimable, "members": [asdict(m) for m in group.members]}
+    return {
+        "kind": group.kind.value,
+        "reclaimable_bytes": group.reclaimable,
+        "members": [asdict(m) for m in group.members],
+    }
 
 
 def write_duplicates_csv(path: Path, groups) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["group", "keep", "exact", "id", "path", "similarity", "width", "height", "bytes", "taken_at"])
+        writer.writerow(["group", "kind", "keep", "id", "path", "similarity", "distance", "width", "height", "bytes",
+                         "taken_at"])  # fmt: skip
         for n, group in enumerate(groups, 1):
             for i, m in enumerate(group.members):
                 taken = m.taken_at.isoformat() if m.taken_at else ""
-                writer.writerow([n, int(i == 0), int(group.exact), m.id, m.path, f"{m.similarity:.6f}", m.width,
-                                 m.height, m.bytes, taken])  # fmt: skip
+                distance = "" if m.distance is None else m.distance
+                writer.writerow([n, group.kind.value, int(i == 0), m.id, m.path, f"{m.similarity:.6f}", distance,
+                                 m.width, m.height, m.bytes, taken])  # fmt: skip
 
 
 def clusters(

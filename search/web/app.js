@@ -384,7 +384,7 @@ async function showDuplicates(append, remember) {
     for (const group of groups) grid.append(duplicateGroup(group));
     const mb = (bytes) => (bytes / 1e6).toFixed(1);
     status.textContent = total
-      ? `${total} group${total === 1 ? "" : "s"} of copies and near copies${folder ? ` in ${folder}` : ""}, largest first; clipdex deletes nothing`
+      ? `${total} group${total === 1 ? "" : "s"} of copies and similar shots${folder ? ` in ${folder}` : ""}, exact copies first, then copies of one picture, then similar shots; clipdex deletes nothing`
       : "No duplicates found.";
     if (groups.length) status.textContent += ` · this page: ${mb(groups.reduce((s, g) => s + g.reclaimable_bytes, 0))} MB besides the keepers`;
     more.hidden = offset + groups.length >= total;
@@ -396,15 +396,18 @@ async function showDuplicates(append, remember) {
   }
 }
 
+// What each kind of group is called (the API's DuplicateGroupPublic.kind).
+const KIND_NAMES = { exact: "exact copies", "same-picture": "copies of one picture", similar: "similar shots" };
+
 function duplicateGroup(group) {
-  const title = `${group.members.length} ${group.exact ? "exact copies" : "near copies"} · ${(group.reclaimable_bytes / 1e6).toFixed(1)} MB besides the keeper`;
+  const title = `${group.members.length} ${KIND_NAMES[group.kind]} · ${(group.reclaimable_bytes / 1e6).toFixed(1)} MB besides the keeper`;
   return thumbGroup(title, group.members.map((member, i) => ({
     id: member.id,
     thumbnail_url: member.thumbnail_url,
     name: member.path.split("/").at(-1),
     title: member.path,
     keeper: i === 0,
-    note: `${i === 0 ? "keep · " : ""}${member.width ?? "?"}×${member.height ?? "?"}${member.taken_at ? ` · ${member.taken_at.slice(0, 10)}` : ""} · ${member.similarity.toFixed(3)}`,
+    note: `${i === 0 ? "keep · " : ""}${member.width ?? "?"}×${member.height ?? "?"}${member.taken_at ? ` · ${member.taken_at.slice(0, 10)}` : ""} · ${group.kind === "same-picture" ? `${member.distance} bits` : member.similarity.toFixed(3)}`,
   })));
 }
 
