@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from indexer.decode import HEALABLE_REASONS
+from indexer.enrich.keywords import KeywordSummary, read_store_metadata
 from indexer.errors import BadInputError, StoreNotFoundError, reporting_full_disk
 from indexer.models.embedder import embed_text_set
 from indexer.models.loading import canonical_name
@@ -43,6 +44,7 @@ class IndexSummary:
     captions: "CaptionSummary | None" = None  # when the run also captioned
     text: "OcrSummary | None" = None  # when the run also read the text in the images
     retagged: "list[TagSummary] | None" = None  # when the run also tagged with the saved label sets
+    metadata: "KeywordSummary | None" = None  # when images' metadata (keywords, titles) was read
     index: str = ""  # the search index after a run that changed it: its kind and tuning
     cluster: str = ""  # for a run on Ray: the workers and GPUs that took part
 
@@ -61,6 +63,7 @@ class IndexSummary:
             )
             + (f"; index {self.index}" if self.index else "")
             + (f"; {self.cluster}" if self.cluster else "")
+            + (f"; {self.metadata.line()}" if self.metadata and self.metadata.read else "")
             + (f"; {self.captions.line()}" if self.captions else "")
             + (f"; {self.text.line()}" if self.text else "")
             + "".join(f"\n{tagged.line()}" for tagged in self.retagged or ())
@@ -183,6 +186,7 @@ def update_store(
     if scan.deleted:
         store.delete_images(scan.deleted)
         summary.removed = len(scan.deleted)
+    summary.metadata = read_store_metadata(store, root_id, root, scan.sidecars, settings.workers, show_progress)
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
         if store.wants_probes():
             embedder = embedder or load_embedder(store.model, settings)

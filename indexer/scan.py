@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = {
 # process per file), the stub plugins (BUFR, GRIB, HDF5, WMF/EMF) identify files they cannot decode, and
 # MPEG only identifies video.
 PILLOW_EXTENSIONS_LEFT_OUT = {".eps", ".ps", ".bufr", ".grib", ".h5", ".hdf", ".emf", ".wmf", ".mpeg", ".mpg"}
+SIDECAR_SUFFIX = ".xmp"  # metadata beside an image (indexer/xmp.py), read by the keywords pass
 # Never images: skip without opening them, so big non-image folders scan fast.
 NOT_IMAGE_SUFFIXES = {
     ".txt", ".md", ".json", ".xml", ".xmp", ".csv", ".html", ".pdf", ".db", ".sqlite", ".py",
@@ -50,10 +51,12 @@ class ScanResult:
     unchanged: int = 0
     deleted: list[int] = field(default_factory=list)  # image ids whose file is gone
     unreadable_dirs: list[str] = field(default_factory=list)
+    sidecars: dict[str, str] = field(default_factory=dict)  # XMP sidecars: relpath -> "size:mtime_ns"
 
 
-def walk_images(root: Path, unreadable: list[str] | None = None):
-    """Yield FileStat for every image file under root, following symlinks without looping."""
+def walk_images(root: Path, unreadable: list[str] | None = None, sidecars: dict[str, str] | None = None):
+    """Yield FileStat for every image file under root, following symlinks without looping; the XMP sidecars
+    seen on the way go into `sidecars` (relpath -> "size:mtime_ns")."""
     seen_dirs: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -76,12 +79,16 @@ def walk_images(root: Path, unreadable: list[str] | None = None):
                     if not entry.name.startswith("."):
                         stack.append(Path(entry.path))
                     continue
-                if not entry.is_file() or not is_candidate(entry):
+                sidecar = entry.name.lower().endswith(SIDECAR_SUFFIX) and sidecars is not None
+                if not entry.is_file() or not (sidecar or is_candidate(entry)):
                     continue
                 st = entry.stat()
             except OSError:
                 continue  # vanished or dangling symlink
             relpath = Path(entry.path).relative_to(root).as_posix()
+            if sidecar:
+                sidecars[relpath] = f"{st.st_size}:{st.st_mtime_ns}"
+                continue
             yield FileStat(relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
@@ -106,7 +113,7 @@ def diff_against_store(root: Path, known: dict[str, tuple[int, int, int, bool]])
     """
     result = ScanResult()
     seen: set[str] = set()
-    for stat in walk_images(root, result.unreadable_dirs):
+    for stat in walk_images(root, result.unreadable_dirs, result.sidecars):
         seen.add(stat.relpath)
         old = known.get(stat.relpath)
         if old is None:

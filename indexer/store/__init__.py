@@ -14,14 +14,17 @@ from indexer.store.embedded import DB_FILE, DEFAULT_INDEX_MEMORY, INDEX_FILE, IN
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
     INDEXED,
+    METADATA_TEXT,
     READ_TEXT,
     SKIPPED,
     Caption,
     CaptionFailure,
     Hit,
     Image,
+    Keyword,
     LabelSet,
     Manifest,
+    MetadataRead,
     Root,
     Tag,
     TextLine,
@@ -59,7 +62,8 @@ def open_store(
 
 
 __all__ = [
-    "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "READ_TEXT", "NO_FILTERS", "SKIPPED", "Caption",
-    "CaptionFailure", "Filters", "Hit", "Image", "LabelSet", "Manifest", "Root", "Store", "Tag", "TextLine",
+    "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "METADATA_TEXT", "READ_TEXT", "NO_FILTERS", "SKIPPED",
+    "Caption", "CaptionFailure", "Filters", "Hit", "Image", "Keyword", "LabelSet", "Manifest", "MetadataRead", "Root",
+    "Store", "Tag", "TextLine",
     "TextModel", "get_root", "is_database_url", "open_store", "utcnow",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.orm import Session
 
 from indexer.errors import ModelMismatchError, StoreFormatError
@@ -21,12 +21,15 @@ from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import (
     FORMAT_VERSION,
     INDEXED,
+    METADATA_TEXT,
     READ_TEXT,
     SKIPPED,
     Caption,
     CaptionFailure,
     Image,
+    Keyword,
     Manifest,
+    MetadataRead,
     Root,
     TextLine,
 )
@@ -77,11 +80,11 @@ class Store(ABC):
         """Insert many plain tuples into a table in the session's transaction, the backend's fastest way."""
 
     def delete_captions(self, session: Session, ids: list[int]) -> None:
-        """Forget the captions, caption failures and read text of images whose content changed (in the caller's
-        transaction)."""
+        """Forget the captions, caption failures, read text and metadata of images whose content changed (in the
+        caller's transaction)."""
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            for table in (Caption, CaptionFailure, TextLine):
+            for table in (Caption, CaptionFailure, TextLine, Keyword, MetadataRead):
                 session.execute(delete(table).where(table.image_id.in_(chunk)))
 
     # The search index: a backend whose index is derived from the rows (the embedded FAISS file) saves it
@@ -147,7 +150,8 @@ class Store(ABC):
         whose captions only hold one of its pieces inside a longer word or number (relevance 0; see
         substring_pieces): "harb" finds "harbour", "42.5" finds "TOTAL 42.50".
 
-        `source`: "caption" for written captions, "text" for the text read in the images (READ_TEXT)."""
+        `source`: "caption" for written captions, "text" for the text read in the images (READ_TEXT), "keyword"
+        for the title, description and keywords of their metadata (METADATA_TEXT)."""
 
     @abstractmethod
     def match_names(self, query: str, limit: int, filters: Filters = NO_FILTERS) -> list[tuple[int, float, str]]:
@@ -206,7 +210,7 @@ class Store(ABC):
         """(absolute path, newest caption or None, capture time) of the given image ids: one query for a page."""
         newest = (
             select(Caption.text)
-            .where(Caption.image_id == Image.id, Caption.model.not_like(f"{READ_TEXT}%"))
+            .where(Caption.image_id == Image.id, caption_source("caption"))
             .order_by(Caption.created_at.desc(), Caption.id.desc())
             .limit(1)
             .scalar_subquery()
@@ -251,7 +255,7 @@ class Store(ABC):
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
     def has_captions(self, source: str = "caption") -> bool:
-        """Whether any image has a caption (source "caption") or read text ("text")."""
+        """Whether any image has text of this source (caption_source)."""
         with self.session() as s:
             return s.scalar(select(Caption.id).where(caption_source(source)).limit(1)) is not None
 
@@ -288,10 +292,16 @@ def indexed_since(indexed_after: datetime | None) -> list:
     return conditions
 
 
+# The kinds of stored text (rows of captions) other than written captions, by their model's prefix.
+TEXT_SOURCES = {"text": READ_TEXT, "keyword": METADATA_TEXT}
+
+
 def caption_source(source: str):
-    """SQL condition on Caption.model: written captions ("caption") or text read in the images ("text")."""
-    read = Caption.model.like(f"{READ_TEXT}%")
-    return read if source == "text" else ~read
+    """SQL condition on Caption.model: written captions ("caption"), text read in the images ("text"), or the
+    title, description and keywords of their metadata ("keyword")."""
+    if source in TEXT_SOURCES:
+        return Caption.model.startswith(TEXT_SOURCES[source], autoescape=True)
+    return and_(*(~Caption.model.startswith(prefix, autoescape=True) for prefix in TEXT_SOURCES.values()))
 
 
 def query_words(text: str) -> list[str]:

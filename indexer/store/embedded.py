@@ -26,6 +26,7 @@ from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
 from indexer.store.base import (
     READ_CHUNK,
+    TEXT_SOURCES,
     Store,
     by_pieces_found,
     check_manifest,
@@ -40,7 +41,6 @@ from indexer.store.lock import store_writer
 from indexer.store.schema import (
     FORMAT_VERSION,
     INDEXED,
-    READ_TEXT,
     Base,
     Image,
     Manifest,
@@ -456,7 +456,8 @@ class EmbeddedStore(Store):
 
         Folder and date selections are kept for the last few filters at this data version (every commit
         bumps it): paging, and other queries with the same filter, would otherwise fetch the ids from SQL
-        again (a tenth of 10M images is a second of SQL). Tags change without a version bump: not kept.
+        again (a tenth of 10M images is a second of SQL). Tags and keywords change without a version bump: not
+        kept.
         """
         key = (filters.rows_only, self.index_version)
         with self._selections_lock:
@@ -464,7 +465,7 @@ class EmbeddedStore(Store):
                 return self._selections[key]
         ids = self.matching_ids(filters)
         found = faiss.IDSelectorBatch(ids), ids
-        if filters.tag is None:
+        if filters.tag is None and filters.keyword is None:
             with self._selections_lock:
                 if len(self._selections) >= SELECTIONS_KEPT:
                     self._selections.pop(next(iter(self._selections)))
@@ -509,7 +510,7 @@ class EmbeddedStore(Store):
             "SELECT c.image_id, MIN(f.rank) AS best, c.text FROM captions_fts AS f "
             "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
             "WHERE captions_fts MATCH :query AND i.status = :status "
-            + f"AND c.model {'' if source == 'text' else 'NOT '}LIKE '{READ_TEXT}%' "
+            + f"AND {source_sql(source)} "
             + in_selection("c.image_id", among)
             + "GROUP BY c.image_id ORDER BY best, c.image_id LIMIT :limit"
         )
@@ -523,7 +524,7 @@ class EmbeddedStore(Store):
                     f"SELECT c.image_id, MAX({found}) AS found, c.text FROM captions_trigram AS f "
                     "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
                     "WHERE captions_trigram MATCH :query AND i.status = :status "
-                    + f"AND c.model {'' if source == 'text' else 'NOT '}LIKE '{READ_TEXT}%' "
+                    + f"AND {source_sql(source)} "
                     + in_selection("c.image_id", among)
                     + "GROUP BY c.image_id ORDER BY found DESC, c.image_id LIMIT :limit"
                 )
@@ -549,6 +550,13 @@ class EmbeddedStore(Store):
         params |= {"query": fts_phrases(pieces), "status": INDEXED, "limit": limit, "among": among_json(among)}
         with self.session() as s:
             return by_pieces_found(s.execute(sql, params).all(), pieces)
+
+
+def source_sql(source: str) -> str:
+    """base.caption_source as SQL on `c.model` (the prefixes are clipdex's constants, not user text)."""
+    if source in TEXT_SOURCES:
+        return f"c.model LIKE '{TEXT_SOURCES[source]}%'"
+    return " AND ".join(f"c.model NOT LIKE '{prefix}%'" for prefix in TEXT_SOURCES.values())
 
 
 def fts_phrases(terms: list[str]) -> str:

@@ -1,11 +1,11 @@
-"""Row filters on searches (folder, capture dates, tag, minimum score), as SQL every backend runs."""
+"""Row filters on searches (folder, capture dates, tag, keyword, minimum score), as SQL every backend runs."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 
 from sqlalchemy import Select, func, select
 
-from indexer.store.schema import INDEXED, Image, Root, Tag
+from indexer.store.schema import INDEXED, Image, Keyword, Root, Tag
 
 
 @dataclass(frozen=True)
@@ -17,16 +17,17 @@ class Filters:
     taken_to: date | None = None
     tag: str | None = None  # a zero-shot label given to the image (case-insensitive)
     min_score: float | None = None
+    keyword: str | None = None  # a keyword from the image's metadata (case-insensitive)
 
     @property
     def selects_rows(self) -> bool:
         """True when the filters narrow the set of images (min_score only cuts the ranked list)."""
-        return any(v is not None for v in (self.folder, self.taken_from, self.taken_to, self.tag))
+        return any(v is not None for v in (self.folder, self.taken_from, self.taken_to, self.tag, self.keyword))
 
     @property
     def rows_only(self) -> "Filters":
         """These filters without min_score."""
-        return Filters(self.folder, self.taken_from, self.taken_to, self.tag)
+        return replace(self, min_score=None)
 
 
 NO_FILTERS = Filters()
@@ -44,6 +45,9 @@ def matching_ids(filters: Filters) -> Select:
     if filters.tag is not None:
         tagged = select(Tag.image_id).where(func.lower(Tag.label) == filters.tag.strip().lower())
         query = query.where(Image.id.in_(tagged))
+    if filters.keyword is not None:
+        keyworded = select(Keyword.image_id).where(Keyword.folded == filters.keyword.strip().lower())
+        query = query.where(Image.id.in_(keyworded))
     return query
 
 

@@ -119,6 +119,9 @@ class CaptionFailure(Base):
 # Text read in images (OCR) is stored as captions of a reader whose name starts with this: searchable with the
 # same full-text index, replaced and forgotten with them; `source="text"` searches it, "caption" the rest.
 READ_TEXT = "ocr:"
+# The title, description and keywords other programs wrote into an image's XMP or IPTC, or its sidecars, as one
+# searchable caption of this model (indexer/enrich/keywords.py); `source="keyword"` searches it.
+METADATA_TEXT = "xmp:metadata"
 
 
 class TextLine(Base):
@@ -147,6 +150,29 @@ class Tag(Base):
     label: Mapped[str] = mapped_column(index=True)
     score: Mapped[float]
     model: Mapped[str]
+
+
+class Keyword(Base):
+    """A keyword another program gave an image (XMP dc:subject, the last level of lr:hierarchicalSubject, IPTC
+    Keywords), for the keyword filter."""
+
+    __tablename__ = "keywords"
+    __table_args__ = (UniqueConstraint("image_id", "keyword"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    keyword: Mapped[str]
+    folded: Mapped[str] = mapped_column(index=True)  # lower-cased, what the filter compares
+
+
+class MetadataRead(Base):
+    """An image whose metadata was read, what it held besides keywords, and the stamp of its sidecars then (their
+    names, sizes and modification times): a changed sidecar is read again without re-embedding the image."""
+
+    __tablename__ = "metadata_reads"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    sidecars: Mapped[str]
+    title: Mapped[str | None]
+    description: Mapped[str | None]
 
 
 class LabelSet(Base):
