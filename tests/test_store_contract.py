@@ -14,7 +14,19 @@ import pytest
 from sqlalchemy import select
 
 from indexer.errors import ModelMismatchError, StoreNotFoundError
-from indexer.store import INDEXED, READ_TEXT, SKIPPED, Caption, Filters, Image, get_root, open_store, utcnow
+from indexer.store import (
+    INDEXED,
+    METADATA_TEXT,
+    READ_TEXT,
+    SKIPPED,
+    Caption,
+    Filters,
+    Image,
+    Keyword,
+    get_root,
+    open_store,
+    utcnow,
+)
 from indexer.store import postgres as pg_backend
 from tests.support.planted import unit
 
@@ -219,6 +231,22 @@ def test_substrings_of_read_text_captions_and_names_are_found(filled):
     shop = store.match_names("img012", 10, Filters(folder="/photos/shop"))
     assert [i for i, _, _ in shop] == [int(ids[n]) for n in range(121, 130, 2)]
     assert store.match_names("im", 10) == [] and store.match_names("zebra", 10) == []
+
+
+def test_metadata_keywords_filter_and_are_searched_apart_from_captions(filled):
+    store, ids, vectors = filled
+    with store.session() as s:
+        for n in (3, 8, 9):
+            s.add(Keyword(image_id=int(ids[n]), keyword="Paris", folded="paris"))
+        s.add(Caption(image_id=int(ids[8]), model=METADATA_TEXT, text="Eiffel tower\nParis", created_at=utcnow()))
+        s.add(Caption(image_id=int(ids[9]), model="blip", text="a tower at night", created_at=utcnow()))
+        s.commit()
+    allowed = {int(ids[n]) for n in (3, 8, 9)}
+    found = [i for i, _ in store.search(vectors[3], 10, filters=Filters(keyword=" PARIS "))]
+    assert found == exact(vectors, ids, vectors[3], allowed)
+    assert [i for i, _, _ in store.match_captions("tower", 10, source="keyword")] == [int(ids[8])]
+    assert [i for i, _, _ in store.match_captions("tower", 10)] == [int(ids[9])]  # captions alone
+    assert store.has_captions("keyword") and store.hit_rows([int(ids[8])])[int(ids[8])][1] is None
 
 
 def test_a_random_sample_of_stored_vectors(filled):
