@@ -9,14 +9,15 @@ SAME_PICTURE_COSINE). Kinds run strongest first (exact, same picture, similar), 
 group, of the strongest kind that links it to a keeper: an image whose keeper went to a stronger group waits for
 the next run (after the ones to drop are moved to the trash).
 
-Candidates come from each image's NEIGHBOURS nearest (a larger set of copies becomes several groups): exact
-up to EXACT_LIMIT vectors, from an IVF index built for the run beyond; pHashes are compared exactly. An image
-indexed before clipdex computed pHashes has none and is no candidate for the same picture until re-indexed.
+Candidates for the last two kinds come from each image's NEIGHBOURS nearest embeddings (a larger set of copies
+becomes several groups): exact up to EXACT_LIMIT vectors, from an IVF index built for the run beyond; the same
+picture's candidates are those at cosine >= SAME_PICTURE_COSINE, and their pHashes decide (comparing every pHash
+with every other took 3 minutes at 100k images). An image indexed before clipdex computed pHashes has none and is
+no candidate for the same picture until re-indexed.
 """
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -118,10 +119,10 @@ def find_duplicates(store: Store, options: DuplicateOptions) -> list[DuplicateGr
     ids, vectors = load_vectors(store, options.folder)
     if len(ids) < 2:
         return []
-    position = {int(i): p for p, i in enumerate(ids)}
     free = np.ones(len(ids), dtype=bool)
     groups: list[DuplicateGroup] = []
     rows: dict[int, Row] = {}
+    pairs = None  # the nearest neighbours of the images that are not exact copies: for the other two kinds
 
     def rank(p: int) -> tuple:
         row = rows[int(ids[p])]
@@ -131,14 +132,19 @@ def find_duplicates(store: Store, options: DuplicateOptions) -> list[DuplicateGr
         if kind not in options.kinds:
             continue
         if kind is DuplicateKind.exact:
-            neighbours = same_content(store, position, options.folder)
-        elif kind is DuplicateKind.same_picture:
-            neighbours = close_phashes(store, position, free, vectors, options)
+            neighbours = same_content(store, ids, options.folder)
+            rows |= member_rows(store, [int(ids[p]) for p in neighbours])
         else:
-            neighbours = close_vectors(vectors, free, options.similarity)
-        rows |= member_rows(store, [int(ids[p]) for p in neighbours if int(ids[p]) not in rows])
-        if kind is DuplicateKind.similar:
-            neighbours = within_window(neighbours, ids, rows, options.window)
+            if pairs is None:
+                floor = options.similarity
+                if DuplicateKind.same_picture in options.kinds:
+                    floor = min(floor, SAME_PICTURE_COSINE)
+                pairs = near_pairs(vectors, free, floor)
+                rows |= member_rows(store, [int(i) for i in ids[np.unique(pairs)] if int(i) not in rows])
+            if kind is DuplicateKind.same_picture:
+                neighbours = adjacency(same_pictures(pairs, ids, vectors, rows, options.distance))
+            else:
+                neighbours = adjacency(similar_shots(pairs, ids, vectors, rows, options))
         for keeper in sorted(neighbours, key=rank):
             if not free[keeper]:
                 continue
@@ -162,15 +168,13 @@ def load_vectors(store: Store, folder: str | None) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]).astype(np.float32)
 
 
-def indexed_under(query, folder: str | None):
-    query = query.where(Image.status == INDEXED)
-    return query.join(Root).where(folder_condition(folder)) if folder is not None else query
-
-
-def same_content(store: Store, position: dict[int, int], folder: str | None) -> dict[int, list[int]]:
+def same_content(store: Store, ids: np.ndarray, folder: str | None) -> dict[int, list[int]]:
     """{position: the positions of every image with its content hash} for hashes that several images share."""
     shared = select(Image.hash).where(Image.status == INDEXED).group_by(Image.hash).having(func.count() > 1)
-    query = indexed_under(select(Image.id, Image.hash).where(Image.hash.in_(shared)), folder)
+    query = select(Image.id, Image.hash).where(Image.hash.in_(shared), Image.status == INDEXED)
+    if folder is not None:
+        query = query.join(Root).where(folder_condition(folder))
+    position = {int(i): p for p, i in enumerate(ids)}
     copies = defaultdict(list)
     with store.session() as s:
         for image_id, digest in s.execute(query):
@@ -179,38 +183,42 @@ def same_content(store: Store, position: dict[int, int], folder: str | None) -> 
     return {p: same for same in copies.values() if len(same) > 1 for p in same}
 
 
-def close_phashes(
-    store: Store, position: dict[int, int], free: np.ndarray, vectors: np.ndarray, options: DuplicateOptions
-) -> dict[int, set[int]]:
-    """{position: positions} of free images whose pHashes differ by at most `distance` bits (exact Hamming) and
-    whose embeddings agree (SAME_PICTURE_COSINE)."""
-    query = indexed_under(select(Image.id, Image.phash).where(Image.phash.is_not(None)), options.folder)
-    with store.session() as s:
-        found = [(position[i], h) for i, h in s.execute(query) if i in position and free[position[i]]]
-    if len(found) < 2:
-        return {}
-    where = np.array([p for p, _ in found], dtype=np.int64)
-    codes = np.frombuffer(bytes.fromhex("".join(h for _, h in found)), dtype=np.uint8).reshape(-1, 8)
-    index = faiss.IndexBinaryFlat(64)
-    index.add(codes)
-    k = min(NEIGHBOURS + 1, len(codes))  # the image itself comes back too
-    pairs = []
-    for start in range(0, len(codes), SEARCH_CHUNK):
-        distances, near = index.search(codes[start : start + SEARCH_CHUNK], k)
-        rows = np.arange(start, start + len(near))[:, None]
-        keep = (distances <= options.distance) & (near != rows) & (near >= 0)
-        pairs.append(np.column_stack([np.broadcast_to(rows, near.shape)[keep], near[keep]]))
-    pairs = where[np.concatenate(pairs)]
-    agree = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) >= SAME_PICTURE_COSINE
-    return adjacency(pairs[agree])
-
-
-def close_vectors(vectors: np.ndarray, free: np.ndarray, threshold: float) -> dict[int, set[int]]:
-    """{position: positions} of free images among each other's nearest neighbours at cosine >= threshold."""
+def near_pairs(vectors: np.ndarray, free: np.ndarray, threshold: float) -> np.ndarray:
+    """(i, j) position pairs of free images, j among i's nearest neighbours at cosine >= threshold."""
     where = np.flatnonzero(free)
-    if len(where) < 2:
-        return {}
-    return adjacency(where[neighbour_links(vectors[where], threshold)])
+    return where[neighbour_links(vectors[where], threshold)] if len(where) > 1 else np.zeros((0, 2), np.int64)
+
+
+def cosines(pairs: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
+
+
+def same_pictures(
+    pairs: np.ndarray, ids: np.ndarray, vectors: np.ndarray, rows: dict[int, Row], distance: int
+) -> np.ndarray:
+    """The neighbour pairs whose embeddings agree (SAME_PICTURE_COSINE) and whose pHashes are at most `distance`
+    bits apart (images without a pHash are no candidates)."""
+
+    def close(a: int, b: int) -> bool:
+        ha, hb = rows[int(ids[a])].phash, rows[int(ids[b])].phash
+        return ha is not None and hb is not None and phash_distance(ha, hb) <= distance
+
+    agree = pairs[cosines(pairs, vectors) >= SAME_PICTURE_COSINE]
+    return agree[[close(a, b) for a, b in agree.tolist()]].reshape(-1, 2)
+
+
+def similar_shots(
+    pairs: np.ndarray, ids: np.ndarray, vectors: np.ndarray, rows: dict[int, Row], options: DuplicateOptions
+) -> np.ndarray:
+    """The neighbour pairs at cosine >= `similarity` whose capture times are at most `window` seconds apart (or
+    unknown for either image)."""
+
+    def close(a: int, b: int) -> bool:
+        ta, tb = rows[int(ids[a])].taken_at, rows[int(ids[b])].taken_at
+        return ta is None or tb is None or abs((ta - tb).total_seconds()) <= options.window
+
+    alike = pairs[cosines(pairs, vectors) >= options.similarity]
+    return alike[[close(a, b) for a, b in alike.tolist()]].reshape(-1, 2)
 
 
 def neighbour_links(vectors: np.ndarray, threshold: float) -> np.ndarray:
@@ -236,26 +244,13 @@ def neighbour_links(vectors: np.ndarray, threshold: float) -> np.ndarray:
     return np.concatenate(links).astype(np.int64)
 
 
-def adjacency(pairs: Iterable) -> dict[int, set[int]]:
+def adjacency(pairs: np.ndarray) -> dict[int, set[int]]:
     """{position: its linked positions}, both ways, from (i, j) pairs."""
     linked = defaultdict(set)
-    for a, b in np.asarray(pairs).reshape(-1, 2).tolist():
+    for a, b in pairs.tolist():
         linked[a].add(b)
         linked[b].add(a)
     return linked
-
-
-def within_window(
-    neighbours: dict[int, set[int]], ids: np.ndarray, rows: dict[int, Row], window: float
-) -> dict[int, set[int]]:
-    """The links whose capture times are at most `window` seconds apart, or unknown for either image."""
-
-    def close(a: int, b: int) -> bool:
-        ta, tb = rows[int(ids[a])].taken_at, rows[int(ids[b])].taken_at
-        return ta is None or tb is None or abs((ta - tb).total_seconds()) <= window
-
-    kept = {a: {b for b in near if close(a, b)} for a, near in neighbours.items()}
-    return {a: near for a, near in kept.items() if near}
 
 
 def member_rows(store: Store, ids: list[int]) -> dict[int, Row]:

@@ -48,6 +48,7 @@ from search.duplicates import (
 )
 from search.query import Term, check_terms, parse_query
 from search.relevance import Background, sample_store
+from search.trash import Trashed, move_to_trash, restore, trash_list
 
 if TYPE_CHECKING:
     from indexer.enrich.captions import CaptionSummary
@@ -73,6 +74,7 @@ __all__ = [
     "Service",
     "Sort",
     "TagOptions",
+    "Trashed",
     "check_request",
     "check_templates",
     "make_filters",
@@ -420,6 +422,18 @@ class Service:
     def duplicates(self, options: DuplicateOptions) -> list[DuplicateGroup]:
         """The store's duplicate groups (search/duplicates.py), strongest kind first, each with its keeper first."""
         return self.remembered("duplicates", (options,), lambda: find_duplicates(self.store, options))
+
+    def move_to_trash(self, image_ids: list[int]) -> list[Trashed]:
+        """Move the files of these images into their roots' trash folders; they leave the store (search/trash.py)."""
+        return move_to_trash(self.store, image_ids, self.settings.lock_timeout)
+
+    def trash_list(self) -> list[Trashed]:
+        """The files in the trash folders, oldest move first."""
+        return trash_list(self.store)
+
+    def restore(self, which: list[str] | None = None) -> list[Trashed]:
+        """Move trashed files back where they were (trash ids or paths, or all); `clipdex index` finds them again."""
+        return restore(self.store, which, self.settings.lock_timeout)
 
     def clusters(
         self, k: int | None = None, labels: list[str] | None = None, auto: bool = False, show_progress: bool = False

@@ -227,3 +227,109 @@ def test_api_pages_through_groups_with_their_kind_and_refuses_bad_options(album)
         for params in ({"similarity": 2}, {"distance": 33}, {"kind": "twins"}, {"window": -5}):
             refused = client.get("/api/duplicates", params=params)
             assert refused.status_code == 422, params
+
+
+@pytest.fixture
+def small_album(tmp_path, clip_dir) -> tuple[Path, Settings]:
+    """Four distinct photos, a byte copy of the first and a half-size copy of the second; indexed."""
+    root = tmp_path / "small album"
+    for seed in range(4):
+        save(photo(seed, (640, 480)), root / f"img{seed}.jpg")
+    (root / "copies").mkdir()
+    shutil.copyfile(root / "img0.jpg", root / "copies/img0.jpg")
+    save(resized(photo(1, (640, 480)), 0.5), root / "copies/img1 small.jpg", quality=70)
+    settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1)
+    index_folder(root, settings, show_progress=False)
+    return root, settings
+
+
+def stored(settings: Settings) -> set[str]:
+    with open_store(settings.store).session() as s:
+        return set(s.scalars(select(Image.relpath)))
+
+
+def test_trash_moves_the_copies_aside_and_restores_them_with_the_store_following(small_album):
+    root, settings = small_album
+    store = ["--store", str(settings.store)]
+    runner = CliRunner()
+    groups = json.loads(runner.invoke(app, ["duplicates", *store, "--kind", "exact", "--kind", "same-picture",
+                                            "--json"]).stdout)  # fmt: skip
+    assert [g["kind"] for g in groups] == ["exact", "same-picture"]
+    drop = [m["id"] for g in groups for m in g["members"][1:]]
+    assert sorted(Path(m["path"]).name for g in groups for m in g["members"][1:]) == ["img0.jpg", "img1 small.jpg"]
+    dropped = {m["path"] for g in groups for m in g["members"][1:]}
+    taken = root / ".clipdex-trash/copies/img0.jpg"  # a file already where one goes is never replaced
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"something else")
+    before = {path: Path(path).read_bytes() for path in dropped}
+
+    moved = runner.invoke(app, ["trash", "move", *map(str, drop), *store, "--json"])
+    assert moved.exit_code == 0, moved.output
+    trash = {t["path"]: t["trash_path"] for t in json.loads(moved.stdout)}
+    assert set(trash) == dropped and not any(Path(p).exists() for p in dropped)
+    assert {Path(p).read_bytes() for p in trash.values()} == set(
+        before.values()
+    ) and taken.read_bytes() == b"something else"
+    assert trash[str(root / "copies/img0.jpg")] == str(root / ".clipdex-trash/copies/img0 (2).jpg")
+    assert stored(settings) == {"img0.jpg", "img1.jpg", "img2.jpg", "img3.jpg"}  # the store follows
+    index_folder(root, settings, show_progress=False)  # the scanner never lists the trash folder
+    assert stored(settings) == {"img0.jpg", "img1.jpg", "img2.jpg", "img3.jpg"}
+    assert runner.invoke(app, ["duplicates", *store, "--kind", "exact"]).stdout.startswith("0 groups")
+    listed = runner.invoke(app, ["trash", "list", *store])
+    assert listed.exit_code == 0 and "copies/img1 small.jpg" in listed.stdout
+
+    restored = runner.invoke(app, ["trash", "restore", "--all", *store])
+    assert restored.exit_code == 0, restored.output
+    assert "2 files restored" in restored.stdout and f"clipdex index {root}" in restored.stdout
+    assert {path: Path(path).read_bytes() for path in dropped} == before and taken.read_bytes() == b"something else"
+    assert runner.invoke(app, ["trash", "list", *store]).stdout.strip() == "the trash is empty"
+    index_folder(root, settings, show_progress=False)
+    assert stored(settings) == {"img0.jpg", "img1.jpg", "img2.jpg", "img3.jpg", "copies/img0.jpg",
+                                "copies/img1 small.jpg"}  # fmt: skip
+
+
+def test_restore_refuses_to_replace_a_file_and_bad_names_are_errors(small_album):
+    root, settings = small_album
+    store = ["--store", str(settings.store)]
+    runner = CliRunner()
+    copy_id = open_store(settings.store).find_path(root / "copies/img0.jpg")
+    assert runner.invoke(app, ["trash", "move", str(copy_id), *store]).exit_code == 0
+    (root / "copies/img0.jpg").write_bytes(b"a new file in its place")
+    refused = runner.invoke(app, ["trash", "restore", str(root / "copies/img0.jpg"), *store])
+    assert refused.exit_code == 2 and "is taken by another file. Nothing was restored" in refused.output
+    assert (root / ".clipdex-trash/copies/img0.jpg").is_file()
+    unknown = runner.invoke(app, ["trash", "move", "9999", *store])
+    assert unknown.exit_code == 2 and "no indexed image with id 9999; nothing was moved" in unknown.output
+    assert runner.invoke(app, ["trash", "restore", "77", *store]).exit_code == 2
+    assert runner.invoke(app, ["trash", "restore", *store]).exit_code == 2  # neither names nor --all
+    (root / "copies/img0.jpg").unlink()
+    assert runner.invoke(app, ["trash", "restore", "1", *store]).exit_code == 0  # by trash id
+    assert (root / "copies/img0.jpg").read_bytes() == (root / "img0.jpg").read_bytes()
+
+
+def test_api_moves_and_restores_refusing_without_a_key_beyond_loopback(small_album):
+    root, settings = small_album
+    copy_id = open_store(settings.store).find_path(root / "copies/img0.jpg")
+    with TestClient(create_app(settings, host="0.0.0.0")) as client:
+        refused = client.post("/api/trash", json={"ids": [copy_id]})
+        assert refused.status_code == 403 and "CLIPDEX_API_KEY" in refused.json()["detail"]
+        assert client.post("/api/trash/restore", json={"all": True}).status_code == 403
+        assert client.get("/api/trash").json() == []  # listing moves nothing
+    keyed = settings.model_copy(update={"api_key": "sesame"})
+    with TestClient(create_app(keyed, host="0.0.0.0")) as client:
+        assert client.post("/api/trash", json={"ids": [copy_id]}).status_code == 401
+        moved = client.post("/api/trash", json={"ids": [copy_id]}, headers={"X-API-Key": "sesame"})
+        assert moved.status_code == 200, moved.text
+        assert [t["path"] for t in moved.json()] == [str(root / "copies/img0.jpg")]
+    assert not (root / "copies/img0.jpg").exists() and "copies/img0.jpg" not in stored(settings)
+    with TestClient(create_app(settings)) as client:  # loopback: no key needed
+        for bad in ({"ids": []}, {"ids": ["x"]}, {"ids": [0]}, {"ids": [2**70]}, {}, {"ids": list(range(1, 1002))}):
+            assert client.post("/api/trash", json=bad).status_code == 422, bad
+        assert client.post("/api/trash", json={"ids": [copy_id]}).status_code == 404  # gone from the store
+        for bad in ({}, {"ids": [1], "all": True}, {"ids": []}):
+            assert client.post("/api/trash/restore", json=bad).status_code == 422, bad
+        assert client.post("/api/trash/restore", json={"ids": [99]}).status_code == 404
+        [held] = client.get("/api/trash").json()
+        restored = client.post("/api/trash/restore", json={"ids": [held["id"]]})
+        assert restored.status_code == 200 and client.get("/api/trash").json() == []
+    assert (root / "copies/img0.jpg").read_bytes() == (root / "img0.jpg").read_bytes()

@@ -25,7 +25,7 @@ from indexer.errors import (
     unreachable_message,
 )
 from indexer.settings import Settings
-from search.api import ask, collection, images, jobs, searching
+from search.api import ask, collection, images, jobs, searching, trash
 from search.api.deps import MAX_UPLOAD_BYTES, require_api_key
 from search.api.schemas import ErrorPublic
 from search.query_batcher import TextBatcher
@@ -38,13 +38,14 @@ MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # an upload plus its multipart he
 ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
-for area in (images, searching, jobs, collection):
+for area in (images, searching, jobs, collection, trash):
     router.include_router(area.router)
 router.include_router(ask.router, responses={404: {"model": ErrorPublic}})
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The clipdex service for the store in `settings`; the model loads once, when the app starts."""
+def create_app(settings: Settings, host: str = "127.0.0.1") -> FastAPI:
+    """The clipdex service for the store in `settings`; the model loads once, when the app starts. `host`: the
+    address it listens on (routes that move files need an API key beyond this machine)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_size=MAX_BODY_BYTES,
         responses={400: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
     )
-    app.state.settings = settings
+    app.state.settings, app.state.host = settings, host
 
     @app.exception_handler(DatabaseError)
     async def database_error(_request: Request, e: DatabaseError) -> JSONResponse:

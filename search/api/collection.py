@@ -90,7 +90,7 @@ def duplicates(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Groups to skip (paging)")] = 0,
 ) -> DuplicatesPublic:
     """Groups of exact copies, copies of one picture and similar shots, strongest kind then largest first, each
-    with its suggested keeper first (nothing is deleted).
+    with its suggested keeper first (nothing is deleted: POST /api/trash moves the ones to drop aside).
 
     Found once per store state and options (at 1M images that takes minutes); later pages come from memory.
     """

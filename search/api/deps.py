@@ -1,5 +1,6 @@
 """What the routes share: the service, filters and paging from query parameters, the API key, uploads."""
 
+import ipaddress
 import secrets
 from datetime import date
 from typing import Annotated
@@ -56,6 +57,24 @@ def require_api_key(
     given = header or cookie or ""
     if not secrets.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(401, f"this service needs its API key in the {API_KEY_HEADER} header")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on can be reached from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def require_key_to_move_files(request: Request) -> None:
+    """Routes that move files refuse to run without an API key when the service listens beyond this machine."""
+    if request.app.state.settings.api_key is None and not is_loopback(request.app.state.host):
+        raise HTTPException(
+            403,
+            f"moving files needs an API key when clipdex serves beyond this machine ({request.app.state.host}): "
+            f"set CLIPDEX_API_KEY for clipdex serve and send it in the {API_KEY_HEADER} header",
+        )
 
 
 async def read_upload(file: UploadFile) -> bytes:

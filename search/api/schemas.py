@@ -10,6 +10,7 @@ from search.query import MAX_TERMS, MAX_WEIGHT
 from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, DuplicateKind, Hit, SearchMode, Sort
 
 StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
+MAX_TRASH_IDS = 1000  # files one request may move or restore
 
 
 class HitPublic(BaseModel):
@@ -160,6 +161,23 @@ class DuplicatesPublic(BaseModel):
     total: int  # groups in all
     limit: int
     offset: int
+
+
+class TrashCreate(BaseModel):
+    ids: list[StoredId] = Field(min_length=1, max_length=MAX_TRASH_IDS, description="Ids of the images to drop")
+
+
+class TrashRestore(BaseModel):
+    ids: list[StoredId] | None = Field(None, min_length=1, max_length=MAX_TRASH_IDS, description="Trash ids")
+    all: bool = Field(False, description="Restore everything in the trash (instead of ids)")
+
+
+class TrashedPublic(BaseModel):
+    id: int  # names it for restoring
+    path: str  # where it was, and goes back to
+    trash_path: str  # where it is now
+    size: int
+    moved_at: str
 
 
 class ClusterPublic(BaseModel):

@@ -11,12 +11,14 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from search.cli import ask, collection, searching, serve, stores
+from search.cli import ask, collection, searching, serve, stores, trash
 from search.cli.common import err
 
 app = typer.Typer(help="Self-hosted image search: index folders, search them by text or by image.")
 store_app = typer.Typer(help="Manage stores: copy one between a directory and a PostgreSQL database.")
 app.add_typer(store_app, name="store")
+trash_app = typer.Typer(help="Move the duplicates to drop into a trash folder inside their root, and back.")
+app.add_typer(trash_app, name="trash")
 
 # In the order `clipdex --help` lists them.
 for command in (
@@ -37,6 +39,9 @@ for command in (
 app.command("ask")(ask.ask_command)
 app.command()(ask.chat)
 store_app.command("copy")(stores.store_copy)
+trash_app.command("move")(trash.move)
+trash_app.command("list")(trash.list_trash)
+trash_app.command("restore")(trash.restore)
 
 
 @app.callback()

@@ -131,7 +131,7 @@ def duplicates(
 ) -> None:
     """List groups of exact copies, copies of one picture and similar shots, each with a suggested keeper.
 
-    Nothing is deleted.
+    Nothing is deleted: `clipdex trash move ID...` moves the ones to drop aside, and `clipdex trash restore` back.
     """
     started = time.perf_counter()
     options = run(DuplicateOptions, tuple(kind or DuplicateKind), distance, similarity, window, folder)

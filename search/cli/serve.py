@@ -1,6 +1,5 @@
 """`serve`: the REST API and the search page over one store."""
 
-import ipaddress
 from typing import Annotated
 
 import typer
@@ -30,16 +29,14 @@ def serve(
     import uvicorn  # here: the other commands never need the web server
 
     from search.api import create_app
+    from search.api.deps import is_loopback
 
     settings = make_settings(store=store, device=device, runtime=runtime, text_model=text_model)
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and settings.api_key is None:
+    if not is_loopback(host) and settings.api_key is None:
         err.print(
             f"[yellow]warning:[/yellow] serving on {host} without an API key: anyone who can reach this "
-            "address can search your images. Set CLIPDEX_API_KEY to require one.",
+            "address can search your images, and moving files to the trash is refused. Set CLIPDEX_API_KEY to "
+            "require one.",
             highlight=False,
         )
     # Fail with a clear message before uvicorn starts: a store that cannot be opened, a text model it refuses.
@@ -47,4 +44,4 @@ def serve(
     if settings.text_model:
         run(lambda: service.text_tower)
     out.print(f"clipdex on http://{host}:{port}/  (API docs at /docs)", highlight=False)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(settings, host), host=host, port=port, log_level="warning")
