@@ -28,6 +28,10 @@ NAMESPACE = "http://clipdex.org/xmp/1.0/"
 exiv2.XmpProperties.registerNs(NAMESPACE, ROOT)
 SUBJECT, HIERARCHY = "Xmp.dc.subject", "Xmp.lr.hierarchicalSubject"
 TITLE, DESCRIPTION, WRITTEN = "Xmp.dc.title", "Xmp.dc.description", "Xmp.clipdex.description"
+EMPTY_PACKET = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta><?xpacket end="w"?>'
+)
 IPTC_KEYWORDS, IPTC_TITLE, IPTC_DESCRIPTION = (
     "Iptc.Application2.Keywords",
     "Iptc.Application2.ObjectName",
@@ -87,10 +91,14 @@ def first(data, key: str) -> str | None:
     return found[0] if found else None
 
 
-def merge_sidecar(image: Path, labels: list[tuple[str, str]], caption: str | None, dry_run: bool = False) -> bool:
-    """Merge clipdex's labels ((label set, label) pairs) and caption into the image's sidecar, made if it has
-    none; whether it changed (with dry_run, whether it would). The file is replaced whole by rename: a reader, or
-    a crash, sees the old sidecar or the new one. OSError or exiv2.Exiv2Error when it cannot be written."""
+def merge_sidecar(
+    image: Path, labels: list[tuple[str, str]] | None, caption: str | None, dry_run: bool = False
+) -> bool:
+    """Merge clipdex's labels ((label set, label) pairs; None leaves the keywords alone) and caption (None: the
+    description) into the image's sidecar, made if it has none; whether it changed (with dry_run, would). The
+    file is replaced whole by rename: a reader, or
+    a crash, sees the old sidecar or the new one. OSError (PermissionError for a folder that refuses it) or
+    exiv2.Exiv2Error when it cannot be written."""
     candidates = [image.parent / name for name in sidecar_paths(image.name)]
     existing = next((path for path in candidates if path.is_file()), None)
     sidecar = existing or candidates[0]
@@ -100,9 +108,13 @@ def merge_sidecar(image: Path, labels: list[tuple[str, str]], caption: str | Non
         current.readMetadata()
         xmp = current.xmpData()
     subjects, hierarchy = values(xmp, SUBJECT), values(xmp, HIERARCHY)
-    new_subjects = subjects + [label for label in dict.fromkeys(label for _, label in labels) if label not in subjects]
-    ours = [f"{ROOT}|{label_set}|{label}" for label_set, label in labels]
-    new_hierarchy = [entry for entry in hierarchy if entry.split("|")[0] != ROOT] + ours
+    new_subjects, new_hierarchy = subjects, hierarchy
+    if labels is not None:
+        new_subjects = subjects + [
+            label for label in dict.fromkeys(label for _, label in labels) if label not in subjects
+        ]
+        ours = [f"{ROOT}|{label_set}|{label}" for label_set, label in labels]
+        new_hierarchy = [entry for entry in hierarchy if entry.split("|")[0] != ROOT] + ours
     description, written = first(xmp, DESCRIPTION), first(xmp, WRITTEN)
     new_description = caption if caption and (description is None or description == written) else description
     if (new_subjects, new_hierarchy, new_description) == (subjects, hierarchy, description):
@@ -118,9 +130,9 @@ def merge_sidecar(image: Path, labels: list[tuple[str, str]], caption: str | Non
     try:
         if existing:
             shutil.copy2(existing, staging)  # keeps what exiv2 does not parse, and the file's mode
-            out = exiv2.ImageFactory.open(str(staging))
         else:
-            out = exiv2.ImageFactory.create(exiv2.ImageType.xmp, str(staging))
+            staging.write_text(EMPTY_PACKET)
+        out = exiv2.ImageFactory.open(str(staging))
         out.setXmpData(xmp)
         out.writeMetadata()
         os.replace(staging, sidecar)

@@ -4,16 +4,16 @@ are merged into sidecars that an independent reader (exiftool) reads back."""
 
 import json
 import os
-import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import ANY
 
 import exiv2
-import pytest
 from sqlalchemy import select
 
 from indexer.indexing import index_folder
-from indexer.store import Image, Keyword, MetadataRead, open_store
+from indexer.store import Caption, Image, Keyword, MetadataRead, Tag, open_store, utcnow
 from tests.support.photos import write_photos
 
 SIDECAR = """<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>
@@ -92,3 +92,97 @@ def test_damaged_metadata_never_stops_indexing(tmp_path, settings):
     (photos / "img001.xmp").write_bytes(os.urandom(300))
     summary = index_folder(photos, settings, show_progress=False)
     assert summary.indexed == 2 and summary.metadata.read == 2 and keywords_of(open_store(settings.store)) == {}
+
+
+def exiftool(*args) -> dict:
+    """An independent reader: Phil Harvey's exiftool (Debian's libimage-exiftool-perl, which CI installs)."""
+    done = subprocess.run(["exiftool", "-j", "-struct", *map(str, args)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)[0]
+
+
+def plant_tags_and_captions(store, tags: dict[str, list[tuple[str, str]]], captions: dict[str, str], model="blip"):
+    """Tags and captions as `clipdex tag` and `clipdex caption` leave them, by file name."""
+    with store.session() as s:
+        ids = {Path(relpath).name: i for i, relpath in s.execute(select(Image.id, Image.relpath))}
+        for name, labels in tags.items():
+            s.add_all(Tag(image_id=ids[name], label_set=ls, label=label, score=0.9, model="m") for ls, label in labels)
+        for name, caption in captions.items():
+            s.add(Caption(image_id=ids[name], model=model, text=caption, created_at=utcnow()))
+        s.commit()
+
+
+def test_tags_and_captions_merge_into_sidecars_that_exiftool_reads(tmp_path, settings):
+    from indexer.enrich.keywords import write_sidecars
+
+    photos = tmp_path / "photos"
+    a, b = write_photos(photos, 2)
+    (photos / "img000.xmp").write_text(
+        SIDECAR.format(subjects="<rdf:li>Paris</rdf:li>").replace(
+            "</dc:subject>", '</dc:subject><dc:description><rdf:Alt><rdf:li xml:lang="x-default">Our trip'
+            "</rdf:li></rdf:Alt></dc:description>"
+        )
+    )  # fmt: skip
+    index_folder(photos, settings, show_progress=False)
+    store = open_store(settings.store)
+    plant_tags_and_captions(
+        store, {"img000.jpg": [("kind", "dog")], "img001.jpg": [("kind", "cat"), ("mood", "calm")]},
+        {"img000.jpg": "a dog", "img001.jpg": "a cat on a sofa"},
+    )  # fmt: skip
+    images = {path: path.read_bytes() for path in (a, b)}
+    before = (photos / "img000.xmp").read_bytes()
+
+    dry = write_sidecars(store, dry_run=True)
+    assert (dry.written, dry.unchanged) == (2, 0) and dry.line().startswith("would write 2 sidecars")
+    assert (photos / "img000.xmp").read_bytes() == before and not (photos / "img001.jpg.xmp").exists()
+
+    assert write_sidecars(store).line() == "wrote 2 sidecars, 0 already up to date"
+    theirs = exiftool(photos / "img000.xmp")
+    assert theirs["Subject"] == ["Paris", "dog"]
+    assert theirs["HierarchicalSubject"] == ["Places|France|Paris", "clipdex|kind|dog"]
+    assert theirs["Description"] == "Our trip" and theirs["Xmp_version"] == 5  # another program's fields stay
+    ours = exiftool(photos / "img001.jpg.xmp")  # made in the darktable / digiKam style
+    assert ours["Subject"] == ["cat", "calm"] and ours["Description"] == "a cat on a sofa"
+    assert ours["HierarchicalSubject"] == ["clipdex|kind|cat", "clipdex|mood|calm"]
+    assert all(path.read_bytes() == data for path, data in images.items())  # images never touched
+    assert sorted(p.name for p in photos.iterdir()) == ["img000.jpg", "img000.xmp", "img001.jpg", "img001.jpg.xmp"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in photos.glob("*.xmp")}
+    again = write_sidecars(store)
+    assert (again.written, again.unchanged) == (0, 2)  # idempotent
+    assert {p: p.stat().st_mtime_ns for p in photos.glob("*.xmp")} == stamps
+
+    plant_tags_and_captions(store, {}, {"img001.jpg": "a cat asleep"}, "blip2")  # newer: it replaces clipdex's own
+    assert write_sidecars(store, tags=False).written == 1
+    assert exiftool(photos / "img001.jpg.xmp")["Description"] == "a cat asleep"
+    assert index_folder(photos, settings, show_progress=False).metadata.read == 2  # read back as keywords
+    assert keywords_of(store)["img001.jpg"] == ["cat", "calm"]
+
+
+def test_an_unwritable_folder_is_reported_and_skipped(tmp_path, settings):
+    from indexer.enrich.keywords import write_sidecars
+
+    photos = tmp_path / "photos"
+    write_photos(photos / "locked", 2)
+    write_photos(photos / "open", 1, start=5)
+    index_folder(photos, settings, show_progress=False)
+    store = open_store(settings.store)
+    plant_tags_and_captions(store, {n: [("kind", "dog")] for n in ("img000.jpg", "img001.jpg", "img005.jpg")}, {})
+    with unwritable(photos / "locked"):
+        summary = write_sidecars(store)
+    assert summary.written == 1 and summary.failed == {str(photos / "locked"): ANY}
+    assert "cannot be written" in summary.failed[str(photos / "locked")]
+    assert sorted(p.name for p in (photos / "locked").iterdir()) == ["img000.jpg", "img001.jpg"]
+
+
+@contextmanager
+def unwritable(folder: Path):
+    """A folder nobody may write, root included (who ignores its mode): read-only and, as root, immutable."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)

@@ -1,22 +1,32 @@
-"""Keywords in: what other photo programs wrote about the images (indexer/xmp.py: keywords, title, description,
-embedded or in sidecars) stored for search (a caption of METADATA_TEXT), the keyword filter (keywords) and the
-photo view (metadata_reads).
+"""Keywords in and out.
+
+In: what other photo programs wrote about the images (indexer/xmp.py: keywords, title, description, embedded or
+in sidecars) stored for search (a caption of METADATA_TEXT), the keyword filter (keywords) and the photo view
+(metadata_reads).
 
 An image is read when it is new or changed (its rows went with its captions) or when its sidecars changed since
 its last read, which the folder scan tells by their sizes and times: a re-run reads nothing new, and a keyword
 added in another program is picked up without re-embedding the image.
+
+Out: `write_sidecars` merges clipdex's tags and captions into the images' sidecars (`clipdex xmp write`).
 """
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import exiv2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import delete, select
 
-from indexer.store import INDEXED, METADATA_TEXT, Caption, Image, Keyword, MetadataRead, Store, utcnow
-from indexer.xmp import PhotoMetadata, read_metadata, sidecar_paths
+from indexer.store import INDEXED, METADATA_TEXT, Caption, Filters, Image, Keyword, MetadataRead, Store, Tag, utcnow
+from indexer.store.base import caption_source
+from indexer.store.filters import matching_ids
+from indexer.xmp import PhotoMetadata, merge_sidecar, read_metadata, sidecar_paths
+
+log = logging.getLogger(__name__)
 
 CHUNK = 500  # images read, then written in one transaction
 
@@ -96,3 +106,76 @@ def folded_once(keywords: list[str]) -> list[str]:
     for keyword in keywords:
         first.setdefault(keyword.lower(), keyword)
     return list(first.values())
+
+
+@dataclass
+class SidecarSummary:
+    """What `write_sidecars` did (with dry_run: would do)."""
+
+    written: int = 0  # sidecars made or changed
+    unchanged: int = 0  # already holding what clipdex would write
+    failed: dict[str, str] = field(default_factory=dict)  # image or folder -> why its sidecar was not written
+    dry_run: bool = False
+
+    def line(self) -> str:
+        verb = "would write" if self.dry_run else "wrote"
+        failed = f", {len(self.failed)} not writable" if self.failed else ""
+        return f"{verb} {self.written} sidecars, {self.unchanged} already up to date{failed}"
+
+
+def write_sidecars(
+    store: Store, tags: bool = True, captions: bool = True, dry_run: bool = False, folder: str | None = None
+) -> SidecarSummary:
+    """Merge the indexed images' tags (as keywords) and newest captions (as descriptions) into their XMP sidecars
+    (indexer/xmp.py merge_sidecar). A folder that refuses a write is reported once and skipped."""
+    summary = SidecarSummary(dry_run=dry_run)
+    wanted = labels_and_captions(store, tags, captions, folder)
+    refused: set[Path] = set()
+    for path, (labels, caption) in wanted.items():
+        if path.parent in refused:
+            continue
+        if not path.is_file():
+            summary.failed[str(path)] = "the image is gone since it was indexed"
+            continue
+        try:
+            changed = merge_sidecar(path, labels, caption, dry_run)
+        except PermissionError as e:
+            refused.add(path.parent)
+            summary.failed[str(path.parent)] = f"the folder cannot be written: {e.strerror}"
+            log.warning("not writing sidecars in %s: %s", path.parent, e.strerror)
+            continue
+        except (OSError, exiv2.Exiv2Error) as e:
+            summary.failed[str(path)] = f"its sidecar cannot be written: {e}"
+            log.warning("not writing the sidecar of %s: %s", path, e)
+            continue
+        summary.written += changed
+        summary.unchanged += not changed
+    return summary
+
+
+def labels_and_captions(
+    store: Store, tags: bool, captions: bool, folder: str | None
+) -> dict[Path, tuple[list[tuple[str, str]] | None, str | None]]:
+    """{image path: ((label set, label) pairs, newest caption)} of the indexed images that have either; the
+    labels are None when tags are not written."""
+    among = matching_ids(Filters(folder=folder))
+    found: dict[int, tuple[list[tuple[str, str]] | None, str | None]] = {}
+    with store.session() as s:
+        if tags:
+            rows = s.execute(
+                select(Tag.image_id, Tag.label_set, Tag.label)
+                .where(Tag.image_id.in_(among))
+                .order_by(Tag.image_id, Tag.label_set, Tag.score.desc())
+            )
+            for image_id, label_set, label in rows:
+                found.setdefault(image_id, ([], None))[0].append((label_set, label))
+        if captions:
+            rows = s.execute(
+                select(Caption.image_id, Caption.text)
+                .where(Caption.image_id.in_(among), caption_source("caption"))
+                .order_by(Caption.image_id, Caption.created_at, Caption.id)
+            )
+            for image_id, caption in rows:  # the newest comes last
+                found[image_id] = (found.get(image_id, ([] if tags else None, None))[0], caption)
+    paths = store.paths(list(found))
+    return {Path(paths[image_id]): value for image_id, value in found.items()}
