@@ -2,6 +2,7 @@
 comes back in chunks, then the optional passes (captions, read text)."""
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -186,7 +187,8 @@ def update_store(
     if scan.deleted:
         store.delete_images(scan.deleted)
         summary.removed = len(scan.deleted)
-    summary.metadata = read_store_metadata(store, root_id, root, scan.sidecars, settings.workers, show_progress)
+    threads = settings.workers or os.cpu_count() or 1
+    summary.metadata = read_store_metadata(store, root_id, root, scan.sidecars, threads, show_progress)
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
         if store.wants_probes():
             embedder = embedder or load_embedder(store.model, settings)

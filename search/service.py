@@ -36,7 +36,7 @@ from indexer.models.embedder import Embedder
 from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, TextLine, open_store
-from indexer.store.base import caption_source
+from indexer.store.base import caption_source, substring_pieces
 from search import media
 from search.duplicates import (
     MAX_DISTANCE,
@@ -52,6 +52,7 @@ from search.trash import Trashed, move_to_trash, restore, trash_list
 
 if TYPE_CHECKING:
     from indexer.enrich.captions import CaptionSummary
+    from indexer.enrich.keywords import SidecarSummary
     from indexer.enrich.ocr import OcrSummary
     from indexer.enrich.tags import LabelScore, TagSummary
     from indexer.indexing import IndexSummary
@@ -84,11 +85,14 @@ __all__ = [
 
 
 class SearchMode(StrEnum):
-    """How a text query ranks: by embedding similarity, caption match, read-text match, or all fused."""
+    """How a text query ranks: by embedding similarity, by a match of its words in captions, read text, metadata
+    keywords or file and folder names, or all fused."""
 
     embedding = "embedding"
     caption = "caption"
     text = "text"
+    keyword = "keyword"
+    name = "name"
     hybrid = "hybrid"
 
 
@@ -104,7 +108,9 @@ DEFAULT_MODE = SearchMode.hybrid
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
-WORD_SOURCES = ("caption", "text")  # what the words of a query can match: written captions, text read in images
+# What the words of a query can match: written captions, text read in images, the metadata's title, description and
+# keywords (ranked by the store's full-text search), and file and folder names (by the share of the query found).
+WORD_SOURCES = ("caption", "text", "keyword", "name")
 RELEVANCE_SAMPLE_SECONDS = 600
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (RRF_K + rank). 60 is the
 # paper's constant: it keeps one ranking's top hit from outweighing agreement between both rankings.
@@ -351,7 +357,7 @@ class Service:
                 raise BadInputError(f"{mode} search matches words: combining terms or images needs embedding or hybrid")
             return self.search_captions(words, k, offset, filters, mode)
         vector, exclude = self.query_vector(terms)
-        sources = [source for source in WORD_SOURCES if words and self.store.has_captions(source)]
+        sources = [source for source in WORD_SOURCES if words and (source == "name" or self.store.has_captions(source))]
         if mode == "embedding" or not sources:
             return self.search_vector(vector, k, offset, exclude, filters, relevant)
         return self.search_hybrid(vector, words, sources, k, offset, filters, exclude, relevant)
@@ -359,11 +365,13 @@ class Service:
     def search_captions(
         self, query: str, k: int = 10, offset: int = 0, filters: Filters = NO_FILTERS, source: str = "caption"
     ) -> list[Hit]:
-        """Images whose captions (source "caption") or read text ("text") match the query's words; the score is
-        the store's full-text relevance (higher is better), and each hit shows the text that matched."""
+        """Images whose text of one source (WORD_SOURCES) matches the query's words; the score is the store's
+        full-text relevance (higher is better; for names, the share of the query found), and each hit shows the
+        text that matched (names: none, the path shows)."""
         check_page(k, offset)
         matches = self.match_captions(query, k + offset, filters, source)[offset:]
-        return self.hits([(i, score) for i, score, _ in matches], {i: text for i, _, text in matches})
+        shown = {} if source == "name" else {i: text for i, _, text in matches}
+        return self.hits([(i, score) for i, score, _ in matches], shown)
 
     def search_hybrid(
         self,
@@ -376,22 +384,30 @@ class Service:
         exclude: tuple[int, ...] = (),
         relevant: bool = False,
     ) -> list[Hit]:
-        """Reciprocal rank fusion of the embedding ranking of `vector` and the full-text rankings of `words` in
-        each of `sources` (captions, read text); the score is the fused one.
+        """Reciprocal rank fusion of the embedding ranking of `vector` and the rankings of `words` in each of
+        `sources` (captions, read text, metadata; names as below); the score is the fused one.
 
         An image only some rankings found gets their shares; equal scores go to the better embedding rank.
         `relevant` and min_score cut the embedding ranking only: text that matches the words is itself evidence. A
-        hit shows the caption or read text that matched, the caption first.
+        hit shows the caption or other text that matched, the caption first.
+
+        Names rank in tiers: every candidate whose path (within its folder) holds the same share of the query's
+        pieces gets the same rank, best share first. A piece in every path (a folder "Photos") then lifts every
+        candidate alike and changes no order, while a folder "Paris 2019" lifts its pictures for "paris".
         """
         check_page(k, offset)
         depth = max(FUSION_DEPTH, k + offset)
         by_embedding = self.search_vector(vector, min(depth, MAX_K), 0, exclude, filters, relevant)
         rankings = [{hit.id: rank for rank, hit in enumerate(by_embedding, 1)}]
         matched: dict[int, str] = {}
-        for source in reversed(sources):  # captions last: their matched text wins
+        for source in reversed([source for source in sources if source != "name"]):  # captions last: theirs wins
             by_words = [m for m in self.match_captions(words, depth, filters, source) if m[0] not in exclude]
             rankings.append({image_id: rank for rank, (image_id, _, _) in enumerate(by_words, 1)})
             matched.update({image_id: text for image_id, _, text in by_words})
+        if "name" in sources:
+            named = [image_id for image_id, _, _ in self.store.match_names(words, depth, filters)]
+            candidates = set().union(*rankings, named) - set(exclude)
+            rankings.append(name_tiers(words, self.store.relpaths(list(candidates))))
         fused: dict[int, float] = {}
         for ranking in rankings:
             for image_id, rank in ranking.items():
@@ -407,10 +423,12 @@ class Service:
     def match_captions(
         self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
     ) -> list[tuple[int, float, str]]:
-        """(image id, relevance, matching caption or read text) of the images whose text shares words with the query."""
+        """(image id, relevance, matching text) of the images whose text of one source shares words with the query."""
         query = query.strip()
         if not query:
             raise BadInputError("the query text is empty")
+        if source == "name":
+            return self.store.match_names(query, limit, filters)
         if source == "text":  # split as the stored text is: "A4" finds "A4" read as "A 4"
             from indexer.enrich.ocr import searchable
 
@@ -426,6 +444,17 @@ class Service:
     def move_to_trash(self, image_ids: list[int]) -> list[Trashed]:
         """Move the files of these images into their roots' trash folders; they leave the store (search/trash.py)."""
         return move_to_trash(self.store, image_ids, self.settings.lock_timeout)
+
+    def write_sidecars(
+        self, tags: bool = True, captions: bool = True, dry_run: bool = False, folder: str | None = None
+    ) -> "SidecarSummary":
+        """Merge the images' tags and captions into their XMP sidecars, for digiKam, darktable and Lightroom
+        (indexer/enrich/keywords.py); `folder` limits it to the images under one folder."""
+        from indexer.enrich.keywords import write_sidecars
+
+        if not (tags or captions):
+            raise BadInputError("nothing to write: ask for tags, captions or both")
+        return write_sidecars(self.store, tags, captions, dry_run, folder)
 
     def trash_list(self) -> list[Trashed]:
         """The files in the trash folders, oldest move first."""
@@ -568,12 +597,22 @@ class Service:
         } | ({"skipped_files": [{"path": p, "reason": r} for p, r in self.store.skipped()]} if skipped_files else {})
 
 
+def name_tiers(words: str, relpaths: dict[int, str]) -> dict[int, int]:
+    """{image id: rank} of the paths holding any of the query's pieces, ranked by the share they hold: equal shares,
+    equal ranks (search_hybrid)."""
+    pieces = substring_pieces(words)
+    shares = {i: sum(piece in path.lower() for piece in pieces) for i, path in relpaths.items()}
+    tiers = sorted({share for share in shares.values() if share}, reverse=True)
+    return {i: tiers.index(share) + 1 for i, share in shares.items() if share}
+
+
 def make_filters(
     folder: str | None = None,
     taken_from: date | None = None,
     taken_to: date | None = None,
     tag: str | None = None,
     min_score: float | None = None,
+    keyword: str | None = None,
 ) -> Filters:
     """Filters from a request: empty strings (an empty form field) mean no filter; the dates must be in order."""
     if taken_from and taken_to and taken_from > taken_to:
@@ -581,7 +620,12 @@ def make_filters(
     if min_score is not None and not -1 <= min_score <= 1:
         raise BadInputError("min_score is a cosine similarity: between -1 and 1")
     return Filters(
-        folder=folder or None, taken_from=taken_from, taken_to=taken_to, tag=tag or None, min_score=min_score
+        folder=folder or None,
+        taken_from=taken_from,
+        taken_to=taken_to,
+        tag=tag or None,
+        min_score=min_score,
+        keyword=keyword or None,
     )
 
 

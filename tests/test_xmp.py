@@ -186,3 +186,62 @@ def unwritable(folder: Path):
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(folder)], check=True)
         folder.chmod(0o755)
+
+
+def test_keywords_names_and_sidecars_from_the_command_line_and_the_api(tmp_path, settings):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from search.api import create_app
+    from search.cli import app
+
+    photos = tmp_path / "photos"
+    write_photos(photos / "Paris 2019", 2)
+    write_photos(photos / "home", 2, start=2)
+    sidecar(photos / "home/img002.jpg.xmp", "Eiffel")
+    runner = CliRunner()
+    store = ["--store", str(settings.store)]
+
+    def search(*args) -> list[str]:
+        done = runner.invoke(app, ["search", *args, "--json", "-k", "10", *store])
+        assert done.exit_code == 0, done.output
+        return [str(Path(hit["path"]).relative_to(photos)) for hit in json.loads(done.stdout)]
+
+    assert runner.invoke(app, ["index", str(photos), "--model", settings.model, *store]).exit_code == 0
+    assert search("eiffel", "--mode", "keyword") == ["home/img002.jpg"]
+    assert search("a photo", "--keyword", " EIFFEL") == ["home/img002.jpg"]
+    assert sorted(search("paris 2019", "--mode", "name")) == ["Paris 2019/img000.jpg", "Paris 2019/img001.jpg"]
+    # Hybrid: the folder's name, and img002's keyword Paris (from Places|France|Paris), lift them over img003.
+    assert search("paris")[3:] == ["home/img003.jpg"]
+    assert search("img") == search("img", "--mode", "embedding")  # in every name: it changes no order
+    bad = runner.invoke(app, ["search", "paris", "--mode", "name", "--min-score", "0.2", *store])
+    assert bad.exit_code == 2 and "min_score is a cosine" in bad.output
+
+    assert runner.invoke(app, ["tag", "--labels", "cat,dog", "--top-k", "1", *store]).exit_code == 0
+    dry = runner.invoke(app, ["xmp", "write", "--dry-run", "--json", *store])
+    assert json.loads(dry.stdout)["written"] == 4 and not list(photos.rglob("*.jpg.xmp"))[1:]
+    done = runner.invoke(app, ["xmp", "write", "--tags", *store])
+    assert done.exit_code == 0 and "wrote 4 sidecars, 0 already up to date" in done.output
+    assert exiftool(photos / "home/img002.jpg.xmp")["Subject"][0] == "Eiffel"  # theirs first, then clipdex's
+    ours = {exiftool(p)["HierarchicalSubject"][-1] for p in photos.rglob("*.xmp")}
+    assert ours <= {"clipdex|default|cat", "clipdex|default|dog"}  # under the label set's name
+
+    with TestClient(create_app(settings)) as client:
+        again = client.post("/api/xmp/sidecars", json={"dry_run": True})
+        assert again.status_code == 200 and again.json() == {
+            "written": 0,
+            "unchanged": 4,
+            "failed": {},
+            "dry_run": True,
+        }
+        assert client.post("/api/xmp/sidecars", json={"tags": "many"}).status_code == 422
+        nothing = client.post("/api/xmp/sidecars", json={"tags": False, "captions": False})
+        assert nothing.status_code == 422 and "nothing to write" in nothing.json()["detail"]
+        assert (
+            client.get("/api/search", params={"q": "x", "keyword": "eiffel"})
+            .json()["hits"][0]["path"]
+            .endswith("img002.jpg")
+        )
+    with TestClient(create_app(settings, host="0.0.0.0")) as client:
+        refused = client.post("/api/xmp/sidecars", json={})
+        assert refused.status_code == 403 and "writing sidecars need an API key" in refused.json()["detail"]

@@ -206,6 +206,11 @@ class Store(ABC):
             rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
         return {i: str(Path(root) / rel) for i, root, rel in rows}
 
+    def relpaths(self, ids: list[int]) -> dict[int, str]:
+        """Paths of the given image ids within their indexed folders."""
+        with self.session() as s:
+            return dict(s.execute(select(Image.id, Image.relpath).where(Image.id.in_(ids))).all())
+
     def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None, datetime | None]]:
         """(absolute path, newest caption or None, capture time) of the given image ids: one query for a page."""
         newest = (

@@ -37,9 +37,12 @@ def get_filters(
     taken_to: Annotated[date | None, Query(description="Capture date to (inclusive), YYYY-MM-DD")] = None,
     tag: Annotated[str | None, Query(max_length=200, description="A zero-shot tag the image carries")] = None,
     min_score: Annotated[float | None, Query(ge=-1, le=1, description="Minimum cosine similarity")] = None,
+    keyword: Annotated[
+        str | None, Query(max_length=200, description="A keyword of the image's metadata (XMP, IPTC, sidecars)")
+    ] = None,
 ) -> Filters:
     """Filters from query parameters (the service's make_filters)."""
-    return make_filters(folder, taken_from, taken_to, tag, min_score)
+    return make_filters(folder, taken_from, taken_to, tag, min_score, keyword)
 
 
 FiltersDep = Annotated[Filters, Depends(get_filters)]
@@ -67,14 +70,19 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def require_key_to_move_files(request: Request) -> None:
-    """Routes that move files refuse to run without an API key when the service listens beyond this machine."""
+def require_key_to_change_files(request: Request) -> None:
+    """Routes that move files or write sidecars refuse to run without an API key when the service listens beyond
+    this machine."""
     if request.app.state.settings.api_key is None and not is_loopback(request.app.state.host):
         raise HTTPException(
             403,
-            f"moving files needs an API key when clipdex serves beyond this machine ({request.app.state.host}): "
-            f"set CLIPDEX_API_KEY for clipdex serve and send it in the {API_KEY_HEADER} header",
+            "moving files and writing sidecars need an API key when clipdex serves beyond this machine "
+            f"({request.app.state.host}): set CLIPDEX_API_KEY for clipdex serve and send it in the {API_KEY_HEADER} "
+            "header",
         )
+
+
+WritesFiles = Annotated[None, Depends(require_key_to_change_files)]
 
 
 async def read_upload(file: UploadFile) -> bytes:

@@ -218,3 +218,17 @@ def hit_public(hit: Hit) -> HitPublic:
 def results(hits: list[Hit], k: int, offset: int) -> SearchResults:
     """Hits as the API shows them; a hit found by its caption shows that caption, others their newest."""
     return SearchResults(hits=[hit_public(h) for h in hits], k=k, offset=offset)
+
+
+class SidecarsWrite(BaseModel):
+    tags: bool = Field(True, description="Write the tags (dc:subject, lr:hierarchicalSubject under clipdex|)")
+    captions: bool = Field(True, description="Write the newest captions (dc:description, where empty or clipdex's)")
+    dry_run: bool = Field(False, description="Say what would change, write nothing")
+    folder: str | None = Field(None, max_length=4096, description="Only images under this folder")
+
+
+class SidecarsPublic(BaseModel):
+    written: int  # sidecars made or changed (with dry_run: that would be)
+    unchanged: int
+    failed: dict[str, str]  # image or folder -> why its sidecar was not written
+    dry_run: bool

@@ -45,9 +45,9 @@ async def search_text(
     mode: Annotated[
         SearchMode,
         Query(
-            description="Rank by embedding similarity (scores are cosines), caption match (text relevance), or both by "
-            "reciprocal rank fusion (hybrid; embedding search while the store has no captions). min_score and "
-            "relevant cut the embedding ranking"
+            description="Rank by embedding similarity (scores are cosines); by a match of the words in captions, read "
+            "text or metadata (text relevance) or in file and folder names (the share of the query found); or all "
+            "by reciprocal rank fusion (hybrid). min_score and relevant cut the embedding ranking"
         ),
     ] = DEFAULT_MODE,
     relevant: RelevantQuery = False,

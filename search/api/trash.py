@@ -1,17 +1,14 @@
 """Acting on duplicates: move images' files into their root's trash folder, list it, move them back."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from indexer.errors import BadInputError
-from search.api.deps import ServiceDep, require_key_to_move_files
+from search.api.deps import ServiceDep, WritesFiles
 from search.api.schemas import ErrorPublic, TrashCreate, TrashedPublic, TrashRestore
 from search.service import Trashed
 
 router = APIRouter()
-MovesFiles = Annotated[None, Depends(require_key_to_move_files)]
 REFUSALS = {403: {"model": ErrorPublic}, 404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}}
 
 
@@ -26,7 +23,7 @@ def trash_list(service: ServiceDep) -> list[TrashedPublic]:
 
 
 @router.post("/trash", responses=REFUSALS)
-async def move_to_trash(service: ServiceDep, _: MovesFiles, request: TrashCreate) -> list[TrashedPublic]:
+async def move_to_trash(service: ServiceDep, _: WritesFiles, request: TrashCreate) -> list[TrashedPublic]:
     """Move these images' files into `<root>/.clipdex-trash/` (never deleting or replacing a file); they leave the
     store. All or none: an unknown id or a vanished file moves nothing (404). Needs the API key beyond loopback."""
     moved = await run_in_threadpool(service.move_to_trash, request.ids)
@@ -34,7 +31,7 @@ async def move_to_trash(service: ServiceDep, _: MovesFiles, request: TrashCreate
 
 
 @router.post("/trash/restore", responses=REFUSALS)
-async def restore(service: ServiceDep, _: MovesFiles, request: TrashRestore) -> list[TrashedPublic]:
+async def restore(service: ServiceDep, _: WritesFiles, request: TrashRestore) -> list[TrashedPublic]:
     """Move trashed files back where they were (trash ids, or all); indexing their folder again finds them. All or
     none: a file standing where one was refuses the lot (422). Needs the API key beyond loopback."""
     if (request.ids is None) != request.all:

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from search.cli import ask, collection, searching, serve, stores, trash
+from search.cli import ask, collection, searching, serve, stores, trash, xmp
 from search.cli.common import err
 
 app = typer.Typer(help="Self-hosted image search: index folders, search them by text or by image.")
@@ -19,6 +19,8 @@ store_app = typer.Typer(help="Manage stores: copy one between a directory and a 
 app.add_typer(store_app, name="store")
 trash_app = typer.Typer(help="Move the duplicates to drop into a trash folder inside their root, and back.")
 app.add_typer(trash_app, name="trash")
+xmp_app = typer.Typer(help="Share keywords with digiKam, darktable and Lightroom through XMP sidecars.")
+app.add_typer(xmp_app, name="xmp")
 
 # In the order `clipdex --help` lists them.
 for command in (
@@ -42,6 +44,7 @@ store_app.command("copy")(stores.store_copy)
 trash_app.command("move")(trash.move)
 trash_app.command("list")(trash.list_trash)
 trash_app.command("restore")(trash.restore)
+xmp_app.command("write")(xmp.write)
 
 
 @app.callback()

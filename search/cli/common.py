@@ -61,6 +61,10 @@ RayAddressOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Only images tagged with this label (see clipdex tags)")]
+KeywordOpt = Annotated[
+    str | None,
+    typer.Option("--keyword", help="Only images with this keyword in their metadata (XMP, IPTC, sidecars)"),
+]
 CaptionModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -149,9 +153,9 @@ ModeOpt = Annotated[
     SearchMode,
     typer.Option(
         "--mode",
-        help="Rank by embedding similarity, caption match, match of the text read in the images (full-text "
-        "relevance; see clipdex ocr), or all fused by reciprocal rank (hybrid; plain embedding search while the "
-        "store has no captions or read text)",
+        help="Rank by embedding similarity; by a match of the words in captions, in the text read in the images "
+        "(see clipdex ocr), in their metadata's titles, descriptions and keywords (full-text relevance), or in "
+        "file and folder names; or all fused by reciprocal rank (hybrid)",
     ),
 ]
 
@@ -192,10 +196,11 @@ def filters(
     taken_to: datetime | None,
     tag: str | None,
     min_score: float | None = None,
+    keyword: str | None = None,
 ) -> Filters:
     """The service's filters from the filter flags every search command takes."""
     first, last = (when.date() if when else None for when in (taken_from, taken_to))
-    return run(make_filters, folder, first, last, tag, min_score)
+    return run(make_filters, folder, first, last, tag, min_score, keyword)
 
 
 def progress_shown(json_out: bool) -> bool:

@@ -9,6 +9,7 @@ from search.cli.common import (
     DeviceOpt,
     FolderOpt,
     JsonOpt,
+    KeywordOpt,
     KOpt,
     MinScoreOpt,
     ModeOpt,
@@ -48,6 +49,7 @@ def search(
     relevant: RelevantOpt = False,
     sort: SortOpt = Sort.score,
     tag: TagOpt = None,
+    keyword: KeywordOpt = None,
     folder: FolderOpt = None,
     taken_from: TakenFromOpt = None,
     taken_to: TakenToOpt = None,
@@ -62,7 +64,7 @@ def search(
     vlm: VlmOpt = None,
 ) -> None:
     """Find images matching a text description, optionally combined with images (--like)."""
-    wanted = filters(folder, taken_from, taken_to, tag, min_score)
+    wanted = filters(folder, taken_from, taken_to, tag, min_score, keyword)
     settings = make_settings(store=store, device=device, runtime=runtime, text_model=text_model, vlm=vlm)
     service = open_service(settings)
     hits = run(service.search, query, mode.value, k, offset, wanted, like or (), relevant, sort.value)
@@ -77,6 +79,7 @@ def similar(
     offset: OffsetOpt = 0,
     relevant: RelevantOpt = False,
     tag: TagOpt = None,
+    keyword: KeywordOpt = None,
     folder: FolderOpt = None,
     taken_from: TakenFromOpt = None,
     taken_to: TakenToOpt = None,
@@ -87,6 +90,6 @@ def similar(
     json_out: JsonOpt = False,
 ) -> None:
     """Find images that look like an image (a stored image is not its own hit)."""
-    wanted = filters(folder, taken_from, taken_to, tag, min_score)
+    wanted = filters(folder, taken_from, taken_to, tag, min_score, keyword)
     service = open_service(make_settings(store=store, device=device, runtime=runtime))
     print_hits(run(service.similar, target, k, offset, wanted, relevant), json_out, relevant)
