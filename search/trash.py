@@ -84,7 +84,7 @@ def restore(store: Store, which: list[str] | None, lock_timeout: float) -> list[
     now stands where one was, moves none.
     """
     held = trash_list(store)
-    chosen = held if which is None else [find_trashed(held, name) for name in which]
+    chosen = held if which is None else list({t.id: t for t in (find_trashed(held, name) for name in which)}.values())
     problems = [f"{t.trash_path} is gone" for t in chosen if not Path(t.trash_path).is_file()]
     problems += [f"{t.path} is taken by another file" for t in chosen if os.path.lexists(t.path)]
     if problems:

@@ -330,6 +330,6 @@ def test_api_moves_and_restores_refusing_without_a_key_beyond_loopback(small_alb
             assert client.post("/api/trash/restore", json=bad).status_code == 422, bad
         assert client.post("/api/trash/restore", json={"ids": [99]}).status_code == 404
         [held] = client.get("/api/trash").json()
-        restored = client.post("/api/trash/restore", json={"ids": [held["id"]]})
+        restored = client.post("/api/trash/restore", json={"ids": [held["id"], held["id"]]})  # named twice: once
         assert restored.status_code == 200 and client.get("/api/trash").json() == []
     assert (root / "copies/img0.jpg").read_bytes() == (root / "img0.jpg").read_bytes()
