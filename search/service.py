@@ -38,6 +38,7 @@ from indexer.settings import Settings
 from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, TextLine, open_store
 from indexer.store.base import caption_source, substring_pieces
 from search import media
+from search.browse import Folder, count_folders, timeline
 from search.duplicates import (
     MAX_DISTANCE,
     MAX_WINDOW,
@@ -68,9 +69,11 @@ __all__ = [
     "DuplicateKind",
     "DuplicateOptions",
     "Filters",
+    "Folder",
     "Hit",
     "ImageInfo",
     "LabelSetRequest",
+    "Photo",
     "SearchMode",
     "Service",
     "Sort",
@@ -134,6 +137,15 @@ class ImageInfo:
     captions: list[str] = field(default_factory=list)
     tags: list[tuple[str, float]] = field(default_factory=list)  # (label, score), best first
     text: list[TextLine] = field(default_factory=list)  # lines read in it (OCR), with their boxes
+
+
+@dataclass
+class Photo:
+    """A photo of the collection browsed without a query: its hit (score 0) and the date it is shown under: its
+    capture time, else its file's modification time (UTC)."""
+
+    hit: Hit
+    date: datetime
 
 
 class Service:
@@ -435,7 +447,20 @@ class Service:
             query = searchable(query)
         return self.store.match_captions(query, limit, filters, source)
 
-    # --- the collection: duplicates, clusters, tags --------------------------------------------------------
+    # --- the collection: browsing, duplicates, clusters, tags -----------------------------------------------
+
+    def browse(self, filters: Filters = NO_FILTERS, before: int | None = None, k: int = 24) -> list[Photo]:
+        """The indexed images meeting the row filters, newest first, k after the image `before` (None: from the
+        newest): keyset pages, as fast deep in the collection as at its top (search/browse.py)."""
+        check_page(k, 0)
+        dated = timeline(self.store, filters, before, k)
+        dates = dict(dated)
+        return [Photo(hit, dates[hit.id]) for hit in self.hits([(i, 0.0) for i, _ in dated])]
+
+    def folders(self) -> list[Folder]:
+        """The indexed roots and the folders under them with how many indexed images each holds, parents first;
+        counted once per store state."""
+        return self.remembered("folders", (), lambda: count_folders(self.store))
 
     def duplicates(self, options: DuplicateOptions) -> list[DuplicateGroup]:
         """The store's duplicate groups (search/duplicates.py), strongest kind first, each with its keeper first."""

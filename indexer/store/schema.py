@@ -14,8 +14,11 @@ from sqlalchemy import (
     Connection,
     DateTime,
     ForeignKey,
+    Index,
+    Inspector,
     LargeBinary,
     String,
+    Table,
     UniqueConstraint,
     inspect,
     select,
@@ -57,7 +60,12 @@ class Image(Base):
     """One file seen under a root: indexed with a vector, or skipped with the reason."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("root_id", "relpath"),)
+    # The timeline (search/browse.py) walks this index: indexed images with a capture time in its order, those
+    # without (taken_at NULL) in file-time order. status leads, or SQLite sorts what the status index finds.
+    __table_args__ = (
+        UniqueConstraint("root_id", "relpath"),
+        Index("ix_images_timeline", "status", "taken_at", "mtime_ns"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)  # also the FAISS id and the row of the vector file
     # No index of its own: the unique (root_id, relpath) index serves look-ups by root.
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
@@ -218,32 +226,40 @@ class TrashedFile(Base):
 
 
 def schema_behind(conn: Connection) -> bool:
-    """True when the database lacks a table or a column of the shared tables (a store made by an older clipdex)."""
+    """True when the database lacks a table, a column or an index of the shared tables (a store made by an older
+    clipdex)."""
     inspector = inspect(conn)
     present = set(inspector.get_table_names())
     return any(
-        table.name not in present or set(table.columns.keys()) - {c["name"] for c in inspector.get_columns(table.name)}
+        table.name not in present
+        or set(table.columns.keys()) - {c["name"] for c in inspector.get_columns(table.name)}
+        or missing_indexes(inspector, table)
         for table in Base.metadata.sorted_tables
     )
 
 
+def missing_indexes(inspector: Inspector, table: Table) -> list[Index]:
+    """The declared indexes of a table the database lacks."""
+    present = {index["name"] for index in inspector.get_indexes(table.name)}
+    return [index for index in table.indexes if index.name not in present]
+
+
 def migrate_schema(conn: Connection) -> None:
-    """Forward migration for additive changes: the tables, columns and their indexes added since the store was made
-    are created. A new column is nullable or has a constant default (which the rows there already get).
+    """Forward migration for additive changes: the tables, columns and indexes added since the store was made are
+    created. A new column is nullable or has a constant default (which the rows there already get).
     Callers serialise it (PostgreSQL: an advisory lock) or accept the race of two first opens."""
     Base.metadata.create_all(conn)
     inspector = inspect(conn)
     for table in Base.metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
-        added = [column for column in table.columns if column.name not in present]
-        for column in added:
-            definition = f"{column.name} {column.type.compile(conn.dialect)}"
-            if column.default is not None:
-                definition += f" NOT NULL DEFAULT {column.default.arg!r}"
-            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {definition}"))
-        for index in table.indexes:
-            if {column.name for column in added} & set(index.columns.keys()):
-                index.create(conn, checkfirst=True)
+        for column in table.columns:
+            if column.name not in present:
+                definition = f"{column.name} {column.type.compile(conn.dialect)}"
+                if column.default is not None:
+                    definition += f" NOT NULL DEFAULT {column.default.arg!r}"
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {definition}"))
+        for index in missing_indexes(inspector, table):
+            index.create(conn, checkfirst=True)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from indexer.errors import (
     unreachable_message,
 )
 from indexer.settings import Settings
-from search.api import ask, collection, images, jobs, searching, trash, xmp
+from search.api import ask, browse, collection, images, jobs, searching, trash, xmp
 from search.api.deps import MAX_UPLOAD_BYTES, require_api_key
 from search.api.schemas import ErrorPublic
 from search.query_batcher import TextBatcher
@@ -38,7 +38,7 @@ MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # an upload plus its multipart he
 ERROR_STATUS = {NotFoundError: 404, BadInputError: 422, StorageFullError: 503}
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorPublic}})
-for area in (images, searching, jobs, collection, trash, xmp):
+for area in (browse, images, searching, jobs, collection, trash, xmp):
     router.include_router(area.router)
 router.include_router(ask.router, responses={404: {"model": ErrorPublic}})
 

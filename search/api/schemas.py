@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from indexer.enrich.labels import DEFAULT_SET, MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
 from search.query import MAX_TERMS, MAX_WEIGHT
-from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, DuplicateKind, Hit, SearchMode, Sort
+from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, DuplicateKind, Folder, Hit, Photo, SearchMode, Sort
 
 StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
 MAX_TRASH_IDS = 1000  # files one request may move or restore
@@ -29,6 +29,30 @@ class SearchResults(BaseModel):
     hits: list[HitPublic]
     k: int
     offset: int
+
+
+class PhotoPublic(BaseModel):
+    id: int
+    path: str
+    name: str
+    date: str = Field(description="What the photo is dated by: its capture time, else its file's time (UTC)")
+    taken_at: str | None = Field(description="The capture time, local time without offset, when the photo has one")
+    caption: str | None
+    thumbnail_url: str
+    image_url: str
+
+
+class PhotosPublic(BaseModel):
+    photos: list[PhotoPublic]
+    k: int
+    next_before: int | None = Field(description="Pass as before= for the next page; null after the last")
+
+
+class FolderPublic(BaseModel):
+    path: str
+    root: str
+    folder: str = Field(description='Relative to its root, as the folder filter takes it; "" for the root')
+    images: int = Field(description="Indexed images in it and its subfolders")
 
 
 class TermCreate(BaseModel):
@@ -213,6 +237,24 @@ def hit_public(hit: Hit) -> HitPublic:
         thumbnail_url=f"/api/images/{hit.id}/thumbnail",
         image_url=f"/api/images/{hit.id}/file",
     )
+
+
+def photo_public(photo: Photo) -> PhotoPublic:
+    hit = photo.hit
+    return PhotoPublic(
+        id=hit.id,
+        path=hit.path,
+        name=Path(hit.path).name,
+        date=photo.date.isoformat(),
+        taken_at=hit.taken_at.isoformat() if hit.taken_at else None,
+        caption=hit.caption,
+        thumbnail_url=f"/api/images/{hit.id}/thumbnail",
+        image_url=f"/api/images/{hit.id}/file",
+    )
+
+
+def folder_public(folder: Folder) -> FolderPublic:
+    return FolderPublic(path=folder.path, root=folder.root, folder=folder.relpath, images=folder.images)
 
 
 def results(hits: list[Hit], k: int, offset: int) -> SearchResults:
