@@ -230,15 +230,18 @@ def test_api_pages_through_groups_with_their_kind_and_refuses_bad_options(album)
 
 
 @pytest.fixture
-def small_album(tmp_path, clip_dir) -> tuple[Path, Settings]:
-    """Four distinct photos, a byte copy of the first and a half-size copy of the second; indexed."""
+def small_album(tmp_path, clip_dir, request) -> tuple[Path, Settings]:
+    """Four distinct photos, a byte copy of the first and a half-size copy of the second; indexed (into the
+    backend a test's `backend` parameter names, else the embedded store)."""
     root = tmp_path / "small album"
     for seed in range(4):
         save(photo(seed, (640, 480)), root / f"img{seed}.jpg")
     (root / "copies").mkdir()
     shutil.copyfile(root / "img0.jpg", root / "copies/img0.jpg")
     save(resized(photo(1, (640, 480)), 0.5), root / "copies/img1 small.jpg", quality=70)
-    settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1)
+    postgres = getattr(request, "param", "embedded") == "postgres"
+    location = request.getfixturevalue("pg_url") if postgres else str(tmp_path / "store")
+    settings = Settings(store=location, model=str(clip_dir), device="cpu", workers=1)
     index_folder(root, settings, show_progress=False)
     return root, settings
 
@@ -248,6 +251,7 @@ def stored(settings: Settings) -> set[str]:
         return set(s.scalars(select(Image.relpath)))
 
 
+@pytest.mark.parametrize("small_album", ["embedded", "postgres"], indirect=True)
 def test_trash_moves_the_copies_aside_and_restores_them_with_the_store_following(small_album):
     root, settings = small_album
     store = ["--store", str(settings.store)]
