@@ -255,15 +255,14 @@ def adjacency(pairs: np.ndarray) -> dict[int, set[int]]:
 
 
 def member_rows(store: Store, ids: list[int]) -> dict[int, Row]:
-    """{id: Row} of the given images."""
-    paths = store.paths(ids)
+    """{id: Row} of the given images, 10,000 at a time (a query's parameters are limited)."""
     rows = {}
+    query = select(Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.phash)
     with store.session() as s:
         for start in range(0, len(ids), 10_000):
-            query = select(Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.phash)
-            for i, width, height, size, taken_at, phash in s.execute(
-                query.where(Image.id.in_(ids[start : start + 10_000]))
-            ):
+            chunk = ids[start : start + 10_000]
+            paths = store.paths(chunk)
+            for i, width, height, size, taken_at, phash in s.execute(query.where(Image.id.in_(chunk))):
                 rows[i] = Row(paths[i], width or 0, height or 0, size, taken_at, phash)
     return rows
 
