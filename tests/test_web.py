@@ -1,12 +1,16 @@
 """The web page in a real browser: Debian's headless Chromium driven by Playwright, against uvicorn."""
 
 import json
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import select
 
+from indexer.indexing import index_folder
+from indexer.settings import Settings
 from indexer.store import Image, open_store
 from search.api import create_app
 from tests.support.browser import CHROMIUM, serving
@@ -32,7 +36,7 @@ def test_search_upload_and_similar_in_a_browser(server, browser, tmp_path):
     page.keyboard.press("/")  # brings the focus back to the box
     page.keyboard.type("a dog on a beach")
     page.keyboard.press("Enter")
-    page.wait_for_selector("#grid .hit img")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('for “a dog on a beach”')")
     hits = page.locator("#grid .hit")
     assert hits.count() == 6
     assert "6 results for “a dog on a beach”" in page.locator("#status").inner_text()
@@ -87,7 +91,7 @@ def test_phone_layout_has_two_columns_and_no_sideways_scroll(server, browser):
     page.goto(server)
     page.fill("#q", "beach")
     page.keyboard.press("Enter")
-    page.wait_for_selector("#grid .hit img")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('for “beach”')")
     tops = page.eval_on_selector_all("#grid .hit", "cells => cells.map(c => c.getBoundingClientRect().top)")
     assert tops[0] == tops[1] != tops[2]
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
@@ -206,3 +210,138 @@ def test_only_relevant_shows_what_the_plain_ranking_puts_first_in_the_toy_world(
         similar = page.locator("#grid .hit .name").all_inner_texts()
         assert sum(toy_world.truth[toy_world.ids[name]].label == "green circle" for name in similar) == 19
         assert len(similar) <= 21
+
+
+# --- the front page: the collection newest first, page by page, its folders ------------------------------------------
+
+NAMES_JS = "JSON.stringify([...document.querySelectorAll('#grid .hit')].map(h => h.title.split('\\n')[0]))"
+STATUS_JS = "document.querySelector('#status').textContent"
+
+
+@pytest.fixture(scope="module")
+def timeline(tmp_path_factory, clip_dir):
+    """30 photos in trips/paris, trips/rome and home, indexed: 25 dated one every 40 days from 2020, and five
+    undated ones whose files date from March 2024, so they come first. Yields (URL, paths newest first)."""
+    root = tmp_path_factory.mktemp("timeline")
+    paths = [
+        *write_photos(root / "trips" / "paris", 10, start=0),
+        *write_photos(root / "trips" / "rome", 10, start=10),
+        *write_photos(root / "home", 10, start=20),
+    ]
+    for seed in range(25, 30):
+        moment = datetime(2024, 3, 10, seed - 20, tzinfo=UTC).timestamp()
+        os.utime(paths[seed], (moment, moment))
+    settings = Settings(store=tmp_path_factory.mktemp("timeline-store") / "store", model=str(clip_dir), device="cpu")
+    index_folder(root, settings, show_progress=False)
+    with open_store(settings.store).session() as s:
+        for image in s.scalars(select(Image)):
+            seed = int(Path(image.relpath).stem[3:])
+            image.taken_at = datetime(2020, 1, 1) + timedelta(days=40 * seed) if seed < 25 else None
+        s.commit()
+    with serving(create_app(settings)) as url:
+        yield url, [str(p) for p in reversed(paths)]
+
+
+def shown(page) -> list[str]:
+    return json.loads(page.evaluate(NAMES_JS))
+
+
+def test_front_page_is_the_collection_newest_first_with_year_and_month_headings(timeline, browser):
+    url, newest = timeline
+    page = browser.new_page(viewport={"width": 1100, "height": 800}, locale="en-US")
+    page.goto(url)
+    page.wait_for_function(f"{STATUS_JS}.startsWith('24 photos, newest first')")
+    assert shown(page) == newest[:24] and page.evaluate("document.activeElement.id") == "q"
+    headings = page.locator("#grid h2, #grid h3").all_inner_texts()
+    assert headings[:3] == ["2024", "March 2024", "2022"]  # undated: their files' month; then the newest capture
+    years = page.locator("#grid h2").all_inner_texts()
+    assert years == ["2024", "2022", "2021", "2020"]
+    assert page.locator("#grid .hit .score").count() == 0  # no query, no scores
+    page.mouse.wheel(0, 20_000)  # scrolling down loads the next page
+    page.wait_for_function("document.querySelectorAll('#grid .hit').length === 30")
+    assert shown(page) == newest and page.locator("#more").is_hidden()
+    assert page.locator("#grid h2").all_inner_texts() == years  # 2020 goes on: no second heading
+    assert page.locator("#hint").is_hidden()
+
+    other = browser.new_page(viewport={"width": 1100, "height": 800})  # the button loads it too
+    other.goto(url)
+    other.wait_for_function(f"{STATUS_JS}.startsWith('24 photos')")
+    other.evaluate("document.querySelector('#more').click()")
+    other.wait_for_function("document.querySelectorAll('#grid .hit').length === 30")
+
+
+def test_folder_view_counts_and_narrows_to_a_folder_to_search_in(timeline, browser):
+    url, newest = timeline
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(url)
+    page.click("#show-folders")
+    page.wait_for_function(f"{STATUS_JS}.startsWith('30 images indexed, 0 skipped')")
+    assert page.url.endswith("/?view=folders")
+    rows = page.eval_on_selector_all(
+        "#grid .folder button",
+        "rows => rows.map(r => [r.querySelector('.name').textContent, r.querySelector('.count').textContent])",
+    )
+    root = str(Path(newest[0]).parent.parent)
+    assert rows == [[root, "30"], ["home", "10"], ["trips", "20"], ["paris", "10"], ["rome", "10"]]
+    page.locator("#grid .folder button", has_text="rome").click()
+    rome = [p for p in newest if "/trips/rome/" in p]
+    page.wait_for_function(f"{STATUS_JS}.startsWith('10 photos in {root}/trips/rome, newest first')")
+    assert shown(page) == rome and "folder=" in page.url
+    assert page.get_attribute("#q", "placeholder") == "Search in rome"
+    page.uncheck("input[name=relevant]")
+    page.fill("#q", "a photo")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"{STATUS_JS}.startsWith('10 results for “a photo”')")  # searched in rome alone
+    assert sorted(shown(page)) == sorted(rome)
+    page.go_back()  # back to the folder's photos, then to the folders
+    page.go_back()
+    page.wait_for_function(f"{STATUS_JS}.startsWith('10 photos in')")
+    page.go_back()
+    page.wait_for_function("document.querySelectorAll('#grid .folder').length === 5")
+
+
+def test_keyboard_moves_through_the_timeline_and_the_photo_view(timeline, browser):
+    url, newest = timeline
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(url)
+    page.wait_for_function(f"{STATUS_JS}.startsWith('24 photos')")
+    page.keyboard.press("ArrowDown")  # from the search box into the grid
+    focused = "document.activeElement.title.split('\\n')[0]"
+    assert page.evaluate(focused) == newest[0]
+    assert page.evaluate("document.activeElement.matches(':focus-visible')")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(focused) == newest[1]
+    page.keyboard.press("ArrowDown")  # the nearest photo of the next row: 2022's first, alone in its month
+    assert page.evaluate(focused) == newest[5]
+    at = page.evaluate(focused)
+    page.keyboard.press("Enter")  # opens the photo view
+    viewer = page.locator("#viewer")
+    viewer.wait_for(state="visible")
+    assert viewer.locator("h2").inner_text() == Path(at).name
+    page.keyboard.press("ArrowRight")  # the next photo, in the view
+    following = newest[newest.index(at) + 1]
+    page.wait_for_function(f"document.querySelector('#viewer h2').textContent === '{Path(following).name}'")
+    page.keyboard.press("Escape")  # closes it, the focus on the photo shown last
+    viewer.wait_for(state="hidden")
+    page.wait_for_function(f"{focused} === '{following}'")
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")  # past the first row: back to the search box
+    assert page.evaluate("document.activeElement.id") == "q"
+
+
+def test_front_page_on_a_phone(timeline, browser):
+    url, newest = timeline
+    page = browser.new_page(viewport={"width": 390, "height": 800}, device_scale_factor=2, is_mobile=True)
+    page.goto(url)
+    page.wait_for_function(f"{STATUS_JS}.startsWith('24 photos')")
+    tops = page.eval_on_selector_all("#grid .hit", "cells => cells.map(c => c.getBoundingClientRect().top)")
+    assert tops[0] == tops[1] != tops[2] == tops[3] != tops[4]  # two columns: March 2024's five photos, 2 + 2 + 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    year = page.locator("#grid .year").first.bounding_box()
+    assert year["width"] > 300  # the headings span the grid
+    page.click("#show-folders")  # the controls stay usable
+    page.wait_for_function(f"{STATUS_JS}.startsWith('30 images indexed')")
+    page.locator("#grid .folder button", has_text="paris").click()
+    page.wait_for_function(f"{STATUS_JS}.startsWith('10 photos in')")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390

@@ -9,9 +9,10 @@ const status = $("#status");
 const more = $("#more");
 const fileInput = $("#file");
 
-// What the grid shows: {kind: "text", q, like: [{id, name}]} | {kind: "image", file} | {kind: "similar", id, name}
+// What the grid shows: {kind: "browse"} (the collection newest first, narrowed by the filters) | {kind: "folders"}
+// | {kind: "text", q, like: [{id, name}]} | {kind: "image", file} | {kind: "similar", id, name}
 // | {kind: "duplicates"} | {kind: "clusters"} | {kind: "cluster", number, title}. Every kind but an upload is also
-// a URL (/?q=..., /?similar=ID, /?view=duplicates, /?view=clusters&cluster=N).
+// a URL (/, /?folder=..., /?view=folders, /?q=..., /?similar=ID, /?view=duplicates, /?view=clusters&cluster=N).
 const FILTERS = ["folder", "tag", "taken_from", "taken_to", "min_score"];
 let current = null;
 let offset = 0;
@@ -40,7 +41,7 @@ function pageUrl() {
     if (form.elements.sort.value !== "score") params.set("sort", form.elements.sort.value);
   } else if (current.kind === "similar") {
     params.set("similar", current.id);
-  } else if (current.kind === "duplicates" || current.kind === "clusters") {
+  } else if (["duplicates", "clusters", "folders"].includes(current.kind)) {
     params.set("view", current.kind);
   } else if (current.kind === "cluster") {
     params.set("view", "clusters");
@@ -61,13 +62,13 @@ async function openUrl() {
   $("#query-image").hidden = true;
   const like = params.getAll("like").filter((id) => /^\d+$/.test(id));
   const cluster = params.get("cluster") || "";
-  if (params.get("view") === "duplicates") current = { kind: "duplicates" };
+  if (params.get("view") === "duplicates" || params.get("view") === "folders") current = { kind: params.get("view") };
   else if (params.get("view") === "clusters" && /^\d+$/.test(cluster)) {
     current = { kind: "cluster", number: cluster, title: `cluster ${cluster}` };
   } else if (params.get("view") === "clusters") current = { kind: "clusters" };
   else if (/^\d+$/.test(params.get("similar") || "")) current = { kind: "similar", id: params.get("similar") };
   else if (params.get("q") || like.length) current = { kind: "text", q: params.get("q") || "", like: like.map((id) => ({ id })) };
-  else return;
+  else current = { kind: "browse" };
   const shown = current.kind === "similar" ? [current] : current.like || [];
   await Promise.all(shown.map(async (image) => {
     image.name = await api(`/api/images/${image.id}`).then((info) => info.name, () => `image ${image.id}`);
@@ -98,6 +99,8 @@ async function api(url, options = {}) {
 
 async function run(append = false, remember = true) {
   if (!current) return;
+  if (current.kind === "browse") return showBrowse(append, remember);
+  if (current.kind === "folders") return showFolders(remember);
   if (current.kind === "duplicates") return showDuplicates(append, remember);
   if (current.kind === "clusters") return showClusters(remember);
   const mine = ++latest;
@@ -135,6 +138,7 @@ async function run(append = false, remember = true) {
     if (!append) grid.replaceChildren();
     grid.className = "";
     hits.forEach((hit, i) => grid.append(card(hit, offset + i)));
+    more.textContent = "More results";
     const ms = Math.round(performance.now() - started);
     const shown = grid.children.length;
     if (shown) status.textContent = `${shown} result${shown === 1 ? "" : "s"} ${describe()} · ${ms} ms`;
@@ -176,6 +180,8 @@ function describe() {
   return `like ${current.name}`;
 }
 
+// A cell of the grid: a search hit (click: images like it) or, without a score, a photo of the collection (click:
+// its larger view).
 function card(hit, rank) {
   const li = document.createElement("li");
   li.className = "hit-wrap";
@@ -183,17 +189,27 @@ function card(hit, rank) {
   button.className = "hit";
   button.type = "button";
   button.dataset.id = hit.id;
-  button.title = `${hit.path}\nClick for similar images`;
-  const relevance = hit.relevance == null ? "" : `, relevance ${hit.relevance.toFixed(1)}`;
-  button.setAttribute("aria-label", `${rank + 1}: ${hit.name}, score ${hit.score.toFixed(3)}${relevance}. Show similar images`);
   const img = document.createElement("img");
   img.src = hit.thumbnail_url;
   img.alt = hit.caption || hit.name;
   img.loading = "lazy";
-  const score = document.createElement("span");
-  score.className = "score";
-  score.textContent = hit.score.toFixed(3) + (hit.relevance == null ? "" : ` · ${hit.relevance.toFixed(1)}σ`);
-  score.title = hit.relevance == null ? "cosine similarity" : "cosine similarity · spreads above this query's typical score";
+  button.append(img);
+  if (hit.score == null) {
+    const date = hit.date.replace("T", " ").slice(0, 16);
+    button.title = `${hit.path}\n${hit.taken_at ? "Taken" : "File dated"} ${date}\nClick to view larger`;
+    button.setAttribute("aria-label", `${hit.name}, ${date}. View larger`);
+    button.addEventListener("click", () => viewImage(hit.id));
+  } else {
+    button.title = `${hit.path}\nClick for similar images`;
+    const relevance = hit.relevance == null ? "" : `, relevance ${hit.relevance.toFixed(1)}`;
+    button.setAttribute("aria-label", `${rank + 1}: ${hit.name}, score ${hit.score.toFixed(3)}${relevance}. Show similar images`);
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit.score.toFixed(3) + (hit.relevance == null ? "" : ` · ${hit.relevance.toFixed(1)}σ`);
+    score.title = hit.relevance == null ? "cosine similarity" : "cosine similarity · spreads above this query's typical score";
+    button.append(score);
+    button.addEventListener("click", () => showSimilar(hit));
+  }
   const meta = document.createElement("span");
   meta.className = "meta";
   const name = document.createElement("span");
@@ -206,8 +222,7 @@ function card(hit, rank) {
     caption.textContent = hit.caption;
     meta.append(caption);
   }
-  button.append(img, score, meta);
-  button.addEventListener("click", () => showSimilar(hit));
+  button.append(meta);
   const open = document.createElement("button");
   open.type = "button";
   open.className = "open";
@@ -254,10 +269,9 @@ function searchByFile(file) {
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const q = form.elements.q.value.trim();
-  if (q) {
-    current = { kind: "text", q, like: [] };
-    $("#query-image").hidden = true;
-  }
+  if (q) current = { kind: "text", q, like: [] };
+  else if (!current || current.kind === "text") current = { kind: "browse" }; // an empty search: the collection
+  if (current.kind === "text" || current.kind === "browse") $("#query-image").hidden = true;
   run();
 });
 more.addEventListener("click", () => run(true));
@@ -279,7 +293,7 @@ window.addEventListener("popstate", () => {
   viewer.close();
   openUrl();
 });
-for (const kind of ["duplicates", "clusters"]) {
+for (const kind of ["folders", "duplicates", "clusters"]) {
   $(`#show-${kind}`).addEventListener("click", () => {
     current = { kind };
     $("#query-image").hidden = true;
@@ -345,6 +359,15 @@ function drawTextBoxes(lines) {
 }
 
 viewer.querySelector(".close").addEventListener("click", () => viewer.close());
+viewer.addEventListener("close", () => grid.querySelector(`.hit[data-id="${viewer.dataset.id}"]`)?.focus());
+viewer.addEventListener("keydown", (event) => {
+  const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+  if (step === undefined || event.target.matches("input")) return;
+  event.preventDefault();
+  const cells = [...grid.querySelectorAll(".hit")];
+  const next = cells[cells.findIndex((cell) => cell.dataset.id === viewer.dataset.id) + step];
+  if (next) viewImage(next.dataset.id);
+});
 viewer.addEventListener("click", (event) => {
   if (event.target === viewer) viewer.close(); // a click on the backdrop
 });
@@ -362,6 +385,123 @@ viewer.querySelector("form").addEventListener("submit", (event) => {
   showQuery();
   run();
 });
+
+// --- the collection without a query: photos newest first under year and month headings, page after page ---------
+
+const DEFAULT_PLACEHOLDER = form.elements.q.placeholder;
+let before = null; // the last photo shown: the next page starts after it
+let lastMonth = ""; // the "YYYY-MM" of the last photo shown, to head each new month (and year)
+
+async function showBrowse(append, remember) {
+  const mine = ++latest;
+  if (!append && remember && pageUrl() !== location.pathname + location.search) history.pushState(null, "", pageUrl());
+  const params = filterParams();
+  params.delete("relevant");
+  params.delete("min_score"); // a cut-off of a ranking: browsing has none
+  params.set("k", PAGE);
+  if (append) params.set("before", before);
+  const folder = form.elements.folder.value.trim();
+  form.elements.q.placeholder = folder ? `Search in ${folder.split("/").filter(Boolean).at(-1) || folder}` : DEFAULT_PLACEHOLDER;
+  status.classList.remove("error");
+  if (!append) status.textContent = "Loading the photos…";
+  more.hidden = true; // shown again below, when there is more: scrolling it into view loads the next page
+  try {
+    const { photos, next_before } = await api(`/api/images?${params}`);
+    if (mine !== latest) return;
+    if (!append) {
+      grid.replaceChildren();
+      lastMonth = "";
+    }
+    grid.className = "timeline";
+    for (const photo of photos) {
+      const month = photo.date.slice(0, 7);
+      if (month.slice(0, 4) !== lastMonth.slice(0, 4)) grid.append(heading("year", month.slice(0, 4)));
+      if (month !== lastMonth) grid.append(heading("month", monthName(month)));
+      lastMonth = month;
+      grid.append(card(photo));
+    }
+    before = next_before;
+    const shown = grid.querySelectorAll(".hit").length;
+    const where = folder ? ` in ${folder}` : "";
+    const filtered = [...filterParams().keys()].some((name) => name !== "relevant" && name !== "folder");
+    status.textContent = shown
+      ? `${shown} photo${shown === 1 ? "" : "s"}${where}, newest first${next_before ? " · scroll for more" : ""}`
+      : `No photos${where}${filtered ? " that meet the filters" : ""}.`;
+    $("#hint").hidden = Boolean(shown || folder || filtered);
+    more.textContent = "More photos";
+    more.hidden = next_before == null;
+  } catch (error) {
+    if (mine !== latest) return;
+    status.classList.add("error");
+    status.textContent = error.message;
+  }
+}
+
+function heading(level, text) {
+  const li = document.createElement("li");
+  li.className = level;
+  const h = document.createElement(level === "year" ? "h2" : "h3");
+  h.textContent = text;
+  li.append(h);
+  return li;
+}
+
+function monthName(month) {
+  const [year, number] = month.split("-").map(Number);
+  return new Date(Date.UTC(year, number - 1)).toLocaleString(undefined, { month: "long", year: "numeric", timeZone: "UTC" });
+}
+
+// The next page loads as the "More photos" button nears the viewport (it stays a button for those who click).
+new IntersectionObserver((entries) => {
+  if (entries.some((entry) => entry.isIntersecting) && current?.kind === "browse" && !more.hidden) run(true);
+}, { rootMargin: "400px" }).observe(more);
+
+// --- folders: the indexed roots and the folders under them with their counts; one opens its photos ---------------
+
+async function showFolders(remember) {
+  const mine = ++latest;
+  if (remember && pageUrl() !== location.pathname + location.search) history.pushState(null, "", pageUrl());
+  status.classList.remove("error");
+  status.textContent = "Counting the folders…";
+  try {
+    const [folders, stats] = await Promise.all([api("/api/folders"), api("/api/stats")]);
+    if (mine !== latest) return;
+    grid.replaceChildren();
+    grid.className = "folders";
+    for (const folder of folders) {
+      const li = document.createElement("li");
+      li.className = "folder";
+      const depth = folder.folder ? folder.folder.split("/").length : 0;
+      li.style.setProperty("--depth", depth);
+      const button = document.createElement("button");
+      button.type = "button";
+      button.title = `${folder.path}\nShow its photos, newest first, and search in it`;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = depth ? folder.folder.split("/").at(-1) : folder.root;
+      const count = document.createElement("span");
+      count.className = "count";
+      count.textContent = folder.images.toLocaleString();
+      button.append(name, count);
+      button.addEventListener("click", () => {
+        form.elements.folder.value = folder.path;
+        current = { kind: "browse" };
+        run();
+      });
+      li.append(button);
+      grid.append(li);
+    }
+    const skipped = stats.skipped ? " (clipdex stats --skipped says why)" : "";
+    status.textContent = `${stats.indexed.toLocaleString()} images indexed, ${stats.skipped.toLocaleString()} skipped${skipped} · ${folders.length} folder${folders.length === 1 ? "" : "s"}`;
+    more.hidden = true;
+    $("#hint").hidden = true;
+    grid.querySelector(".folder button")?.focus({ preventScroll: true });
+  } catch (error) {
+    if (mine !== latest) return;
+    status.classList.add("error");
+    status.textContent = error.message;
+  }
+}
 
 // --- duplicates: groups of copies side by side, the suggested keeper first --------------------------------------
 
@@ -508,13 +648,22 @@ document.addEventListener("paste", (event) => {
 });
 
 // Keyboard: "/" to search, arrows to move through the grid, Escape back to the box.
-function columns() {
-  const cells = [...grid.querySelectorAll(".hit")];
-  if (cells.length < 2) return 1;
-  const top = cells[0].getBoundingClientRect().top;
-  const index = cells.findIndex((c) => c.getBoundingClientRect().top !== top);
-  return index === -1 ? cells.length : index;
+// The cell above or below `from`: in the nearest row that way, the one nearest across. Rows are found by position,
+// since the timeline's headings break the grid into rows of any length.
+function verticalNeighbour(cells, from, down) {
+  const box = from.getBoundingClientRect();
+  const x = box.left + box.width / 2;
+  const centre = (cell) => {
+    const b = cell.getBoundingClientRect();
+    return { cell, top: b.top, x: b.left + b.width / 2 };
+  };
+  const beyond = cells.map(centre).filter((c) => (down ? c.top > box.top + 1 : c.top < box.top - 1));
+  if (!beyond.length) return null;
+  const rowTop = down ? Math.min(...beyond.map((c) => c.top)) : Math.max(...beyond.map((c) => c.top));
+  const row = beyond.filter((c) => Math.abs(c.top - rowTop) <= 1);
+  return row.reduce((best, c) => (Math.abs(c.x - x) < Math.abs(best.x - x) ? c : best)).cell;
 }
+
 document.addEventListener("keydown", (event) => {
   const typing = event.target.matches("input, textarea");
   if (event.key === "/" && !typing) {
@@ -532,13 +681,15 @@ document.addEventListener("keydown", (event) => {
     grid.querySelector(".hit")?.focus();
     return;
   }
-  if (!event.target.classList.contains("hit")) return;
-  const cells = [...grid.querySelectorAll(".hit")];
+  if (!event.target.matches(".hit, .folder button")) return;
+  const cells = [...grid.querySelectorAll(".hit, .folder button")];
   const at = cells.indexOf(event.target);
-  const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns() }[event.key];
-  if (step === undefined) return;
+  let next;
+  if (event.key === "ArrowRight") next = cells[at + 1] || event.target;
+  else if (event.key === "ArrowLeft") next = cells[at - 1];
+  else if (event.key === "ArrowDown") next = verticalNeighbour(cells, event.target, true) || cells.at(-1);
+  else if (event.key === "ArrowUp") next = verticalNeighbour(cells, event.target, false);
+  else return;
   event.preventDefault();
-  const next = at + step;
-  if (next < 0) form.elements.q.focus();
-  else cells[Math.min(next, cells.length - 1)].focus();
+  (next || form.elements.q).focus();
 });
