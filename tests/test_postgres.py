@@ -291,7 +291,7 @@ def test_an_older_pgvector_serves_float32_and_copies_into_halfvec(legacy_pg_url,
     assert len(lacking) == 1 and "halfvec" in lacking[0] and "iterative index scans" in lacking[0], lacking
     old.finish_copy()  # the graph
     assert old.index_description() == "HNSW (pgvector 0.6.2, float32, cosine)"
-    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", 0)
+    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", {True: 0, False: 0})
     year = Filters(taken_from=date(2019, 1, 1), taken_to=date(2019, 12, 31))
     assert len(old.search(model.texts(1)[0], 10, filters=year)) == 10
 
@@ -320,7 +320,7 @@ def test_a_selective_filter_is_answered_by_an_iterative_index_scan(pg_url, monke
     store = plant_vectors(pg_url, vectors)
     store.finish_copy()
     assert store.has_hnsw() and store.features.iterative_scan
-    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", 0)
+    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", {True: 0, False: 0})
     graph = []
     original = PostgresStore.graph_search
     monkeypatch.setattr(PostgresStore, "graph_search", lambda *a: graph.append(original(*a)) or graph[-1])

@@ -110,7 +110,7 @@ def test_a_selective_filter_searched_through_the_graph_still_returns_k(filled, m
     monkeypatch.setattr(pg_backend, "HNSW_MIN", 100)
     store.save_index()
     assert store.index_description().startswith(("HNSW", "Flat"))
-    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", 0)
+    monkeypatch.setattr(pg_backend, "EXACT_FILTER_LIMIT", {True: 0, False: 0})
     hits = store.search(vectors[0], 10)
     assert [i for i, _ in hits][:1] == [int(ids[0])] and len(hits) == 10
     filters = Filters(taken_from=date(2020, 3, 1), taken_to=date(2020, 3, 12))  # 12 of 400 images

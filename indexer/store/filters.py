@@ -35,9 +35,14 @@ NO_FILTERS = Filters()
 
 def matching_ids(filters: Filters) -> Select:
     """SELECT of the ids of indexed images that meet the row filters."""
-    query = select(Image.id).where(Image.status == INDEXED)
+    return filtered(select(Image.id), filters)
+
+
+def filtered(query: Select, filters: Filters) -> Select:
+    """`query`, which selects from images (or joins them), kept to the indexed images that meet the row filters."""
+    query = query.where(Image.status == INDEXED)
     if filters.folder is not None:
-        query = query.join(Root).where(folder_condition(filters.folder))
+        query = query.join(Root, Root.id == Image.root_id).where(folder_condition(filters.folder))
     if filters.taken_from is not None:
         query = query.where(Image.taken_at >= datetime.combine(filters.taken_from, time.min))
     if filters.taken_to is not None:
