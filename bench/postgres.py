@@ -133,7 +133,7 @@ def measure_postgres(url, vectors, truths, text_queries, generator, requests, mo
     for ef in EF_SWEEP:  # what another graph search breadth buys (postgres.EF_MIN is the default)
         postgres.EF_MIN = ef
         print(f"  ef_search {ef}:", end="")
-        measure_search(url, {name: truths[name] for name in ("text", "image")}, text_queries)
+        measure_search(url, truths, text_queries)
     postgres.EF_MIN = DEFAULT_EF
     measure_http(url, requests)
 
