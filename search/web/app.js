@@ -99,6 +99,7 @@ async function api(url, options = {}) {
 
 async function run(append = false, remember = true) {
   if (!current) return;
+  more.textContent = current.kind === "browse" ? "More photos" : "More results";
   if (current.kind === "browse") return showBrowse(append, remember);
   if (current.kind === "folders") return showFolders(remember);
   if (current.kind === "duplicates") return showDuplicates(append, remember);
@@ -138,7 +139,6 @@ async function run(append = false, remember = true) {
     if (!append) grid.replaceChildren();
     grid.className = "";
     hits.forEach((hit, i) => grid.append(card(hit, offset + i)));
-    more.textContent = "More results";
     const ms = Math.round(performance.now() - started);
     const shown = grid.children.length;
     if (shown) status.textContent = `${shown} result${shown === 1 ? "" : "s"} ${describe()} · ${ms} ms`;
@@ -223,6 +223,8 @@ function card(hit, rank) {
     meta.append(caption);
   }
   button.append(meta);
+  li.append(button);
+  if (hit.score == null) return li; // a photo of the collection opens its larger view by itself
   const open = document.createElement("button");
   open.type = "button";
   open.className = "open";
@@ -230,7 +232,7 @@ function card(hit, rank) {
   open.setAttribute("aria-label", `View ${hit.name}`);
   open.textContent = "⤢";
   open.addEventListener("click", () => viewImage(hit.id));
-  li.append(button, open);
+  li.append(open);
   return li;
 }
 
@@ -428,7 +430,6 @@ async function showBrowse(append, remember) {
       ? `${shown} photo${shown === 1 ? "" : "s"}${where}, newest first${next_before ? " · scroll for more" : ""}`
       : `No photos${where}${filtered ? " that meet the filters" : ""}.`;
     $("#hint").hidden = Boolean(shown || folder || filtered);
-    more.textContent = "More photos";
     more.hidden = next_before == null;
   } catch (error) {
     if (mine !== latest) return;
