@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -235,3 +237,20 @@ def test_an_unreadable_folder_is_listed_as_skipped_until_it_can_be_read(tmp_path
     assert (summary.indexed, dict(summary.skipped)) == (1, {})
     assert open_store(settings.store).skipped() == []
     assert sorted(stored(settings)) == ["locked/img005.jpg", "open/img000.jpg", "open/img001.jpg"]
+
+
+def test_a_first_run_prints_one_line_of_preparation_and_its_summary_alone(tmp_path, clip_dir):
+    """A new user's first index: the one-off export says one line, no third-party warning or progress bar shows,
+    and the summary line stands alone (the export's own output stays in its child process)."""
+    write_photos(tmp_path / "photos", 3)
+    env = {**os.environ, "CLIPDEX_CACHE_DIR": str(tmp_path / "fresh-cache"), "CLIPDEX_RUNTIME": "auto"}
+    done = subprocess.run(
+        [sys.executable, "-m", "search", "index", str(tmp_path / "photos"), "--model", str(clip_dir), "--store",
+         str(tmp_path / "store"), "--workers", "1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    logged = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(logged) == 1 and "preparing the model for this CPU, once" in logged[0], done.stderr
+    summary = done.stdout.strip().splitlines()
+    assert summary[0].startswith("indexed 3, reused 0") and not any("transformers" in line for line in summary)

@@ -118,9 +118,10 @@ def find_or_export(name: str, cache_dir: Path) -> Path:
     if (folder / MODEL_FILE).exists():
         return folder
     started = time.perf_counter()
-    log.warning("first use of %s on CPU: exporting it to ONNX Runtime (once) into %s", name, folder.parent)
+    # The one line a first run shows for it: the export's own output (torch, transformers) stays in its process.
+    log.warning("preparing the model for this CPU, once: %s", name)
     folder = run_export(name, cache_dir)
-    log.warning("ONNX export done in %.0f s", time.perf_counter() - started)
+    log.info("exported %s to ONNX Runtime in %.0f s, into %s", name, time.perf_counter() - started, folder.parent)
     return folder
 
 

@@ -198,7 +198,8 @@ def tower_choice(folder: Path, tower: str, build: Callable[[str], ExportEmbedder
         return recorded[tower]
     choice = measure_tower(tower, build)
     name = read_export(folder)[0].name
-    log.warning("first use of %s on this CPU, runtimes measured (once): %s", name, choice.summary())
+    # Shown by `clipdex models` and `clipdex stats`; a first run's output stays the one line of preparing the model.
+    log.info("first use of %s on this CPU, runtimes measured (once): %s", name, choice.summary())
     record = read_record(folder)  # again: another process may have recorded the other tower meanwhile
     if not isinstance(record.get("towers"), dict):
         record["towers"] = {}
