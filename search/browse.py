@@ -59,10 +59,10 @@ def timeline(store: Store, filters: Filters, before: int | None, k: int) -> list
                 raise NotFoundError(f"no indexed image with id {before} to page on from: start from the newest")
             dated = dated.where(tuple_(Image.taken_at, Image.mtime_ns, Image.id) < tuple(after_dated(cursor)))
             undated = undated.where(*after_undated(cursor))
-        rows = [
-            *s.execute(dated.order_by(Image.taken_at.desc(), Image.mtime_ns.desc(), Image.id.desc()).limit(k)),
-            *s.execute(undated.order_by(Image.mtime_ns.desc(), Image.id.desc()).limit(k)),
-        ]
+        # taken_at leads the undated order too, though it is NULL there: so PostgreSQL walks the index instead of
+        # sorting every undated row (it does not take IS NULL as fixing the column's order, SQLite does).
+        order = (Image.taken_at.desc(), Image.mtime_ns.desc(), Image.id.desc())
+        rows = [*s.execute(dated.order_by(*order).limit(k)), *s.execute(undated.order_by(*order).limit(k))]
     keyed = sorted(((photo_date(taken, ns), ns, i) for i, taken, ns in rows), reverse=True)[:k]
     return [(i, date) for date, _, i in keyed]
 
