@@ -145,3 +145,9 @@ def test_api_counts_folders(client, planted):
 def test_api_refuses_bad_browsing_with_a_message(client, params, status, says):
     response = client.get("/api/images", params=params)
     assert response.status_code == status and says in str(response.json()["detail"])
+
+
+def test_an_empty_store_browses_to_nothing(store_location):
+    open_store(store_location, model="synthetic", dim=16, create=True)
+    service = Service(Settings(store=store_location))
+    assert service.browse() == [] and service.folders() == []
