@@ -35,7 +35,21 @@ from indexer.errors import BadInputError, NotFoundError
 from indexer.models.embedder import Embedder
 from indexer.models.loading import canonical_name
 from indexer.settings import Settings
-from indexer.store import INDEXED, NO_FILTERS, Caption, Filters, Hit, Image, Root, Store, Tag, TextLine, open_store
+from indexer.store import (
+    INDEXED,
+    NO_FILTERS,
+    Caption,
+    Filters,
+    Hit,
+    Image,
+    Keyword,
+    MetadataRead,
+    Root,
+    Store,
+    Tag,
+    TextLine,
+    open_store,
+)
 from indexer.store.base import caption_source, substring_pieces
 from search import media
 from search.browse import Folder, count_folders, timeline
@@ -137,6 +151,10 @@ class ImageInfo:
     captions: list[str] = field(default_factory=list)
     tags: list[tuple[str, float]] = field(default_factory=list)  # (label, score), best first
     text: list[TextLine] = field(default_factory=list)  # lines read in it (OCR), with their boxes
+    # What other programs wrote in its metadata (XMP, IPTC, sidecars: indexer/enrich/keywords.py)
+    title: str | None = None
+    description: str | None = None
+    keywords: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -555,7 +573,7 @@ class Service:
         return self._remembered[name][1]
 
     def image_info(self, image_id: int) -> ImageInfo:
-        """Path, file facts, captions and tags of an indexed image."""
+        """Path, file facts, captions, tags, read text and metadata of an indexed image."""
         with self.store.session() as s:
             row = s.execute(
                 select(Image, Root.path).join(Root).where(Image.id == image_id, Image.status == INDEXED)
@@ -572,6 +590,8 @@ class Service:
             tags = s.execute(
                 select(Tag.label, Tag.score).where(Tag.image_id == image_id).order_by(Tag.score.desc())
             ).all()
+            metadata = s.get(MetadataRead, image_id)
+            keywords = s.scalars(select(Keyword.keyword).where(Keyword.image_id == image_id).order_by(Keyword.id))
         return ImageInfo(
             id=image.id,
             path=str(Path(root) / image.relpath),
@@ -583,6 +603,9 @@ class Service:
             captions=list(captions),
             tags=[(label, float(score)) for label, score in tags],
             text=list(text),
+            title=metadata.title if metadata else None,
+            description=metadata.description if metadata else None,
+            keywords=list(keywords),
         )
 
     def image_file(self, image_id: int) -> Path:

@@ -237,11 +237,10 @@ def test_keywords_names_and_sidecars_from_the_command_line_and_the_api(tmp_path,
         assert client.post("/api/xmp/sidecars", json={"tags": "many"}).status_code == 422
         nothing = client.post("/api/xmp/sidecars", json={"tags": False, "captions": False})
         assert nothing.status_code == 422 and "nothing to write" in nothing.json()["detail"]
-        assert (
-            client.get("/api/search", params={"q": "x", "keyword": "eiffel"})
-            .json()["hits"][0]["path"]
-            .endswith("img002.jpg")
-        )
+        found = client.get("/api/search", params={"q": "x", "keyword": "eiffel"}).json()["hits"]
+        assert [hit["path"] for hit in found] == [str(photos / "home/img002.jpg")]
+        shown = client.get(f"/api/images/{found[0]['id']}").json()  # the photo view
+        assert shown["keywords"] == ["Eiffel", "Paris"] and shown["title"] is None
     with TestClient(create_app(settings, host="0.0.0.0")) as client:
         refused = client.post("/api/xmp/sidecars", json={})
         assert refused.status_code == 403 and "writing sidecars need an API key" in refused.json()["detail"]

@@ -25,7 +25,8 @@ def stats(service: ServiceDep) -> StatsPublic:
 
 @router.get("/images/{image_id}", responses={404: {"model": ErrorPublic}})
 def image_info(service: ServiceDep, image_id: ImageId) -> ImagePublic:
-    """What the store knows about an image: path, size, dimensions, capture time, captions, tags."""
+    """What the store knows about an image: path, size, dimensions, capture time, captions, tags, read text, and the
+    title, description and keywords of its metadata."""
     info = service.image_info(image_id)
     return ImagePublic(
         id=info.id,
@@ -39,6 +40,9 @@ def image_info(service: ServiceDep, image_id: ImageId) -> ImagePublic:
         captions=info.captions,
         tags=[TagPublic(label=label, score=score) for label, score in info.tags],
         text=[TextLinePublic(text=line.text, confidence=line.confidence, box=line.box) for line in info.text],
+        title=info.title,
+        description=info.description,
+        keywords=info.keywords,
         thumbnail_url=f"/api/images/{info.id}/thumbnail",
         image_url=f"/api/images/{info.id}/file",
     )

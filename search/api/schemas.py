@@ -100,6 +100,9 @@ class ImagePublic(BaseModel):
     captions: list[str]
     tags: list[TagPublic]
     text: list[TextLinePublic] = Field(description="Lines of text read in the image (clipdex ocr), top to bottom")
+    title: str | None = Field(description="The title other programs gave it (XMP dc:title, IPTC ObjectName)")
+    description: str | None = Field(description="Their description (XMP dc:description, IPTC Caption)")
+    keywords: list[str] = Field(description="Their keywords (XMP dc:subject, lr:hierarchicalSubject, IPTC)")
     thumbnail_url: str
     image_url: str
 
