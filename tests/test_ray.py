@@ -86,7 +86,8 @@ def mixed_folder(folder: Path) -> None:
 
 def rows(store_location: str) -> dict[str, tuple]:
     store = open_store(store_location)
-    columns = (Image.status, Image.skip_reason, Image.hash, Image.width, Image.height, Image.format, Image.taken_at)
+    columns = (Image.status, Image.skip_reason, Image.hash, Image.phash, Image.width, Image.height, Image.format,
+               Image.taken_at)  # fmt: skip
     with store.session() as s:
         return {r.relpath: tuple(r)[1:] for r in s.execute(select(Image.relpath, *columns))}
 
