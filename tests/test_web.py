@@ -328,6 +328,11 @@ def test_keyboard_moves_through_the_timeline_and_the_photo_view(timeline, browse
     page.keyboard.press("ArrowUp")
     page.keyboard.press("ArrowUp")  # past the first row: back to the search box
     assert page.evaluate("document.activeElement.id") == "q"
+    page.evaluate("viewImage(document.querySelectorAll('#grid .hit')[23].dataset.id)")  # the last photo loaded
+    page.wait_for_function(f"document.querySelector('#viewer h2').textContent === '{Path(newest[23]).name}'")
+    page.keyboard.press("ArrowRight")  # goes on into the next page
+    page.wait_for_function(f"document.querySelector('#viewer h2').textContent === '{Path(newest[24]).name}'")
+    assert page.locator("#grid .hit").count() == 30
 
 
 def test_front_page_on_a_phone(timeline, browser):

@@ -362,12 +362,17 @@ function drawTextBoxes(lines) {
 
 viewer.querySelector(".close").addEventListener("click", () => viewer.close());
 viewer.addEventListener("close", () => grid.querySelector(`.hit[data-id="${viewer.dataset.id}"]`)?.focus());
-viewer.addEventListener("keydown", (event) => {
+viewer.addEventListener("keydown", async (event) => {
   const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
   if (step === undefined || event.target.matches("input")) return;
   event.preventDefault();
-  const cells = [...grid.querySelectorAll(".hit")];
-  const next = cells[cells.findIndex((cell) => cell.dataset.id === viewer.dataset.id) + step];
+  let cells = [...grid.querySelectorAll(".hit")];
+  const at = cells.findIndex((cell) => cell.dataset.id === viewer.dataset.id);
+  if (step > 0 && at === cells.length - 1 && !more.hidden) {
+    await run(true); // past the last photo loaded: the next page, so the arrows go through everything
+    cells = [...grid.querySelectorAll(".hit")];
+  }
+  const next = cells[at + step];
   if (next) viewImage(next.dataset.id);
 });
 viewer.addEventListener("click", (event) => {
