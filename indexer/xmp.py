@@ -39,9 +39,10 @@ IPTC_KEYWORDS, IPTC_TITLE, IPTC_DESCRIPTION = (
 )
 
 
-def sidecar_paths(relpath: str) -> tuple[str, str]:
-    """An image's sidecars in both naming styles, relative like the image: photo.jpg.xmp, then photo.xmp."""
-    return relpath + SIDECAR_SUFFIX, str(PurePosixPath(relpath).with_suffix(SIDECAR_SUFFIX))
+def sidecar_paths(relpath: str) -> list[str]:
+    """An image's sidecars in both naming styles, relative like the image: photo.jpg.xmp, then photo.xmp (one name
+    for a file without an extension)."""
+    return list(dict.fromkeys([relpath + SIDECAR_SUFFIX, str(PurePosixPath(relpath).with_suffix(SIDECAR_SUFFIX))]))
 
 
 @dataclass
