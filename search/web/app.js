@@ -655,12 +655,13 @@ document.addEventListener("paste", (event) => {
 
 // Keyboard: "/" to search, arrows to move through the grid, Escape back to the box.
 // The cell above or below `from`: in the nearest row that way, the one nearest across. Rows are found by position,
-// since the timeline's headings break the grid into rows of any length.
+// since the timeline's headings break the grid into rows of any length; by the cells' list items, which do not
+// move (a focused cell is lifted a little).
 function verticalNeighbour(cells, from, down) {
-  const box = from.getBoundingClientRect();
+  const box = from.closest("li").getBoundingClientRect();
   const x = box.left + box.width / 2;
   const centre = (cell) => {
-    const b = cell.getBoundingClientRect();
+    const b = cell.closest("li").getBoundingClientRect();
     return { cell, top: b.top, x: b.left + b.width / 2 };
   };
   const beyond = cells.map(centre).filter((c) => (down ? c.top > box.top + 1 : c.top < box.top - 1));
