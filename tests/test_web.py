@@ -351,3 +351,44 @@ def test_front_page_on_a_phone(timeline, browser):
     page.locator("#grid .folder button", has_text="paris").click()
     page.wait_for_function(f"{STATUS_JS}.startsWith('10 photos in')")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_marked_duplicates_move_to_the_trash_from_the_page(tmp_path, clip_dir, browser):
+    """A person marks a copy to drop: it moves into the root's trash folder (nothing deleted) and its group goes."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 4)
+    (photos / "copy.jpg").write_bytes((photos / "img001.jpg").read_bytes())
+    settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    index_folder(photos, settings, show_progress=False)
+    with serving(create_app(settings)) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(url + "/?view=duplicates")
+        page.wait_for_selector("#grid .group input.drop")
+        assert page.locator("#grid .group").count() == 1 and page.is_hidden("#drop-marked")
+        page.check("#grid .group input.drop")
+        page.click("#drop-marked")
+        page.wait_for_function("/Moved 1 photo to the trash/.test(document.querySelector('#status').textContent)")
+        assert page.locator("#grid .group").count() == 0
+    kept = [p for p in (photos, photos / ".clipdex-trash") for p in p.glob("*.jpg")]
+    assert len(kept) == 5 and len(list((photos / ".clipdex-trash").glob("*.jpg"))) == 1
+
+
+def test_keywords_filter_the_page_and_show_in_the_photo_view(tmp_path, clip_dir, browser):
+    photos = tmp_path / "photos"
+    write_photos(photos, 3)
+    (photos / "img001.jpg.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag>'
+        "<rdf:li>Lisbon</rdf:li><rdf:li>tram</rdf:li></rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    index_folder(photos, settings, show_progress=False)
+    with serving(create_app(settings)) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(url + "/?keyword=lisbon")
+        page.wait_for_selector("#grid .hit")
+        assert page.locator("#grid .hit").count() == 1 and page.input_value("input[name=keyword]") == "lisbon"
+        page.locator("#grid .hit").first.click()
+        page.wait_for_selector("dialog[open] dd")
+        facts = page.locator("dialog[open] dl").inner_text()
+        assert "Keywords" in facts and "Lisbon, tram" in facts

@@ -13,7 +13,7 @@ const fileInput = $("#file");
 // | {kind: "text", q, like: [{id, name}]} | {kind: "image", file} | {kind: "similar", id, name}
 // | {kind: "duplicates"} | {kind: "clusters"} | {kind: "cluster", number, title}. Every kind but an upload is also
 // a URL (/, /?folder=..., /?view=folders, /?q=..., /?similar=ID, /?view=duplicates, /?view=clusters&cluster=N).
-const FILTERS = ["folder", "tag", "taken_from", "taken_to", "min_score"];
+const FILTERS = ["folder", "tag", "keyword", "taken_from", "taken_to", "min_score"];
 let current = null;
 let offset = 0;
 let latest = 0; // the newest run: answers to older ones arrive late and are dropped
@@ -100,6 +100,7 @@ async function api(url, options = {}) {
 async function run(append = false, remember = true) {
   if (!current) return;
   more.textContent = current.kind === "browse" ? "More photos" : "More results";
+  if (!append) $("#drop-marked").hidden = true;
   if (current.kind === "browse") return showBrowse(append, remember);
   if (current.kind === "folders") return showFolders(remember);
   if (current.kind === "duplicates") return showDuplicates(append, remember);
@@ -325,6 +326,9 @@ async function viewImage(id) {
     ["Size", `${info.width ?? "?"} × ${info.height ?? "?"} px · ${(info.size / 1e6).toFixed(1)} MB · ${info.format || "?"}`],
     ...info.captions.map((text) => ["Caption", text]),
   ];
+  if (info.title) facts.push(["Title", info.title]);
+  if (info.description) facts.push(["Description", info.description]);
+  if (info.keywords.length) facts.push(["Keywords", info.keywords.join(", ")]);
   if (info.tags.length) facts.push(["Tags", info.tags.map((t) => `${t.label} (${t.score.toFixed(2)})`).join(", ")]);
   if (info.text.length) facts.push(["Text", info.text.map((line) => line.text).join(" · ")]);
   drawTextBoxes(info.text);
@@ -553,6 +557,7 @@ function duplicateGroup(group) {
     name: member.path.split("/").at(-1),
     title: member.path,
     keeper: i === 0,
+    droppable: i > 0,
     note: `${i === 0 ? "keep · " : ""}${member.width ?? "?"}×${member.height ?? "?"}${member.taken_at ? ` · ${member.taken_at.slice(0, 10)}` : ""} · ${group.kind === "same-picture" ? `${member.distance} bits` : member.similarity.toFixed(3)}`,
   })));
 }
@@ -581,11 +586,46 @@ function thumbGroup(title, items) {
     note.textContent = item.note;
     figure.append(img, name, note);
     figure.addEventListener("click", () => viewImage(item.id));
-    row.append(figure);
+    row.append(item.droppable ? dropMark(figure, item) : figure);
   }
   li.append(heading, row);
   return li;
 }
+
+// A duplicate to drop is marked with a box under it; the marked move to their roots' trash folders, never deleted.
+function dropMark(figure, item) {
+  const wrap = document.createElement("div");
+  wrap.className = "droppable";
+  const label = document.createElement("label");
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.className = "drop";
+  box.value = item.id;
+  box.addEventListener("change", () => {
+    $("#drop-marked").hidden = !document.querySelector("input.drop:checked");
+  });
+  label.append(box, " drop");
+  wrap.append(figure, label);
+  return wrap;
+}
+
+$("#drop-marked").addEventListener("click", async () => {
+  const ids = [...document.querySelectorAll("input.drop:checked")].map((box) => Number(box.value));
+  status.classList.remove("error");
+  try {
+    const moved = await api("/api/trash", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ ids }),
+    });
+    $("#drop-marked").hidden = true;
+    await showDuplicates(false, false);
+    status.textContent = `Moved ${moved.length} photo${moved.length === 1 ? "" : "s"} to the trash (clipdex trash restore brings them back). ` + status.textContent;
+  } catch (error) {
+    status.classList.add("error");
+    status.textContent = error.message;
+  }
+});
 
 // --- clusters: the collection in groups of look-alikes, each named and shown by its most typical photos ------------
 
