@@ -67,9 +67,9 @@ def taken_at(i: int) -> datetime:
 FIRST_DAY = datetime(2015, 1, 1)
 
 
-def plant_vectors(location, vectors, model: str = "synthetic", **options) -> Store:
+def plant_vectors(location, vectors, model: str = "synthetic", root: Path = Path("/planted"), **options) -> Store:
     """A store at `location` (a directory or a database URL) whose images 1..N are rows with these vectors,
-    under a fake root /planted.
+    under the root `root` (by default /planted, where no files are).
 
     `vectors` is an array, or an iterable of arrays for collections that do not fit in memory. Rows carry
     what the indexer records of a photo (path, size, hash, pixel size, format, capture time), so on-disk
@@ -81,7 +81,7 @@ def plant_vectors(location, vectors, model: str = "synthetic", **options) -> Sto
     store = open_store(location, model=model, dim=first.shape[1], create=True, **options)
     now, start = utcnow(), 0
     with store.session() as s:
-        root_id = get_root(s, Path("/planted")).id
+        root_id = get_root(s, root).id
         s.commit()
     for chunk in itertools.chain([first], chunks):
         for part in range(0, len(chunk), 50_000):  # a transaction each keeps the write-ahead log small
