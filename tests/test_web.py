@@ -2,6 +2,7 @@
 
 import json
 import os
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -353,16 +354,23 @@ def test_front_page_on_a_phone(timeline, browser):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+@contextmanager
+def opened(photos: Path, clip_dir, browser, path: str):
+    """The folder indexed into a new store beside it, served, and the page opened at `path`."""
+    settings = Settings(store=photos.parent / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    index_folder(photos, settings, show_progress=False)
+    with serving(create_app(settings)) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(url + path)
+        yield page
+
+
 def test_marked_duplicates_move_to_the_trash_from_the_page(tmp_path, clip_dir, browser):
     """A person marks a copy to drop: it moves into the root's trash folder (nothing deleted) and its group goes."""
     photos = tmp_path / "photos"
     write_photos(photos, 4)
     (photos / "copy.jpg").write_bytes((photos / "img001.jpg").read_bytes())
-    settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
-    index_folder(photos, settings, show_progress=False)
-    with serving(create_app(settings)) as url:
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
-        page.goto(url + "/?view=duplicates")
+    with opened(photos, clip_dir, browser, "/?view=duplicates") as page:
         page.wait_for_selector("#grid .group input.drop")
         assert page.locator("#grid .group").count() == 1 and page.is_hidden("#drop-marked")
         page.check("#grid .group input.drop")
@@ -381,11 +389,7 @@ def test_keywords_filter_the_page_and_show_in_the_photo_view(tmp_path, clip_dir,
         '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag>'
         "<rdf:li>Lisbon</rdf:li><rdf:li>tram</rdf:li></rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"
     )
-    settings = Settings(store=tmp_path / "store", model=str(clip_dir), device="cpu", workers=1, batch_size=4)
-    index_folder(photos, settings, show_progress=False)
-    with serving(create_app(settings)) as url:
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
-        page.goto(url + "/?keyword=lisbon")
+    with opened(photos, clip_dir, browser, "/?keyword=lisbon") as page:
         page.wait_for_selector("#grid .hit")
         assert page.locator("#grid .hit").count() == 1 and page.input_value("input[name=keyword]") == "lisbon"
         page.locator("#grid .hit").first.click()
