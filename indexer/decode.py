@@ -164,6 +164,8 @@ def setup_worker(config: WorkerConfig) -> None:
     """Run once in each decode process."""
     global _config
     die_with_parent()
+    # imagehash imports scipy's DCT on its first pHash (0.24 s here): done now, not inside a file's decode timeout.
+    perceptual_hash(Image.new("L", (32, 32)))
     if config.memory_limit:  # a fuzzed ICNS named .png once took a worker to 8 GB: past this it gets MemoryError
         limit = data_segment_bytes() + config.memory_limit  # on top of what the worker's imports already hold
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))

@@ -51,6 +51,7 @@ from indexer.store import (
     open_store,
 )
 from indexer.store.base import caption_source, substring_pieces
+from indexer.trash import Trashed, move_to_trash, restore, trash_list
 from search import media
 from search.browse import Folder, count_folders, timeline
 from search.duplicates import (
@@ -63,7 +64,6 @@ from search.duplicates import (
 )
 from search.query import Term, check_terms, parse_query
 from search.relevance import Background, sample_store
-from search.trash import Trashed, move_to_trash, restore, trash_list
 
 if TYPE_CHECKING:
     from indexer.enrich.captions import CaptionSummary
@@ -438,6 +438,8 @@ class Service:
             named = [image_id for image_id, _, _ in self.store.match_names(words, depth, filters)]
             candidates = set().union(*rankings, named) - set(exclude)
             rankings.append(name_tiers(words, self.store.relpaths(list(candidates))))
+        if not any(rankings[1:]):  # no word matched anything: the embedding ranking, with its cosines
+            return by_embedding[offset : offset + k]
         fused: dict[int, float] = {}
         for ranking in rankings:
             for image_id, rank in ranking.items():
@@ -485,7 +487,7 @@ class Service:
         return self.remembered("duplicates", (options,), lambda: find_duplicates(self.store, options))
 
     def move_to_trash(self, image_ids: list[int]) -> list[Trashed]:
-        """Move the files of these images into their roots' trash folders; they leave the store (search/trash.py)."""
+        """Move the files of these images into their roots' trash folders; they leave the store (indexer/trash.py)."""
         return move_to_trash(self.store, image_ids, self.settings.lock_timeout)
 
     def write_sidecars(
