@@ -214,7 +214,7 @@ class TextModel(Base):
 
 
 class TrashedFile(Base):
-    """A file clipdex moved into its root's trash folder (search/trash.py), so it can be moved back."""
+    """A file clipdex moved into its root's trash folder (indexer/trash.py), so it can be moved back."""
 
     __tablename__ = "trashed_files"
     id: Mapped[int] = mapped_column(primary_key=True)
