@@ -90,6 +90,9 @@ def test_damaged_metadata_never_stops_indexing(tmp_path, settings):
     write_photos(photos, 2)
     (photos / "img000.jpg.xmp").write_text("<x:xmpmeta this is not XML")
     (photos / "img001.xmp").write_bytes(os.urandom(300))
+    sidecar(photos / "img001.jpg.xmp", "huge")
+    with open(photos / "img001.jpg.xmp", "a") as f:  # past the size a sidecar may have: not read
+        f.write(" " * 5 * 2**20)
     summary = index_folder(photos, settings, show_progress=False)
     assert summary.indexed == 2 and summary.metadata.read == 2 and keywords_of(open_store(settings.store)) == {}
 

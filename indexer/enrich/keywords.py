@@ -29,6 +29,8 @@ from indexer.xmp import PhotoMetadata, merge_sidecar, read_metadata, sidecar_pat
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # images read, then written in one transaction
+# Sidecars are a few KB; one far bigger is not one (or is hostile), and exiv2 would read it whole into memory.
+MAX_SIDECAR_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -62,7 +64,11 @@ def read_store_metadata(
 
     def read(item: tuple[int, str, str]) -> PhotoMetadata:
         _, relpath, _ = item
-        return read_metadata([root / relpath] + [root / name for name in sidecar_paths(relpath) if name in sidecars])
+        found = [name for name in sidecar_paths(relpath) if name in sidecars]
+        readable = [root / name for name in found if int(sidecars[name].split(":")[0]) <= MAX_SIDECAR_BYTES]
+        if len(readable) < len(found):
+            log.warning("not reading the sidecars of %s over %d MiB", root / relpath, MAX_SIDECAR_BYTES >> 20)
+        return read_metadata([root / relpath, *readable])
 
     with progress, ThreadPoolExecutor(max(1, workers)) as pool:  # exiv2 reads files without the GIL
         task = progress.add_task("metadata", total=len(todo))
