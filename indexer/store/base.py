@@ -301,12 +301,12 @@ def indexed_since(indexed_after: datetime | None) -> list:
 TEXT_SOURCES = {"text": READ_TEXT, "keyword": METADATA_TEXT}
 
 
-def caption_source(source: str):
-    """SQL condition on Caption.model: written captions ("caption"), text read in the images ("text"), or the
-    title, description and keywords of their metadata ("keyword")."""
+def caption_source(source: str, model=Caption.model):
+    """SQL condition on a caption's model column: written captions ("caption"), text read in the images ("text"),
+    or the title, description and keywords of their metadata ("keyword")."""
     if source in TEXT_SOURCES:
-        return Caption.model.startswith(TEXT_SOURCES[source], autoescape=True)
-    return and_(*(~Caption.model.startswith(prefix, autoescape=True) for prefix in TEXT_SOURCES.values()))
+        return model.startswith(TEXT_SOURCES[source], autoescape=True)
+    return and_(*(~model.startswith(prefix, autoescape=True) for prefix in TEXT_SOURCES.values()))
 
 
 def query_words(text: str) -> list[str]:

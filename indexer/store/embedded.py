@@ -19,16 +19,17 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import String, create_engine, delete, event, func, insert, literal_column, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
 from indexer.store import ann
 from indexer.store.base import (
     READ_CHUNK,
-    TEXT_SOURCES,
     Store,
     by_pieces_found,
+    caption_source,
     check_manifest,
     indexed_since,
     page,
@@ -553,10 +554,10 @@ class EmbeddedStore(Store):
 
 
 def source_sql(source: str) -> str:
-    """base.caption_source as SQL on `c.model` (the prefixes are clipdex's constants, not user text)."""
-    if source in TEXT_SOURCES:
-        return f"c.model LIKE '{TEXT_SOURCES[source]}%'"
-    return " AND ".join(f"c.model NOT LIKE '{prefix}%'" for prefix in TEXT_SOURCES.values())
+    """base.caption_source on `c.model`, as SQL for the queries written out here (its prefixes are clipdex's
+    constants, not user text)."""
+    condition = caption_source(source, literal_column("c.model", String))
+    return str(condition.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
 
 
 def fts_phrases(terms: list[str]) -> str:

@@ -1,5 +1,7 @@
 """Keywords out: clipdex's tags and captions merged into the images' XMP sidecars."""
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
@@ -17,6 +19,4 @@ async def write_sidecars(service: ServiceDep, _: WritesFiles, request: SidecarsW
     summary = await run_in_threadpool(
         service.write_sidecars, request.tags, request.captions, request.dry_run, request.folder
     )
-    return SidecarsPublic(
-        written=summary.written, unchanged=summary.unchanged, failed=summary.failed, dry_run=summary.dry_run
-    )
+    return SidecarsPublic(**asdict(summary))
