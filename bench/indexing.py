@@ -24,10 +24,10 @@ from PIL import Image
 from rich.console import Console
 
 from bench.smoke import DATA, SMOKE, announce, pick
-from indexer.decode import WorkerConfig, load_file, setup_worker
 from indexer.models.cpu import cpu_line
 from indexer.models.onnx_runtime import AGREEMENT_BAR
 from indexer.settings import Settings, cpu_count
+from indexer.worker import WorkerConfig, load_file, setup_worker
 
 if TYPE_CHECKING:
     from indexer.models.embedder import Embedder

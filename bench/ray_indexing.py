@@ -18,9 +18,9 @@ import time
 
 from bench.indexing import DATA, QUICK, console, decode_cost, encode_cost, load, make_images, vit_b32
 from bench.smoke import announce, pick
-from indexer.decode import WorkerConfig
 from indexer.models.cpu import cpu_line
 from indexer.settings import Settings, cpu_count
+from indexer.worker import WorkerConfig
 
 COUNT = pick(60 if QUICK else 300, 4)
 GPU_RATE = 1_500  # ViT-B/32 images/s on one good GPU (issue 14); clip-retrieval: 7,000 on 8 A100s, resize-bound

@@ -4,14 +4,9 @@ Everything here is plain Pillow + NumPy so worker processes start fast and never
 Each failure becomes a `DecodeError` whose reason is recorded in the store as "code: detail".
 """
 
-import ctypes
 import hashlib
 import io
 import math
-import os
-import resource
-import signal
-import threading
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -43,7 +38,6 @@ UNSUPPORTED_MESSAGES = ("ghostscript", "cannot find loader", "not configured", "
 BMP_EMBEDDED = {4: "JPEG", 5: "PNG"}  # BITMAPINFOHEADER compression values that wrap another format
 # TIFF compressions every libtiff build decodes: none, CCITT (RLE, G3, G4), LZW, JPEG, deflate, PackBits.
 BASIC_TIFF_COMPRESSIONS = {1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946}
-PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
 
@@ -135,22 +129,6 @@ class DecodeError(Exception):
         self.reason = f"{code}: {detail}"
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What every decode task needs, sent once to each worker process."""
-
-    prep: ImagePrep
-    max_pixels: int
-    # Content hashes already embedded in the store: such files are hashed but not decoded.
-    known_hashes: frozenset[str]
-    # Bounds on one worker: its heap (bytes) and the seconds one file may take; None for no bound.
-    memory_limit: int | None = None
-    timeout: float | None = None
-
-
-_config: WorkerConfig | None = None  # set once per worker process by setup_worker
-
-
 def setup_heif() -> None:
     """Teach Pillow HEIF/HEIC/AVIF and hand the pixel guard to decode_image (a clear reason, not a warning)."""
     from pillow_heif import register_heif_opener
@@ -160,62 +138,12 @@ def setup_heif() -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def setup_worker(config: WorkerConfig) -> None:
-    """Run once in each decode process."""
-    global _config
-    die_with_parent()
-    # imagehash imports scipy's DCT on its first pHash (0.24 s here): done now, not inside a file's decode timeout.
-    perceptual_hash(Image.new("L", (32, 32)))
-    if config.memory_limit:  # a fuzzed ICNS named .png once took a worker to 8 GB: past this it gets MemoryError
-        limit = data_segment_bytes() + config.memory_limit  # on top of what the worker's imports already hold
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    if config.timeout:
-        signal.signal(signal.SIGALRM, raise_timeout)
-    setup_heif()
-    _config = config
-
-
-def use_config(config: WorkerConfig) -> None:
-    """For a process that runs decode tasks it did not start for (a Ray worker): set up once, then swap configs.
-
-    Decode timeouts need SIGALRM, which only the main thread can take: a worker that runs tasks in another
-    thread decodes without one (its memory bound still holds).
-    """
-    global _config
-    if threading.current_thread() is not threading.main_thread():
-        config = replace(config, timeout=None)
-    if _config is None:
-        setup_worker(config)
-    _config = config
-
-
-def data_segment_bytes() -> int:
-    """This process's data segment now (VmData: heap and private mappings, what RLIMIT_DATA counts)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # an upper bound elsewhere
-
-
 def raise_timeout(_signum, _frame) -> None:
     raise DecodeTimeout()
 
 
 class DecodeTimeout(Exception):  # noqa: N818 - raised by the alarm, turned into the `timeout` reason
     """One file took longer than the worker's timeout."""
-
-
-def die_with_parent() -> None:
-    """Have the kernel kill this process when its parent dies (Linux): a kill -9'd indexer left its workers."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: workers still end once the parent's pipe closes
-        return
-    if os.getppid() == 1:  # the parent died before the call: nobody would send the signal
-        os._exit(1)
 
 
 def read_and_hash(path: Path) -> tuple[bytes, str]:
@@ -390,37 +318,3 @@ def read_capture_time(img: Image.Image) -> datetime | None:
         return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
     except ValueError:
         return None
-
-
-@dataclass
-class LoadResult:
-    """What a worker returns for one file: its hash, then pixels, a reason to skip, or neither (reuse)."""
-
-    hash: str | None
-    decoded: Decoded | None = None
-    skip_reason: str | None = None
-
-
-def load_file(path: Path) -> LoadResult:
-    """Worker task: read, hash, and decode unless the content is already embedded in the store."""
-    assert _config is not None, "setup_worker must run first"
-    try:
-        data, digest = read_and_hash(path)
-    except DecodeError as e:
-        return LoadResult(hash=None, skip_reason=e.reason)
-    if digest in _config.known_hashes:
-        return LoadResult(hash=digest)
-    if _config.timeout:  # the alarm fires between Pillow's decode steps, which come every block of the file
-        signal.setitimer(signal.ITIMER_REAL, _config.timeout)
-    decode = decode_raw if path.suffix.lower() in RAW_SUFFIXES else decode_image
-    try:
-        return LoadResult(hash=digest, decoded=decode(data, _config.prep, _config.max_pixels))
-    except DecodeError as e:
-        return LoadResult(hash=digest, skip_reason=e.reason)
-    except DecodeTimeout:
-        return LoadResult(hash=digest, skip_reason=f"timeout: not decoded within {_config.timeout:g} s")
-    except MemoryError:
-        limit = f"{(_config.memory_limit or 0) / 2**30:.1f} GiB"
-        return LoadResult(hash=digest, skip_reason=f"too large: decoding needs more than the {limit} a decode may use")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)

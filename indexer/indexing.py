@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from indexer.decode import HEALABLE_REASONS
 from indexer.enrich.keywords import KeywordSummary, read_store_metadata
@@ -20,7 +20,7 @@ from indexer.runners.local import run_workers
 from indexer.runners.work import Pending
 from indexer.scan import diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings
-from indexer.store import INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+from indexer.store import FRAME, INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
 from indexer.store.probes import PROBE_QUERIES
 
 if TYPE_CHECKING:
@@ -155,7 +155,8 @@ def update_store(
         s.commit()
         rows = s.execute(
             select(Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.skip_reason).where(
-                Image.root_id == root_id
+                Image.root_id == root_id,
+                Image.status != FRAME,  # frames come and go with their video
             )
         )
         known = {
@@ -187,6 +188,7 @@ def update_store(
     if scan.deleted:
         store.delete_images(scan.deleted)
         summary.removed = len(scan.deleted)
+    pair_live_photos(store, root_id, scan.motions)
     threads = settings.workers or os.cpu_count() or 1
     summary.metadata = read_store_metadata(store, root_id, root, scan.sidecars, threads, show_progress)
     if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
@@ -223,6 +225,32 @@ def record_unreadable_folders(
         s.commit()
 
 
+def pair_live_photos(store: Store, root_id: int, motions: dict[str, str]) -> None:
+    """Record each still's Live Photo movie as the scan found them now: a movie added, gone or renamed changes no
+    vector, only what plays in the still's view."""
+    with store.session() as s:
+        paired = {
+            relpath: (image_id, motion)
+            for image_id, relpath, motion in s.execute(
+                select(Image.id, Image.relpath, Image.motion_relpath).where(
+                    Image.root_id == root_id, Image.motion_relpath.is_not(None)
+                )
+            )
+        }
+        for relpath, (image_id, motion) in paired.items():
+            if motions.get(relpath) != motion:
+                s.execute(update(Image).where(Image.id == image_id).values(motion_relpath=motions.get(relpath)))
+        new = [relpath for relpath in motions if relpath not in paired]
+        for start in range(0, len(new), 500):
+            for image_id, relpath in s.execute(
+                select(Image.id, Image.relpath).where(
+                    Image.root_id == root_id, Image.relpath.in_(new[start : start + 500])
+                )
+            ):
+                s.execute(update(Image).where(Image.id == image_id).values(motion_relpath=motions[relpath]))
+        s.commit()
+
+
 class ChunkWriter:
     """Collects finished files and writes them, with their vectors, in one transaction per chunk."""
 
@@ -234,27 +262,43 @@ class ChunkWriter:
         self.rows.append(pending)
 
     def commit(self) -> None:
-        """Write the collected rows and their vectors in one transaction; the index catches up from them."""
+        """Write the collected rows and their vectors in one transaction; the index catches up from them. A video
+        writes its row (with its first kept frame's vector) and a FRAME row per later kept frame."""
         if not self.rows:
             return
+        changed = [p.image_id for p in self.rows if p.image_id is not None]
         with self.store.session() as s:
-            rows = []
+            stale_frames = self.store.frame_ids(s, changed)
+        self.store.delete_images(stale_frames)  # a changed video's frames show its old content
+        with self.store.session() as s:
+            rows, vectors, videos = [], {}, []
             for p in self.rows:
                 row = s.get(Image, p.image_id) if p.image_id is not None else None
                 if row is None:
                     row = Image(root_id=self.root_id, relpath=p.stat.relpath)
                     s.add(row)
                 self.fill_row(row, p)
+                if p.vectors is not None and row.status == INDEXED:
+                    vectors[len(rows)] = p.vectors[0]
+                    if row.timestamp_ms is not None:
+                        videos.append((row, p))
                 rows.append(row)
+            s.flush()  # a new video's id, for its frames
+            for video, p in videos:
+                for ms, vector in zip(frame_times(p)[1:], p.vectors[1:], strict=True):
+                    vectors[len(rows)] = vector
+                    rows.append(frame_row(video, ms))
+                    s.add(rows[-1])
             # A changed file's captions describe its old content.
-            self.store.delete_captions(s, [p.image_id for p in self.rows if p.image_id is not None])
-            self.store.commit_images(s, rows, {n: p.vector for n, p in enumerate(self.rows) if p.vector is not None})
+            self.store.delete_captions(s, changed)
+            self.store.commit_images(s, rows, vectors)
         self.store.save_if_due()
         self.rows.clear()
 
     def fill_row(self, row: Image, p: Pending) -> None:
         decoded, result = p.result.decoded, p.result
         row.size, row.mtime_ns, row.hash, row.indexed_at = p.stat.size, p.stat.mtime_ns, result.hash, utcnow()
+        row.timestamp_ms = row.duration_ms = None
         if result.skip_reason is not None:
             row.status, row.skip_reason = SKIPPED, result.skip_reason
             self.summary.skipped[result.skip_reason.split(":")[0]] += 1
@@ -264,7 +308,34 @@ class ChunkWriter:
         meta = decoded if decoded is not None else p.source
         row.width, row.height, row.format, row.taken_at = meta.width, meta.height, meta.format, meta.taken_at
         row.phash = meta.phash
+        times = frame_times(p)
+        if times:
+            row.timestamp_ms = times[0]
+            video = result.video
+            if video is None:  # reused from its twin
+                row.duration_ms = p.source.duration_ms
+            elif video.duration_s is not None:
+                row.duration_ms = round(video.duration_s * 1000)
+            if video is not None and video.cut_off:
+                log.warning("%s: only its first %g s were read (video_max_seconds)", p.stat.relpath, times[-1] / 1000)
         if decoded is not None:
             self.summary.indexed += 1
         else:
             self.summary.reused += 1
+
+
+def frame_times(p: Pending) -> list[int] | None:
+    """The kept frames' times (ms) of a video, decoded now or reused from its twin; None for a still."""
+    if p.result.video is not None:
+        return [round(t * 1000) for t in p.result.video.timestamps]
+    return p.timestamps_ms
+
+
+def frame_row(video: Image, timestamp_ms: int) -> Image:
+    """A FRAME row of a video: searched, answered as a moment of it, filtered by its folder and dates."""
+    return Image(
+        root_id=video.root_id, relpath=f"{video.relpath}#t={timestamp_ms / 1000:.3f}", size=video.size,
+        mtime_ns=video.mtime_ns, width=video.width, height=video.height, format=video.format,
+        taken_at=video.taken_at, status=FRAME, indexed_at=video.indexed_at, video_id=video.id,
+        timestamp_ms=timestamp_ms,
+    )  # fmt: skip

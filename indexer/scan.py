@@ -1,6 +1,7 @@
-"""Find image files under a folder and sort them against the store: new, changed, unchanged, deleted.
+"""Find image and video files under a folder and sort them against the store: new, changed, unchanged, deleted.
 
-The decision uses file stats alone (size + mtime), so an unchanged re-run reads no file content.
+The decision uses file stats alone (size + mtime), so an unchanged re-run reads no file content. A Live Photo's
+movie (a short video named as a still beside it) is not an item of its own: it is the still's motion.
 """
 
 import logging
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.decode import RAW_SUFFIXES, looks_like_image
+from indexer.video import VIDEO_SUFFIXES, looks_like_video
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +27,17 @@ IMAGE_SUFFIXES = {
 } | RAW_SUFFIXES  # fmt: skip
 # Extensions Pillow registers that clipdex leaves alone: PostScript needs Ghostscript (an external
 # process per file), the stub plugins (BUFR, GRIB, HDF5, WMF/EMF) identify files they cannot decode, and
-# MPEG only identifies video.
+# MPEG only identifies video (PyAV reads videos: VIDEO_SUFFIXES).
 PILLOW_EXTENSIONS_LEFT_OUT = {".eps", ".ps", ".bufr", ".grib", ".h5", ".hdf", ".emf", ".wmf", ".mpeg", ".mpg"}
 SIDECAR_SUFFIX = ".xmp"  # metadata beside an image (indexer/xmp.py), read by the keywords pass
-# Never images: skip without opening them, so big non-image folders scan fast.
-NOT_IMAGE_SUFFIXES = {
+# Never images or videos: skip without opening them, so big other folders scan fast.
+NOT_MEDIA_SUFFIXES = {
     ".txt", ".md", ".json", ".xml", ".xmp", ".csv", ".html", ".pdf", ".db", ".sqlite", ".py",
-    ".mp4", ".mov", ".avi", ".mkv", ".mp3", ".wav", ".zip", ".gz", ".tar", ".faiss", ".log",
+    ".mp3", ".wav", ".m4a", ".aac", ".flac", ".zip", ".gz", ".tar", ".faiss", ".log",
 }  # fmt: skip
+# A movie with one of these names beside a still of the same name is the still's Live Photo motion (Apple writes
+# IMG_0001.HEIC + IMG_0001.MOV; Google's Motion Photos embed theirs in the JPEG and are just stills here).
+MOTION_SUFFIXES = {".mov", ".mp4"}
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,18 @@ class ScanResult:
     deleted: list[int] = field(default_factory=list)  # image ids whose file is gone
     unreadable_dirs: list[str] = field(default_factory=list)
     sidecars: dict[str, str] = field(default_factory=dict)  # XMP sidecars: relpath -> "size:mtime_ns"
+    motions: dict[str, str] = field(default_factory=dict)  # Live Photos: the still's relpath -> its movie's
 
 
-def walk_images(root: Path, unreadable: list[str] | None = None, sidecars: dict[str, str] | None = None):
-    """Yield FileStat for every image file under root, following symlinks without looping; the XMP sidecars
-    seen on the way go into `sidecars` (relpath -> "size:mtime_ns")."""
+def walk_images(
+    root: Path,
+    unreadable: list[str] | None = None,
+    sidecars: dict[str, str] | None = None,
+    motions: dict[str, str] | None = None,
+):
+    """Yield FileStat for every image and video file under root, following symlinks without looping; the XMP
+    sidecars seen on the way go into `sidecars` (relpath -> "size:mtime_ns"), the Live Photo movies into `motions`
+    (the still's relpath -> the movie's) instead of being yielded."""
     seen_dirs: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -73,7 +85,13 @@ def walk_images(root: Path, unreadable: list[str] | None = None, sidecars: dict[
             if unreadable is not None:
                 unreadable.append(str(folder))
             continue
+        movies = live_photo_movies(entries)
         for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+            if entry.name in movies:
+                if motions is not None:
+                    still = Path(entry.path).with_name(movies[entry.name])
+                    motions[still.relative_to(root).as_posix()] = Path(entry.path).relative_to(root).as_posix()
+                continue
             try:
                 if entry.is_dir():
                     if not entry.name.startswith("."):
@@ -92,18 +110,35 @@ def walk_images(root: Path, unreadable: list[str] | None = None, sidecars: dict[
             yield FileStat(relpath=relpath, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
+def live_photo_movies(entries: list[os.DirEntry]) -> dict[str, str]:
+    """{movie name: still name} for the Live Photo movies among a folder's entries: a MOTION_SUFFIXES file whose
+    name, but for the extension and its case, is an image's beside it."""
+    stills = {}
+    for entry in entries:
+        stem, suffix = os.path.splitext(entry.name)
+        if suffix.lower() in IMAGE_SUFFIXES:
+            stills.setdefault(stem.lower(), entry.name)
+    movies = {}
+    for entry in entries:
+        stem, suffix = os.path.splitext(entry.name)
+        if suffix.lower() in MOTION_SUFFIXES and stem.lower() in stills:
+            movies[entry.name] = stills[stem.lower()]
+    return movies
+
+
 def is_candidate(entry: os.DirEntry) -> bool:
-    """Image by name, or, for names that do not say, by the file's first bytes."""
+    """Image or video by name, or, for names that do not say, by the file's first bytes."""
     suffix = os.path.splitext(entry.name)[1].lower()
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
         return True
-    if suffix in NOT_IMAGE_SUFFIXES or entry.name.startswith("."):
+    if suffix in NOT_MEDIA_SUFFIXES or entry.name.startswith("."):
         return False
     try:
         with open(entry.path, "rb") as f:
-            return looks_like_image(f.read(16))
+            head = f.read(16)
     except OSError:
         return False
+    return looks_like_image(head) or looks_like_video(head)
 
 
 def diff_against_store(root: Path, known: dict[str, tuple[int, int, int, bool]]) -> ScanResult:
@@ -113,7 +148,7 @@ def diff_against_store(root: Path, known: dict[str, tuple[int, int, int, bool]])
     """
     result = ScanResult()
     seen: set[str] = set()
-    for stat in walk_images(root, result.unreadable_dirs, result.sidecars):
+    for stat in walk_images(root, result.unreadable_dirs, result.sidecars, result.motions):
         seen.add(stat.relpath)
         old = known.get(stat.relpath)
         if old is None:

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     # seconds one file may take; past either the file is skipped as `too large` or `timeout`.
     decode_memory: int = 3 * 2**30
     decode_timeout: float = 60.0
+    # Videos (indexer/video.py): a frame is kept per scene and at least every `video_max_gap` seconds, at most
+    # `video_max_frames` per video (a longer video spreads them); a stream is read for `video_max_seconds` at most
+    # (an endless one is cut off there) and one video may take `video_timeout` seconds to decode.
+    video_max_frames: int = 64
+    video_max_gap: float = 10.0
+    video_max_seconds: float = 4 * 3600.0
+    video_timeout: float = 300.0
     # RAM the search index may take (bytes, or "2GB", "512MiB"): it picks the most accurate index that fits
     # (indexer/store/ann.py). 1 GiB holds 10 million 512-d vectors as 4-bit codes re-ranked from disk.
     index_memory: ByteSize = ByteSize(2**30)

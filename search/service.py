@@ -44,6 +44,7 @@ from indexer.store import (
     Image,
     Keyword,
     MetadataRead,
+    Moment,
     Root,
     Store,
     Tag,
@@ -135,6 +136,12 @@ RRF_K = 60
 # Hybrid search fuses the top max(FUSION_DEPTH, k + offset) candidates of each ranking (embedding: <= MAX_K).
 FUSION_DEPTH = 100
 DECODES_AT_ONCE = 2  # decodes for requests in flight at once, so concurrent uploads cannot add up
+# In a store with videos a search ranks this many rows per hit asked for (at most MAX_ROWS): a video's kept frames
+# crowd each other near the top, and each video is one hit.
+FRAME_DEPTH = 4
+MAX_ROWS = 4 * MAX_K
+# A video's moments are its frames within this cosine of its best one: the scenes that match, not every frame ranked.
+MOMENT_MARGIN = 0.05
 
 
 @dataclass
@@ -306,13 +313,40 @@ class Service:
         """
         check_page(k, offset)
         calibration = self.background().calibrate(vector) if relevant else None
-        if calibration is None:  # not asked for, or a store too small to tell (search/relevance.py)
-            return self.hits(self.store.search(vector, k, offset, filters, exclude))
-        cut = max(calibration.cut, filters.min_score if filters.min_score is not None else -1.0)
-        hits = self.hits(self.store.search(vector, k, offset, replace(filters, min_score=cut), exclude))
-        for hit in hits:
-            hit.relevance = calibration.relevance(hit.score)
+        if calibration is not None:  # None: not asked for, or a store too small to tell (search/relevance.py)
+            cut = max(calibration.cut, filters.min_score if filters.min_score is not None else -1.0)
+            filters = replace(filters, min_score=cut)
+        if self.store.has_frames():
+            # A video's frames crowd each other near the top: rank deeper, then each video once, with its moments.
+            ranked = self.store.search(vector, min(MAX_ROWS, (k + offset) * FRAME_DEPTH), 0, filters)
+            items, moments = self.by_item(ranked, exclude)
+            for item, found in moments.items():  # the scenes that match, not every frame ranked
+                moments[item] = [m for m in found if m.score >= found[0].score - MOMENT_MARGIN]
+            hits = self.hits(items[offset : offset + k], moments=moments)
+        else:
+            hits = self.hits(self.store.search(vector, k, offset, filters, exclude))
+        if calibration is not None:
+            for hit in hits:
+                hit.relevance = calibration.relevance(hit.score)
         return hits
+
+    def by_item(
+        self, ranked: Sequence[tuple[int, float]], exclude: tuple[int, ...] = ()
+    ) -> tuple[list[tuple[int, float]], dict[int, list[Moment]]]:
+        """A ranking of rows (best first) as a ranking of items: a video's frames answer as the video, at its best
+        score, with the moments found (best first); items in `exclude`, or whose frame is in it, are left out."""
+        at = self.store.moments([i for i, _ in ranked] + list(exclude))
+        left_out = {at.get(i, (i, None))[0] for i in exclude}
+        items: dict[int, float] = {}
+        moments: dict[int, list[Moment]] = {}
+        for row, score in ranked:
+            item, ms = at.get(row, (row, None))
+            if item in left_out:
+                continue
+            items.setdefault(item, score)
+            if ms is not None:
+                moments.setdefault(item, []).append(Moment(id=row, timestamp_s=ms / 1000, score=score))
+        return list(items.items()), moments
 
     def background(self) -> Background:
         """The sample of stored vectors that relevance is measured against, drawn again every
@@ -323,17 +357,29 @@ class Service:
             self._background = (time.monotonic(), background)
         return background
 
-    def hits(self, ranked: list[tuple[int, float]], matched: dict[int, str] | None = None) -> list[Hit]:
+    def hits(
+        self,
+        ranked: list[tuple[int, float]],
+        matched: dict[int, str] | None = None,
+        moments: dict[int, list[Moment]] | None = None,
+    ) -> list[Hit]:
         """Hits for ranked (id, score) pairs, with paths, captions and capture times from one query; `matched`
-        are captions that matched the query, shown instead of an image's newest one. Ids gone from the store are
-        left out."""
+        are captions that matched the query, shown instead of an image's newest one; `moments`, the videos' frames
+        found (by_item). Ids gone from the store are left out."""
         rows = self.store.hit_rows([i for i, _ in ranked])
-        matched = matched or {}
-        return [
-            Hit(id=i, path=rows[i][0], score=score, caption=matched.get(i) or rows[i][1], taken_at=rows[i][2])
-            for i, score in ranked
-            if i in rows
-        ]
+        matched, moments = matched or {}, moments or {}
+        hits = []
+        for i, score in ranked:
+            if i in rows:
+                path, caption, taken_at = rows[i]
+                found = moments.get(i)
+                hits.append(
+                    Hit(
+                        id=i, path=path, score=score, caption=matched.get(i) or caption, taken_at=taken_at,
+                        timestamp_s=found[0].timestamp_s if found else None, moments=found,
+                    )
+                )  # fmt: skip
+        return hits
 
     def search(
         self,
@@ -399,9 +445,13 @@ class Service:
         full-text relevance (higher is better; for names, the share of the query found), and each hit shows the
         text that matched (names: none, the path shows)."""
         check_page(k, offset)
-        matches = self.match_captions(query, k + offset, filters, source)[offset:]
-        shown = {} if source == "name" else {i: text for i, _, text in matches}
-        return self.hits([(i, score) for i, score, _ in matches], shown)
+        depth = k + offset if source == "name" or not self.store.has_frames() else (k + offset) * FRAME_DEPTH
+        matches = self.match_captions(query, depth, filters, source)
+        items, moments = self.by_item([(i, score) for i, score, _ in matches])
+        page = items[offset : offset + k]
+        texts = {} if source == "name" else {i: text for i, _, text in matches}
+        shown = {item: texts.get(moments[item][0].id if item in moments else item) for item, _ in page}
+        return self.hits(page, shown, moments)
 
     def search_hybrid(
         self,
@@ -429,11 +479,17 @@ class Service:
         depth = max(FUSION_DEPTH, k + offset)
         by_embedding = self.search_vector(vector, min(depth, MAX_K), 0, exclude, filters, relevant)
         rankings = [{hit.id: rank for rank, hit in enumerate(by_embedding, 1)}]
+        moments = {hit.id: hit.moments for hit in by_embedding if hit.moments}
         matched: dict[int, str] = {}
         for source in reversed([source for source in sources if source != "name"]):  # captions last: theirs wins
-            by_words = [m for m in self.match_captions(words, depth, filters, source) if m[0] not in exclude]
-            rankings.append({image_id: rank for rank, (image_id, _, _) in enumerate(by_words, 1)})
-            matched.update({image_id: text for image_id, _, text in by_words})
+            by_words = self.match_captions(words, depth, filters, source)
+            items, found = self.by_item([(i, score) for i, score, _ in by_words], exclude)
+            rankings.append({item: rank for rank, (item, _) in enumerate(items, 1)})
+            texts = {i: text for i, _, text in by_words}
+            matched.update({item: texts[found[item][0].id if item in found else item] for item, _ in items})
+            for item, more in found.items():  # a frame whose text matched is a moment too
+                known = {m.id for m in moments.get(item, ())}
+                moments[item] = moments.get(item, []) + [m for m in more if m.id not in known]
         if "name" in sources:
             named = [image_id for image_id, _, _ in self.store.match_names(words, depth, filters)]
             candidates = set().union(*rankings, named) - set(exclude)
@@ -446,7 +502,7 @@ class Service:
                 fused[image_id] = fused.get(image_id, 0.0) + 1 / (RRF_K + rank)
         no_rank = depth + 1
         order = sorted(fused, key=lambda i: (-fused[i], *(ranking.get(i, no_rank) for ranking in rankings)))
-        hits = self.hits([(i, fused[i]) for i in order[offset : offset + k]], matched)
+        hits = self.hits([(i, fused[i]) for i in order[offset : offset + k]], matched, moments)
         relevance = {hit.id: hit.relevance for hit in by_embedding}
         for hit in hits:
             hit.relevance = relevance.get(hit.id)

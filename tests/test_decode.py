@@ -10,13 +10,11 @@ from PIL import Image
 from indexer.decode import (
     DecodeError,
     ImagePrep,
-    WorkerConfig,
     decode_image,
-    load_file,
     looks_like_image,
     setup_heif,
-    setup_worker,
 )
+from indexer.worker import WorkerConfig, load_file, setup_worker
 from tests.support.photos import photo
 
 CLIP_PREP = ImagePrep(

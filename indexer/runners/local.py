@@ -7,12 +7,12 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from indexer.decode import load_file, setup_worker
 from indexer.models.embedder import Embedder
-from indexer.runners.work import Pending, decode_config, indexing_progress, reuse_twin
+from indexer.runners.work import Pending, decode_config, embed_files, indexing_progress, reuse_twin
 from indexer.scan import FileStat
 from indexer.settings import Settings, cpu_count
 from indexer.store import Store
+from indexer.worker import load_file, setup_worker
 
 
 def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: Settings, show_progress: bool):
@@ -46,9 +46,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
         def flush():
             nonlocal done
             if batch:
-                vectors = embedder.embed_pixels([p.result.decoded.pixels for p in batch])
-                for p, vector in zip(batch, vectors, strict=True):
-                    p.vector = vector
+                embed_files(embedder, batch)
             done += len(batch)
             progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
             yield from batch
@@ -66,6 +64,6 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
                 yield pending
                 continue
             batch.append(pending)
-            if len(batch) >= batch_size:
+            if sum(len(p.result.pixels) for p in batch) >= batch_size:  # a video brings its frames
                 yield from flush()
         yield from flush()

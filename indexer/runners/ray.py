@@ -6,6 +6,7 @@ must see the folder at the same path (a filesystem all nodes mount), which is ch
 Ray retries the tasks and restarts the actors of a worker that dies; a killed driver loses its uncommitted chunk.
 """
 
+import json
 import logging
 import math
 import os
@@ -19,11 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.decode import Decoded, LoadResult, WorkerConfig, load_file, use_config
+from indexer.decode import Decoded
 from indexer.errors import BadInputError
 from indexer.runners.work import Pending, decode_config, indexing_progress, reuse_twin
 from indexer.scan import FileStat
 from indexer.settings import Settings
+from indexer.video import VideoFrames
+from indexer.worker import LoadResult, WorkerConfig, load_file, use_config
 
 if TYPE_CHECKING:
     from indexer.models.embedder import Embedder
@@ -126,6 +129,8 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, config: WorkerConfig) 
     use_config(config)
     results = [load_file(Path(root, relpath)) for relpath in batch["relpath"]]
     decoded = [r.decoded for r in results]
+    # A video's kept frames travel as one block of bytes, (frames, height, width) in pixel_shape, and its times as
+    # JSON: a still is a video of one frame to the embedders.
     # "" for none: a column of nothing but None would have no type on its way through Arrow.
     return batch | {
         "hash": np.array([r.hash or "" for r in results], dtype=object),
@@ -135,9 +140,12 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, config: WorkerConfig) 
         "format": np.array([d.format if d else "" for d in decoded], dtype=object),
         "taken_at": np.array([d.taken_at.isoformat() if d and d.taken_at else "" for d in decoded], dtype=object),
         "phash": np.array([d.phash if d else "" for d in decoded], dtype=object),
-        "pixels": np.array([d.pixels.tobytes() if d else b"" for d in decoded], dtype=object),
-        # (height, width) of the pixels: a NaFlex model's vary from image to image.
-        "pixel_shape": np.array([d.pixels.shape[:2] if d else (0, 0) for d in decoded], dtype=np.int64),
+        "pixels": np.array([b"".join(p.tobytes() for p in r.pixels) for r in results], dtype=object),
+        # (frames, height, width) of the pixels: a NaFlex model's vary from image to image.
+        "pixel_shape": np.array(
+            [(len(r.pixels), *r.pixels[0].shape[:2]) if r.pixels else (0, 0, 0) for r in results], dtype=np.int64
+        ),
+        "video": np.array([video_facts(r.video) for r in results], dtype=object),
         "decoded_by": np.array([worker_name()] * len(results), dtype=object),
     }
 
@@ -153,12 +161,17 @@ class EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels, shapes = batch.pop("pixels"), batch.pop("pixel_shape")
-        decoded = np.array([len(p) > 0 for p in pixels], dtype=bool)
-        vectors = np.zeros((len(pixels), self.embedder.dim), dtype=np.float32)
-        if decoded.any():
-            images = [np.frombuffer(pixels[i], dtype=np.uint8).reshape(*shapes[i], 3) for i in np.flatnonzero(decoded)]
-            vectors[decoded] = self.embedder.embed_pixels(images)
-        return batch | {"vector": vectors, "embedded_by": np.array([self.name] * len(pixels), dtype=object)}
+        pictures = [
+            frame
+            for data, shape in zip(pixels, shapes, strict=True)
+            for frame in np.frombuffer(data, np.uint8).reshape(*shape, 3)
+        ]
+        size = self.embedder.batch_size
+        vectors = [self.embedder.embed_pixels(pictures[i : i + size]) for i in range(0, len(pictures), size)]
+        vectors = np.concatenate(vectors) if vectors else np.zeros((0, self.embedder.dim), np.float32)
+        ends = np.cumsum([shape[0] for shape in shapes])
+        per_file = np.array([v.astype(np.float32).tobytes() for v in np.split(vectors, ends[:-1])], dtype=object)
+        return batch | {"vectors": per_file, "embedded_by": np.array([self.name] * len(pixels), dtype=object)}
 
 
 def run_on_ray(
@@ -212,7 +225,7 @@ def run_on_ray(
                 )
                 use.decoders.add(batch["decoded_by"][row])
                 if pending.result.decoded is not None:
-                    pending.vector = batch["vector"][row]
+                    pending.vectors = np.frombuffer(batch["vectors"][row], np.float32).reshape(-1, embedder.dim)
                     use.embedders.add(batch["embedded_by"][row])
                 elif pending.result.skip_reason is None and not reuse_twin(pending, store, known_hashes):
                     continue
@@ -235,4 +248,19 @@ def load_result(batch: dict[str, np.ndarray], row: int) -> LoadResult:
         taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
         phash=str(batch["phash"][row]),
     )
-    return LoadResult(hash=digest, decoded=decoded)
+    facts = batch["video"][row]
+    if not facts:
+        return LoadResult(hash=digest, decoded=decoded)
+    facts = json.loads(facts)
+    video = VideoFrames(
+        **facts, width=decoded.width, height=decoded.height, taken_at=decoded.taken_at, frames=[], phash=decoded.phash
+    )
+    return LoadResult(hash=digest, decoded=decoded, video=video)
+
+
+def video_facts(video: VideoFrames | None) -> str:
+    """What the driver needs of a decoded video besides its pixels and the row's facts, as JSON ("" for a still)."""
+    if video is None:
+        return ""
+    keys = ("duration_s", "codec", "container", "timestamps", "cut_off")
+    return json.dumps({key: getattr(video, key) for key in keys})

@@ -13,9 +13,11 @@ from indexer.store.base import Store
 from indexer.store.embedded import DB_FILE, DEFAULT_INDEX_MEMORY, INDEX_FILE, INDEX_META_FILE, open_embedded
 from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.schema import (
+    FRAME,
     INDEXED,
     METADATA_TEXT,
     READ_TEXT,
+    SEARCHED,
     SKIPPED,
     Caption,
     CaptionFailure,
@@ -25,6 +27,7 @@ from indexer.store.schema import (
     LabelSet,
     Manifest,
     MetadataRead,
+    Moment,
     Root,
     Tag,
     TextLine,
@@ -62,8 +65,9 @@ def open_store(
 
 
 __all__ = [
-    "DB_FILE", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "METADATA_TEXT", "READ_TEXT", "NO_FILTERS", "SKIPPED",
-    "Caption", "CaptionFailure", "Filters", "Hit", "Image", "Keyword", "LabelSet", "Manifest", "MetadataRead", "Root",
+    "DB_FILE", "FRAME", "INDEX_FILE", "INDEX_META_FILE", "INDEXED", "METADATA_TEXT", "READ_TEXT", "NO_FILTERS",
+    "SEARCHED", "SKIPPED", "Caption", "CaptionFailure", "Filters", "Hit", "Image", "Keyword", "LabelSet", "Manifest",
+    "MetadataRead", "Moment", "Root",
     "Store", "Tag", "TextLine",
     "TextModel", "get_root", "is_database_url", "open_store", "utcnow",
 ]  # fmt: skip

@@ -20,9 +20,11 @@ from indexer.errors import ModelMismatchError, StoreFormatError
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import (
     FORMAT_VERSION,
+    FRAME,
     INDEXED,
     METADATA_TEXT,
     READ_TEXT,
+    SEARCHED,
     SKIPPED,
     Caption,
     CaptionFailure,
@@ -73,7 +75,16 @@ class Store(ABC):
 
     @abstractmethod
     def delete_images(self, ids: list[int]) -> None:
-        """Delete rows, their vectors, captions and tags, in one transaction."""
+        """Delete rows, their vectors, captions and tags, and the frames of the videos among them, in one
+        transaction."""
+
+    def frame_ids(self, session: Session, video_ids: list[int]) -> list[int]:
+        """The ids of the kept frames of these videos (delete_images deletes them with their video)."""
+        found = []
+        for start in range(0, len(video_ids), 500):
+            chunk = video_ids[start : start + 500]
+            found += session.scalars(select(Image.id).where(Image.video_id.in_(chunk), Image.status == FRAME))
+        return found
 
     @abstractmethod
     def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
@@ -159,10 +170,31 @@ class Store(ABC):
         or folder names hold pieces of `query` (substring_pieces), those holding the most first, then by id."""
 
     def vector(self, image_id: int) -> np.ndarray | None:
-        """The stored vector of an indexed image (None for another id)."""
+        """The stored vector of an indexed image or a video's frame (None for another id)."""
         with self.engine.connect() as conn:
-            found = conn.scalar(select(Image.id).where(Image.id == image_id, Image.status == INDEXED))
+            found = conn.scalar(select(Image.id).where(Image.id == image_id, Image.status.in_(SEARCHED)))
         return None if found is None else self.vectors_of(np.asarray([image_id]))[0]
+
+    def frames(self, video_id: int) -> list[tuple[int, int]]:
+        """(row id, timestamp in ms) of a video's kept frames after its first (the video's own row), in time order."""
+        with self.engine.connect() as conn:
+            query = select(Image.id, Image.timestamp_ms).where(Image.video_id == video_id, Image.status == FRAME)
+            return [(i, ms) for i, ms in conn.execute(query.order_by(Image.timestamp_ms))]
+
+    def moments(self, ids: list[int]) -> dict[int, tuple[int, int]]:
+        """{row id: (its video's id, timestamp in ms)} for the ids that are videos or their frames."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Image.id, func.coalesce(Image.video_id, Image.id), Image.timestamp_ms).where(
+                    Image.id.in_(ids), Image.timestamp_ms.is_not(None)
+                )
+            )
+            return {i: (video, ms) for i, video, ms in rows}
+
+    def has_frames(self) -> bool:
+        """Whether any video has kept frames besides its first: searches then answer by video."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(Image.id).where(Image.status == FRAME).limit(1)) is not None
 
     def count_vectors(self, indexed_after: datetime | None = None) -> int:
         """How many vectors `iter_vectors` would yield."""
@@ -189,10 +221,10 @@ class Store(ABC):
         ids = rng.permutation(np.fromiter(found, dtype=np.int64))[:size]
         return self.vectors_of(np.sort(ids)), count
 
-    def matching_ids(self, filters: Filters) -> np.ndarray:
-        """Ids of indexed images that meet the row filters."""
+    def matching_ids(self, filters: Filters, frames: bool = False) -> np.ndarray:
+        """Ids of indexed images that meet the row filters (with `frames`, and of the videos' kept frames)."""
         with self.engine.connect() as conn:
-            return np.fromiter(conn.scalars(matching_ids(filters)), dtype=np.int64)
+            return np.fromiter(conn.scalars(matching_ids(filters, frames)), dtype=np.int64)
 
     # --- rows --------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select
 
 from indexer.errors import BadInputError, StoreFormatError
 from indexer.store.base import Store
-from indexer.store.schema import INDEXED, Caption, CaptionFailure, Image, LabelSet, Root, Tag
+from indexer.store.schema import SEARCHED, Caption, CaptionFailure, Image, LabelSet, Root, Tag
 
 CHUNK = 5_000
 TABLES = (Root, Image, Caption, CaptionFailure, Tag, LabelSet)  # parents before children
@@ -90,7 +90,7 @@ def copy_table(source: Store, destination: Store, table, progress: Progress, tas
                     row["vector_version"] = 0  # versions are the source's; the destination indexes them anew
             s.execute(insert(table), rows)
             if table is Image:
-                ids = np.asarray([row["id"] for row in rows if row["status"] == INDEXED], dtype=np.int64)
+                ids = np.asarray([row["id"] for row in rows if row["status"] in SEARCHED], dtype=np.int64)
                 if len(ids):
                     destination.write_vectors(s, ids, source.vectors_of(ids))
             s.commit()

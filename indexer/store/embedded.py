@@ -41,7 +41,9 @@ from indexer.store.filters import NO_FILTERS, Filters
 from indexer.store.lock import store_writer
 from indexer.store.schema import (
     FORMAT_VERSION,
+    FRAME,
     INDEXED,
+    SEARCHED,
     Base,
     Image,
     Manifest,
@@ -143,7 +145,7 @@ class EmbeddedStore(Store):
         version = self.bump_version(session)
         for row in rows:
             row.vector_version = version
-        indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status == INDEXED]
+        indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status in SEARCHED]
         if indexed:
             self.write_vectors(session, np.asarray([i for i, _ in indexed]), np.stack([v for _, v in indexed]))
         session.commit()
@@ -164,6 +166,7 @@ class EmbeddedStore(Store):
         if not ids:
             return
         with self.session() as s:
+            ids = list(ids) + self.frame_ids(s, ids)
             version = self.bump_version(s)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -299,7 +302,7 @@ class EmbeddedStore(Store):
         """Whether the index holds as many vectors as the database, compared at one data version."""
         with self.engine.connect() as conn, conn.begin():
             version = conn.scalar(select(Manifest.data_version))
-            count = conn.scalar(select(func.count()).select_from(Image).where(Image.status == INDEXED))
+            count = conn.scalar(select(func.count()).select_from(Image).where(Image.status.in_(SEARCHED)))
         if version != self.index_version or self.index.ntotal == count:
             return True  # moved on meanwhile: the next load checks again
         log.warning(
@@ -358,7 +361,7 @@ class EmbeddedStore(Store):
                 conn.scalars(select(RemovedVector.id).where(RemovedVector.data_version > self.index_version))
             )
         stale = [i for i, _ in changed if i <= self.index_max_id] + removed
-        added = np.asarray([i for i, status in changed if status == INDEXED], dtype=np.int64)
+        added = np.asarray([i for i, status in changed if status in SEARCHED], dtype=np.int64)
         with self._lock.exclusive():
             if stale:
                 self.index.remove_ids(np.asarray(stale, dtype=np.int64))
@@ -375,7 +378,7 @@ class EmbeddedStore(Store):
         with self.engine.connect() as conn, conn.begin():
             version = conn.scalar(select(Manifest.data_version))
             ids = np.fromiter(
-                conn.scalars(select(Image.id).where(Image.status == INDEXED).order_by(Image.id)), np.int64
+                conn.scalars(select(Image.id).where(Image.status.in_(SEARCHED)).order_by(Image.id)), np.int64
             )
         kind = ann.choose(len(ids), self.dim, self.index_memory)
         if kind.memory(len(ids)) > self.index_memory:
@@ -464,7 +467,7 @@ class EmbeddedStore(Store):
         with self._selections_lock:
             if key in self._selections:
                 return self._selections[key]
-        ids = self.matching_ids(filters)
+        ids = self.matching_ids(filters, frames=True)
         found = faiss.IDSelectorBatch(ids), ids
         if filters.tag is None and filters.keyword is None:
             with self._selections_lock:
@@ -505,17 +508,18 @@ class EmbeddedStore(Store):
         words, pieces = query_words(query), substring_pieces(query)
         if not words:
             return []
-        among = self.matching_ids(filters) if filters.selects_rows else None
+        among = self.matching_ids(filters, frames=True) if filters.selects_rows else None
         # SQLite returns the bare column `text` from the row that gave MIN(rank): the best caption.
         sql = text(
             "SELECT c.image_id, MIN(f.rank) AS best, c.text FROM captions_fts AS f "
             "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
-            "WHERE captions_fts MATCH :query AND i.status = :status "
+            "WHERE captions_fts MATCH :query AND i.status IN (:status, :frame) "
             + f"AND {source_sql(source)} "
             + in_selection("c.image_id", among)
             + "GROUP BY c.image_id ORDER BY best, c.image_id LIMIT :limit"
         )
-        params = {"query": fts_phrases(words), "status": INDEXED, "limit": limit, "among": among_json(among)}
+        params = {"query": fts_phrases(words), "status": INDEXED, "frame": FRAME, "limit": limit}
+        params["among"] = among_json(among)
         with self.session() as s:
             by_words = [(image_id, -float(best), caption) for image_id, best, caption in s.execute(sql, params)]
             by_pieces = []
@@ -524,7 +528,7 @@ class EmbeddedStore(Store):
                 sql = text(
                     f"SELECT c.image_id, MAX({found}) AS found, c.text FROM captions_trigram AS f "
                     "JOIN captions AS c ON c.id = f.rowid JOIN images AS i ON i.id = c.image_id "
-                    "WHERE captions_trigram MATCH :query AND i.status = :status "
+                    "WHERE captions_trigram MATCH :query AND i.status IN (:status, :frame) "
                     + f"AND {source_sql(source)} "
                     + in_selection("c.image_id", among)
                     + "GROUP BY c.image_id ORDER BY found DESC, c.image_id LIMIT :limit"

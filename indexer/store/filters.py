@@ -5,7 +5,7 @@ from datetime import date, datetime, time
 
 from sqlalchemy import Select, func, select
 
-from indexer.store.schema import INDEXED, Image, Keyword, Root, Tag
+from indexer.store.schema import INDEXED, SEARCHED, Image, Keyword, Root, Tag
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,17 @@ class Filters:
 NO_FILTERS = Filters()
 
 
-def matching_ids(filters: Filters) -> Select:
-    """SELECT of the ids of indexed images that meet the row filters."""
-    return filtered(select(Image.id), filters)
+def matching_ids(filters: Filters, frames: bool = False) -> Select:
+    """SELECT of the ids of indexed images that meet the row filters (with `frames`, and of videos' kept frames)."""
+    return filtered(select(Image.id), filters, frames)
 
 
-def filtered(query: Select, filters: Filters) -> Select:
-    """`query`, which selects from images (or joins them), kept to the indexed images that meet the row filters."""
-    query = query.where(Image.status == INDEXED)
+def filtered(query: Select, filters: Filters, frames: bool = False) -> Select:
+    """`query`, which selects from images (or joins them), kept to the indexed images that meet the row filters;
+    with `frames`, videos' kept frames too (what searches rank), which meet them when their video does: a frame
+    row has its video's folder and dates, and tags and keywords are given to the video."""
+    query = query.where(Image.status.in_(SEARCHED) if frames else Image.status == INDEXED)
+    item = func.coalesce(Image.video_id, Image.id) if frames else Image.id
     if filters.folder is not None:
         query = query.join(Root, Root.id == Image.root_id).where(folder_condition(filters.folder))
     if filters.taken_from is not None:
@@ -49,10 +52,10 @@ def filtered(query: Select, filters: Filters) -> Select:
         query = query.where(Image.taken_at <= datetime.combine(filters.taken_to, time.max))
     if filters.tag is not None:
         tagged = select(Tag.image_id).where(func.lower(Tag.label) == filters.tag.strip().lower())
-        query = query.where(Image.id.in_(tagged))
+        query = query.where(item.in_(tagged))
     if filters.keyword is not None:
         keyworded = select(Keyword.image_id).where(Keyword.folded == filters.keyword.strip().lower())
-        query = query.where(Image.id.in_(keyworded))
+        query = query.where(item.in_(keyworded))
     return query
 
 

@@ -64,6 +64,7 @@ from indexer.store.filters import NO_FILTERS, Filters, filtered, matching_ids
 from indexer.store.schema import (
     FORMAT_VERSION,
     INDEXED,
+    SEARCHED,
     Base,
     Caption,
     Image,
@@ -242,7 +243,7 @@ class PostgresStore(Store):
         ids = [row.id for row in rows]
         for start in range(0, len(ids), 1000):
             session.execute(delete(self.vectors).where(self.vectors.c.id.in_(ids[start : start + 1000])))
-        indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status == INDEXED]
+        indexed = [(row.id, vectors[position]) for position, row in enumerate(rows) if row.status in SEARCHED]
         if indexed:
             self.write_vectors(session, np.asarray([i for i, _ in indexed]), np.stack([v for _, v in indexed]))
         session.commit()
@@ -266,6 +267,7 @@ class PostgresStore(Store):
     def delete_images(self, ids: list[int]) -> None:
         """Vectors, captions and tags go with their rows (ON DELETE CASCADE)."""
         with self.session() as s:
+            ids = list(ids) + self.frame_ids(s, ids)  # stores made before videos lack the cascade from a video
             for start in range(0, len(ids), 1000):
                 s.execute(delete(Image).where(Image.id.in_(ids[start : start + 1000])))
             s.commit()
@@ -361,7 +363,7 @@ class PostgresStore(Store):
     ) -> list[tuple[int, float]]:
         want = k + offset + len(exclude)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        among = matching_ids(filters) if filters.selects_rows else None
+        among = matching_ids(filters, frames=True) if filters.selects_rows else None
         with self.engine.connect() as conn, conn.begin():  # one snapshot; the hnsw settings are set for it alone
             exact, admitted = want > EF_MAX, None
             if among is not None and not exact:
@@ -408,7 +410,7 @@ class PostgresStore(Store):
         ranked = select(self.vectors.c.id, distance).order_by(distance + 0 if exact else distance)
         if not filters.selects_rows:
             return ranked
-        return filtered(ranked.join(Image, Image.id == self.vectors.c.id), filters)
+        return filtered(ranked.join(Image, Image.id == self.vectors.c.id), filters, frames=True)
 
     def match_captions(
         self, query: str, limit: int, filters: Filters = NO_FILTERS, source: str = "caption"
@@ -426,12 +428,12 @@ class PostgresStore(Store):
         best = (
             select(Caption.image_id, found, Caption.text)
             .join(Image, Image.id == Caption.image_id)
-            .where(holds_any(Caption.text, pieces), Image.status == INDEXED, caption_source(source))
+            .where(holds_any(Caption.text, pieces), Image.status.in_(SEARCHED), caption_source(source))
             .distinct(Caption.image_id)
             .order_by(Caption.image_id, found.desc(), Caption.id)
         )
         if filters.selects_rows:
-            best = best.where(Caption.image_id.in_(matching_ids(filters)))
+            best = best.where(Caption.image_id.in_(matching_ids(filters, frames=True)))
         best = best.subquery()
         ranked = select(best).order_by(best.c.found.desc(), best.c.image_id).limit(2 * limit)
         with self.engine.connect() as conn:
@@ -467,12 +469,12 @@ class PostgresStore(Store):
         best = (
             select(Caption.image_id, relevance.label("relevance"), Caption.text)
             .join(Image, Image.id == Caption.image_id)
-            .where(document.op("@@")(tsquery), Image.status == INDEXED, caption_source(source))
+            .where(document.op("@@")(tsquery), Image.status.in_(SEARCHED), caption_source(source))
             .distinct(Caption.image_id)
             .order_by(Caption.image_id, relevance.desc(), Caption.id)
         )
         if filters.selects_rows:
-            best = best.where(Caption.image_id.in_(matching_ids(filters)))
+            best = best.where(Caption.image_id.in_(matching_ids(filters, frames=True)))
         best = best.subquery()
         ranked = select(best).order_by(best.c.relevance.desc(), best.c.image_id).limit(limit)
         with self.engine.connect() as conn:

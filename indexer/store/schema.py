@@ -29,6 +29,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 # Format 2: vectors moved from SQLite blobs to the float16 vector file; format 1 stores are migrated on open.
 FORMAT_VERSION = 2
 INDEXED, SKIPPED = "indexed", "skipped"
+# A kept frame of a video (indexer/video.py): a row with a vector that searches find, answered as a moment of its
+# video (the row it points to, which is the item). Everything that lists items (timeline, counts, duplicates,
+# clusters, tags) sees only INDEXED rows; searches see both.
+FRAME = "frame"
+SEARCHED = (INDEXED, FRAME)
 
 
 class Base(DeclarativeBase):
@@ -87,6 +92,14 @@ class Image(Base):
     # The data version of the commit that last wrote this row's vector or status: an index saved at version V
     # catches up by the rows above V (and the removals above V) instead of being rebuilt.
     vector_version: Mapped[int] = mapped_column(default=0, index=True)
+    # Videos. The video's own row is the item: its vector is its first kept frame's, its format names the container
+    # and codec. Each later kept frame is a FRAME row pointing to it, at "<video path>#t=<seconds>" (a W3C media
+    # fragment, so the path is unique and says where to play from), with the video's folder, dates and size.
+    video_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)  # the moment a row shows (a video: its first frame)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)  # a video's length, where its container says
+    # A Live Photo's movie (same name as the still, beside it): the still is the item, the movie plays in its view.
+    motion_relpath: Mapped[str | None]
 
 
 class RemovedVector(Base):
@@ -263,6 +276,15 @@ def migrate_schema(conn: Connection) -> None:
 
 
 @dataclass
+class Moment:
+    """A kept frame of a video that a search found: the second it shows, its score, and its row id (for `similar`)."""
+
+    id: int
+    timestamp_s: float
+    score: float
+
+
+@dataclass
 class Hit:
     """One search result: a stored image, its score and its caption when it has one.
 
@@ -276,6 +298,9 @@ class Hit:
     caption: str | None = None
     taken_at: datetime | None = None
     relevance: float | None = None  # with a relevance cut-off: spreads above the query's baseline (search/relevance.py)
+    # A video: the second of its best matching moment (play from there), and every moment found, best first.
+    timestamp_s: float | None = None
+    moments: list[Moment] | None = None
 
 
 def utcnow() -> datetime:

@@ -234,7 +234,20 @@ def print_hits(hits: list[Hit], json_out: bool, relevant: bool = False) -> None:
             *([f"{hit.relevance:.1f}" if hit.relevance is not None else "caption"] if relevant else []),
             str(hit.id),
             *([hit.taken_at.isoformat(" ", "minutes") if hit.taken_at else ""] if with_dates else []),
-            printable(hit.path),
+            printable(hit.path) + (f" at {moments_text(hit)}" if hit.moments else ""),
             *([hit.caption or ""] if with_captions else []),
         )
     out.print(table)
+
+
+def clock(seconds: float) -> str:
+    """A video time as people read it: 0:42, 12:05, 1:02:03."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def moments_text(hit: Hit) -> str:
+    """A video hit's best moment, then the others found (ids to search from in `clipdex similar`)."""
+    best, *others = hit.moments
+    return clock(best.timestamp_s) + (f" (also {', '.join(clock(m.timestamp_s) for m in others)})" if others else "")
