@@ -22,6 +22,7 @@ from indexer.scan import diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings
 from indexer.store import FRAME, INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
 from indexer.store.probes import PROBE_QUERIES
+from indexer.store.schema import frame_relpath
 
 if TYPE_CHECKING:
     from indexer.enrich.captions import CaptionSummary
@@ -334,7 +335,7 @@ def frame_times(p: Pending) -> list[int] | None:
 def frame_row(video: Image, timestamp_ms: int) -> Image:
     """A FRAME row of a video: searched, answered as a moment of it, filtered by its folder and dates."""
     return Image(
-        root_id=video.root_id, relpath=f"{video.relpath}#t={timestamp_ms / 1000:.3f}", size=video.size,
+        root_id=video.root_id, relpath=frame_relpath(video.relpath, timestamp_ms), size=video.size,
         mtime_ns=video.mtime_ns, width=video.width, height=video.height, format=video.format,
         taken_at=video.taken_at, status=FRAME, indexed_at=video.indexed_at, video_id=video.id,
         timestamp_ms=timestamp_ms,

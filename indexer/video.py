@@ -224,7 +224,7 @@ def open_video(path: Path) -> Iterator[Video]:
             if not streams:  # audio only (a cover picture is no video either)
                 raise DecodeError("not a video", "the file has no video stream")
             if streams[0].codec_context is None:
-                raise DecodeError("unsupported", f"no decoder for the codec tagged {streams[0].codec_tag!r}")
+                raise DecodeError("unsupported", "this FFmpeg has no decoder for the video codec")
             yield Video(container, streams[0])
 
 
@@ -293,7 +293,9 @@ def survey(video: Video, sampling: Sampling, duration: float | None) -> tuple[li
     min_gap, max_gap = gaps(sampling, min(duration or sampling.max_seconds, sampling.max_seconds))
     if duration and duration > SEEK_SURVEY_AFTER_S:
         return seek_survey(video, sampling, duration, min_gap)
-    spacing = min_gap / 2  # a cut is noticed within half a min_gap: closer candidates could not all be kept anyway
+    # A cut is noticed within a quarter of min_gap: candidates closer could not all be kept, and sparser ones leave
+    # kept frames up to min_gap + spacing apart (fewer than max_frames where they are spread).
+    spacing = min_gap / 4
     video.ctx.skip_frame = "NONKEY"
     candidates: list[Candidate] = []
     keyframes: list[int] = []
@@ -310,8 +312,8 @@ def survey(video: Video, sampling: Sampling, duration: float | None) -> tuple[li
             if not packet.is_keyframe:
                 continue
             keyframes.append(packet.pts)
-            if candidates and seconds < video.seconds(candidates[-1].pts) + spacing:
-                continue
+            if candidates and seconds // spacing == video.seconds(candidates[-1].pts) // spacing:
+                continue  # one keyframe per slot of `spacing` seconds
             frame = video.keyframe(packet)
             if frame is not None:
                 candidates.append(Candidate(frame.pts, histogram(frame), keyframe=True))
@@ -380,14 +382,17 @@ def histogram(frame: av.VideoFrame) -> np.ndarray:
 
 
 def choose(candidates: list[Candidate], video: Video, sampling: Sampling, span: float) -> list[Candidate]:
-    """The kept candidates, in time order (see Sampling)."""
+    """The kept candidates, in time order (see Sampling). Without a cut, the candidate kept is the last one before
+    max_gap would pass, so no gap (the end of the video included) outgrows it where candidates allow."""
     min_gap, max_gap = gaps(sampling, span)
+    times = [video.seconds(c.pts) for c in candidates] + [span]
     kept: list[Candidate] = []
-    for candidate in candidates:
+    for i, candidate in enumerate(candidates):
         if kept:
-            since = video.seconds(candidate.pts) - video.seconds(kept[-1].pts)
+            last = video.seconds(kept[-1].pts)
             distance = 0.5 * float(np.abs(candidate.histogram - kept[-1].histogram).sum())
-            if since < min_gap or since < max_gap and distance <= sampling.scene_threshold:
+            due = times[i + 1] - last > max_gap
+            if times[i] - last < min_gap or not due and distance <= sampling.scene_threshold:
                 continue
         kept.append(candidate)
         if len(kept) == sampling.max_frames:

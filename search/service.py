@@ -36,8 +36,10 @@ from indexer.models.embedder import Embedder
 from indexer.models.loading import canonical_name
 from indexer.settings import Settings
 from indexer.store import (
+    FRAME,
     INDEXED,
     NO_FILTERS,
+    SKIPPED,
     Caption,
     Filters,
     Hit,
@@ -696,8 +698,10 @@ class Service:
             "model": self.store.model,
             "text_models": [name for name, _ in paired_names(self.store)],
             "dim": self.store.dim,
-            "indexed": counts.get("indexed", 0),
-            "skipped": counts.get("skipped", 0),
+            "indexed": counts.get(INDEXED, 0),
+            "videos": self.store.count_videos(),  # of the indexed items
+            "frames": counts.get(FRAME, 0),  # the videos' kept frames besides their first
+            "skipped": counts.get(SKIPPED, 0),
             "roots": self.store.roots(),
             "runtime": runtime_status(self.store.model, self.settings).to_json(),
         } | ({"skipped_files": [{"path": p, "reason": r} for p, r in self.store.skipped()]} if skipped_files else {})

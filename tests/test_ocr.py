@@ -203,3 +203,17 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, settings, reader):
     assert resumed.done_before == partial and resumed.read == 40 - partial
     assert read_so_far() == 40
     assert Service(Settings(store=settings.store)).search("page 17", "text", k=1)[0].path.endswith("page17.png")
+
+
+def test_text_is_read_in_a_videos_kept_frames_and_found_at_its_moment(tmp_path, settings):
+    from tests.support.videos import make_video
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    sign = render(TEXTS["sign.jpg"])  # 800 x 230: the video's size, so it stands still
+    make_video(root / "walk.mp4", [((90, 60, 40), 3), (sign, 3), ((40, 60, 90), 3)], size=sign.size)
+    summary = index_folder(root, settings, show_progress=False, ocr=True)
+    assert summary.text.read == 1  # the sign's frame; the plain scenes have no text
+    hits = Service(Settings(store=settings.store)).search("bahnhofstrasse", "text")
+    assert [h.path.rsplit("/", 1)[-1] for h in hits] == ["walk.mp4"]  # the video, not its frame's row
+    assert 2.0 <= hits[0].timestamp_s <= 7.0 and hits[0].caption == "Bahnhofstrasse"

@@ -3,6 +3,8 @@ photos, bad videos skipped with their reasons, Live Photos as one item, on both 
 
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from sqlalchemy import select
 from indexer.indexing import index_folder
 from indexer.store import FRAME, INDEXED, SKIPPED, Image, open_store
 from indexer.video import frame_at
+from indexer.worker import load_file
 from search.service import Service
 from tests.support.photos import photo
 from tests.support.videos import make_video
@@ -126,3 +129,29 @@ def test_a_live_photo_is_one_item_whose_movie_plays(folder, settings):
     (folder / "IMG_0002.MOV").unlink()  # the movie gone: the still stays, with nothing to play
     index_folder(folder, settings, show_progress=False)
     assert next(r for r in rows(settings) if r.relpath == "IMG_0002.JPG").motion_relpath is None
+
+
+def load_or_break(path: Path):
+    """A decode worker's task that hangs where the timeout's signal cannot reach (as inside a decoder looping in C)
+    on "stuck.*", and kills its own process (as a crashing decoder) on "crash.*"."""
+    if path.stem == "stuck":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(3600)
+    if path.stem == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_file(path)
+
+
+def test_a_stuck_or_crashing_decoder_is_stopped_and_the_run_goes_on(folder, settings, monkeypatch):
+    monkeypatch.setattr("indexer.runners.local.load_file", load_or_break)
+    shutil.copy(folder / "clip.mp4", folder / "stuck.mp4")
+    photo(5).save(folder / "crash.jpg")
+    photo(6).save(folder / "z.jpg")
+    settings = settings.model_copy(update={"decode_timeout": 0.5, "video_timeout": 0.5})
+    started = time.monotonic()
+    summary = index_folder(folder, settings, show_progress=False)
+    assert time.monotonic() - started < 60
+    reasons = {r.relpath: r.skip_reason for r in rows(settings) if r.status == SKIPPED}
+    assert reasons["stuck.mp4"].startswith("timeout: still decoding after")
+    assert reasons["crash.jpg"].startswith("crashed")
+    assert summary.indexed == 3  # clip.mp4, a.jpg and z.jpg, before and after the restarts

@@ -177,7 +177,7 @@ def ocr_store(
     with store.writing(root, settings.lock_timeout):  # re-entrant: `index --ocr` holds it already
         started = time.perf_counter()
         name = reader.name if reader else reader_name(settings.ocr_model)
-        todo, total = images_to_do(store, name, "", redo, root_id)
+        todo, total = images_to_do(store, name, "", redo, root_id, frames=True)  # each kept frame of a video
         summary = OcrSummary(reader=name, done_before=total - len(todo))
         if todo:
             reader = reader or Reader(settings.ocr_model, settings.ocr_keys)

@@ -20,6 +20,7 @@ from indexer.errors import ModelMismatchError, StoreFormatError
 from indexer.store.filters import NO_FILTERS, Filters, matching_ids
 from indexer.store.schema import (
     FORMAT_VERSION,
+    FRAGMENT,
     FRAME,
     INDEXED,
     METADATA_TEXT,
@@ -191,6 +192,12 @@ class Store(ABC):
             )
             return {i: (video, ms) for i, video, ms in rows}
 
+    def count_videos(self) -> int:
+        """How many indexed items are videos (a video's row has the time of its first kept frame)."""
+        with self.engine.connect() as conn:
+            query = select(func.count()).select_from(Image)
+            return conn.scalar(query.where(Image.status == INDEXED, Image.timestamp_ms.is_not(None)))
+
     def has_frames(self) -> bool:
         """Whether any video has kept frames besides its first: searches then answer by video."""
         with self.engine.connect() as conn:
@@ -237,6 +244,20 @@ class Store(ABC):
         with self.session() as s:
             rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
         return {i: str(Path(root) / rel) for i, root, rel in rows}
+
+    def pictures(self, ids: list[int]) -> dict[int, tuple[str, float | None]]:
+        """Where each row's picture is: (absolute path, None) for a still; a video's file and the second of the
+        frame for a video or a frame of one."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Image.id, Root.path, Image.relpath, Image.video_id, Image.timestamp_ms)
+                .join(Root)
+                .where(Image.id.in_(ids))
+            ).all()
+        return {
+            i: (str(Path(root) / (rel.rpartition(FRAGMENT)[0] if video else rel)), None if ms is None else ms / 1000)
+            for i, root, rel, video, ms in rows
+        }
 
     def relpaths(self, ids: list[int]) -> dict[int, str]:
         """Paths of the given image ids within their indexed folders."""

@@ -303,6 +303,13 @@ class Hit:
     moments: list[Moment] | None = None
 
 
+FRAGMENT = "#t="  # a frame row's path is its video's with the second it shows: "clip.mp4#t=42.000"
+
+
+def frame_relpath(video_relpath: str, timestamp_ms: int) -> str:
+    return f"{video_relpath}{FRAGMENT}{timestamp_ms / 1000:.3f}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

@@ -97,6 +97,8 @@ def stats(
         return
     for key in ("store", "model", "dim", "indexed", "skipped"):
         out.print(f"{key:8} {info[key]}", highlight=False)
+        if key == "indexed" and info["videos"]:
+            out.print(f"videos   {info['videos']} of them, with {info['frames']} more frames searched", highlight=False)
     for name in info["text_models"]:
         out.print(f"text     {printable(name)} (shares the model's space)", highlight=False)
     for root in info["roots"]:
