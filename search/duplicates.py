@@ -1,7 +1,8 @@
 """Duplicate groups in three kinds, each with a suggested keeper: exact copies, the same picture, similar shots.
 
 Exact copies share a content hash; the same picture (resized, re-encoded, lightly edited) has a perceptual hash
-(pHash, computed at indexing) at most `distance` bits from the keeper's; similar shots have embeddings at cosine
+(pHash, computed at indexing; a video's is its first kept frame's, and its copy also lasts as long) at most
+`distance` bits from the keeper's; similar shots have embeddings at cosine
 >= `similarity` to the keeper's and capture times within `window` of it when both have one. Nothing chains: keepers
 are chosen greedily, the best picture first (most pixels, then the oldest, then the first indexed), and each takes
 the images still free that are within its kind's threshold of it (the same picture's embeddings must agree too:
@@ -39,6 +40,8 @@ NPROBE = 4  # IVF lists searched per image beyond that: near copies (cosine >= 0
 SEARCH_CHUNK = 16_384
 MAX_DISTANCE = 32  # pHash bits: past half of 64, unrelated pictures match
 MAX_WINDOW = 10 * 365 * 86_400.0
+# A re-encoded video keeps its length to a frame or two; containers round it differently (edit lists, audio).
+VIDEO_LENGTH_SLACK_MS = 1000
 
 
 class DuplicateKind(StrEnum):
@@ -113,6 +116,8 @@ class Row:
     bytes: int
     taken_at: datetime | None
     phash: str | None
+    video: bool  # a video, judged by its first kept frame
+    duration_ms: int | None
 
 
 def find_duplicates(store: Store, options: DuplicateOptions) -> list[DuplicateGroup]:
@@ -201,11 +206,23 @@ def same_pictures(
     bits apart (images without a pHash are no candidates)."""
 
     def close(a: int, b: int) -> bool:
-        ha, hb = rows[int(ids[a])].phash, rows[int(ids[b])].phash
-        return ha is not None and hb is not None and phash_distance(ha, hb) <= distance
+        ra, rb = rows[int(ids[a])], rows[int(ids[b])]
+        alike = ra.phash is not None and rb.phash is not None and phash_distance(ra.phash, rb.phash) <= distance
+        return alike and same_length(ra, rb)
 
     agree = pairs[cosines(pairs, vectors) >= SAME_PICTURE_COSINE]
     return agree[[close(a, b) for a, b in agree.tolist()]].reshape(-1, 2)
+
+
+def same_length(a: Row, b: Row) -> bool:
+    """Whether two rows can be one picture by their kind and length: a still is never a copy of a video, and a
+    video's copy (re-encoded, resized) lasts as long, where both containers say. Many videos open alike (a black
+    fade-in, a title): their first frames alone would make them copies."""
+    if a.video != b.video:
+        return False
+    if a.duration_ms is None or b.duration_ms is None:
+        return True
+    return abs(a.duration_ms - b.duration_ms) <= max(VIDEO_LENGTH_SLACK_MS, 0.02 * max(a.duration_ms, b.duration_ms))
 
 
 def similar_shots(
@@ -257,13 +274,16 @@ def adjacency(pairs: np.ndarray) -> dict[int, set[int]]:
 def member_rows(store: Store, ids: list[int]) -> dict[int, Row]:
     """{id: Row} of the given images, 10,000 at a time (a query's parameters are limited)."""
     rows = {}
-    query = select(Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.phash)
+    query = select(
+        Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.phash, Image.timestamp_ms,
+        Image.duration_ms,
+    )  # fmt: skip
     with store.session() as s:
         for start in range(0, len(ids), 10_000):
             chunk = ids[start : start + 10_000]
             paths = store.paths(chunk)
-            for i, width, height, size, taken_at, phash in s.execute(query.where(Image.id.in_(chunk))):
-                rows[i] = Row(paths[i], width or 0, height or 0, size, taken_at, phash)
+            for i, width, height, size, taken_at, phash, at, duration in s.execute(query.where(Image.id.in_(chunk))):
+                rows[i] = Row(paths[i], width or 0, height or 0, size, taken_at, phash, at is not None, duration)
     return rows
 
 

@@ -155,3 +155,14 @@ def test_a_stuck_or_crashing_decoder_is_stopped_and_the_run_goes_on(folder, sett
     assert reasons["stuck.mp4"].startswith("timeout: still decoding after")
     assert reasons["crash.jpg"].startswith("crashed")
     assert summary.indexed == 3  # clip.mp4, a.jpg and z.jpg, before and after the restarts
+
+
+def test_a_reencoded_video_is_a_copy_and_a_video_opening_alike_is_not(folder, tmp_path, settings):
+    from search.service import DuplicateOptions
+
+    make_video(folder / "copy.mkv", SCENES, size=(320, 240), codec="mpeg4")  # re-encoded, resized, rewrapped
+    make_video(folder / "longer.mp4", SCENES + [(GREEN, 6)])  # opens the same way, lasts longer
+    index_folder(folder, settings, show_progress=False)
+    groups = Service(settings).duplicates(DuplicateOptions(kinds=("same-picture",)))
+    assert [sorted(Path(m.path).name for m in g.members) for g in groups] == [["clip.mp4", "copy.mkv"]]
+    assert Path(groups[0].keeper.path).name == "copy.mkv"  # the larger picture is kept
