@@ -23,6 +23,7 @@ from indexer.store import Caption, Image, open_store
 from tests.support.photos import photo, write_photos
 from tests.support.processes import INDEXER, alive
 from tests.support.stores import indexed_rows
+from tests.support.videos import make_video
 
 pytestmark = pytest.mark.slow
 # Ray binds to the machine's address unless told it is not part of a cluster; token auth stays off for the test.
@@ -71,8 +72,9 @@ def ray_settings(store, model_dir, address, **extra) -> Settings:
 
 
 def mixed_folder(folder: Path) -> None:
-    """Photos (one with a capture time, one twice, one in a subfolder) and files that must be skipped."""
+    """Photos (one with a capture time, one twice, one in a subfolder), a video and files that must be skipped."""
     write_photos(folder, 30, size=(160, 120))
+    make_video(folder / "clip.mp4", [((200, 30, 30), 3), ((30, 200, 30), 3), ((30, 30, 200), 3)])
     exif = PILImage.Exif()
     exif[0x0132] = "2019:07:14 18:30:00"
     photo(99, (200, 150)).save(folder / "dated.jpg", exif=exif)
@@ -114,10 +116,11 @@ def test_ray_indexes_what_the_local_pipeline_does(tmp_path, clip_dir, ray_addres
     local = Settings(store=str(tmp_path / "local"), model=str(clip_dir), device="cpu", workers=1, batch_size=4)
     on_ray = ray_settings(tmp_path / "ray", clip_dir, ray_address)
     want, got = index_folder(photos, local, show_progress=False), index_folder(photos, on_ray, show_progress=False)
-    assert (got.indexed, got.skipped) == (want.indexed, want.skipped) == (32, {"empty file": 1, "not an image": 1,
+    assert (got.indexed, got.skipped) == (want.indexed, want.skipped) == (33, {"empty file": 1, "not an image": 1,
                                                                              "truncated": 1})  # fmt: skip
     assert "decode workers, 1 embedding actors (0 GPUs) on 1 node" in got.cluster
     assert rows(on_ray.store)["dated.jpg"][-1].year == 2019
+    assert [rel for rel in rows(on_ray.store) if rel.startswith("clip.mp4#t=")] != []  # the video's kept frames
     assert_same_index(on_ray.store, local.store)
 
     # Incremental on Ray as locally: a new file, a changed one, a deleted one, a known content moved in.
