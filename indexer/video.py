@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from indexer.decode import (
-    HEIF_BRANDS,
     DecodeError,
     DecodeTimeout,
     ImagePrep,
@@ -60,7 +59,7 @@ av.logging.set_level(av.logging.PANIC)  # FFmpeg's complaints about damaged file
 def looks_like_video(head: bytes) -> bool:
     """True when the first 16 bytes of a file carry a known video container signature."""
     if head[4:8] == b"ftyp":
-        return head[8:12] in VIDEO_BRANDS and head[8:12] not in HEIF_BRANDS
+        return head[8:12] in VIDEO_BRANDS
     return (
         head.startswith((b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", ASF_GUID, b"FLV\x01"))
         or head[:4] == b"RIFF"
@@ -70,14 +69,18 @@ def looks_like_video(head: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which frames of a video are kept (see the module docstring); defaults measured in bench notes below.
+    """Which frames of a video are kept (see the module docstring).
 
     scene_threshold: 0.5 * L1 distance (0..1) of 3x16-bin colour histograms that counts as a new scene. Measured
-    on tests.support.videos clips: motion inside a scene (a bar crossing a flat colour, a pan across a photo-like
-    picture) stays under 0.15, a change to another photo-like picture is 0.35 to 0.9; 0.3 sits between.
-    max_gap_s: a frame is kept at least every this many seconds even without a cut, so a slow change is covered.
+    on tests.support.videos clips (distance to the scene's first frame): a bar crossing a flat colour <= 0.07, a
+    pan across a quarter of the frame over photo-like content <= 0.22 (across half of it <= 0.43); a cut to another
+    photo-like picture >= 0.41 (5th percentile 0.53, median 0.71 over 120 pairs), to another flat colour >= 0.63.
+    0.3 sits between: a cut between look-alike shots may be missed, a whip pan may add a frame (min_gap bounds it).
+    max_gap_s: a frame is kept at least every this many seconds even without a cut, so slow change is covered;
+    10 s is x264's default keyframe interval at 25 fps, so most files meet it from keyframes alone.
     min_gap_s: no two kept frames closer than this, so flicker and flashes never flood the index.
-    max_frames: at most this many kept frames per video; a longer video spreads them evenly.
+    max_frames: at most this many kept frames per video (64 embeddings, the cost of 64 photos); a longer video
+    spreads them evenly (min_gap widens to its duration / (max_frames - 1)).
     max_seconds: media seconds read at most; a longer (or endless) stream is cut off there.
     """
 
@@ -141,7 +144,7 @@ class Video:
         self.container.seek(pts, stream=self.stream)
         self.ctx.skip_frame = "NONKEY"
         for packet in self.container.demux(self.stream):
-            if packet.is_keyframe and packet.pts is not None and packet.pts >= pts:
+            if packet.is_keyframe and timestamp(packet) is not None and timestamp(packet) >= pts:
                 return self.keyframe(packet)
         return None
 
@@ -165,6 +168,11 @@ class Video:
         return shown
 
 
+def timestamp(packet: av.Packet) -> int | None:
+    """A packet's presentation time, else its decoding time (some AVI and raw streams carry only that)."""
+    return packet.pts if packet.pts is not None else packet.dts
+
+
 def read_video(
     path: Path, prep: ImagePrep, sampling: Sampling = Sampling(), max_pixels: int = 200_000_000
 ) -> VideoFrames:
@@ -173,20 +181,20 @@ def read_video(
         ctx = video.ctx
         refuse_too_large(ctx.width, ctx.height, max_pixels)
         duration = stream_duration(video)
-        candidates, end_s, cut_off, rotation = survey(video, sampling, duration)
+        candidates, end_s, cut_off = survey(video, sampling, duration)
         if not candidates:
             raise DecodeError("truncated", "the file ends before its first frame")
         span = min(max(duration or 0.0, end_s), sampling.max_seconds)
         kept = choose(candidates, video, sampling, span)
-        width, height = display_size(video, rotation)
-        images = []
+        images, rotation = [], 0
         for candidate in kept:
             frame = video.keyframe_at(candidate.pts) if candidate.keyframe else video.frame_shown_at(candidate.pts)
             if frame is not None:
-                img = upright(scaled(frame, draft_size(video, prep)), frame.rotation)
-                images.append((video.seconds(candidate.pts), img))
+                rotation = frame.rotation
+                images.append((video.seconds(candidate.pts), upright(scaled(frame, draft_size(video, prep)), rotation)))
         if not images:
             raise DecodeError("corrupt", "no kept frame decodes a second time")
+        width, height = display_size(video, rotation)
         return VideoFrames(
             duration_s=duration,
             width=width,
@@ -217,8 +225,9 @@ def frame_at(path: Path, timestamp_s: float, max_side: int) -> Image.Image:
 def open_video(path: Path) -> Iterator[Video]:
     """Open a video file by path at its video stream; every failure, here or in the caller's block, a DecodeError."""
     with decode_errors(path):
-        if path.stat().st_size == 0:
-            raise DecodeError("empty file", "0 bytes")
+        with path.open("rb") as f:  # the file system's own errors first: FFmpeg's errno-like codes are loose
+            if not f.read(1):
+                raise DecodeError("empty file", "0 bytes")
         with av.open(str(path), metadata_errors="replace") as container:
             streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
             if not streams:  # audio only (a cover picture is no video either)
@@ -235,20 +244,18 @@ def decode_errors(path: Path) -> Iterator[None]:
         yield
     except (DecodeError, DecodeTimeout, MemoryError):
         raise
-    except PermissionError as e:
-        raise DecodeError("permission denied", str(e.strerror or e)) from None
     except (av.error.DecoderNotFoundError, av.error.PatchWelcomeError, NotImplementedError) as e:
         raise DecodeError("unsupported", message(e)) from None
-    except (FileNotFoundError, IsADirectoryError) as e:
-        raise DecodeError("unreadable", str(e.strerror or e)) from None
-    except OSError as e:
-        if not isinstance(e, av.error.FFmpegError):  # the disk, not the content
-            raise DecodeError("unreadable", str(e.strerror or e)) from None
-        raise DecodeError("corrupt", message(e)) from None
     except av.error.InvalidDataError as e:
         if iso_box_overruns(path):
             raise DecodeError("truncated", "the file ends inside a box its header announces") from None
         raise DecodeError("corrupt", message(e)) from None
+    except av.error.FFmpegError as e:  # its OSErrors too: a decoder's bare -1 reads as EPERM
+        raise DecodeError("corrupt", message(e)) from None
+    except PermissionError as e:
+        raise DecodeError("permission denied", str(e.strerror or e)) from None
+    except OSError as e:
+        raise DecodeError("unreadable", str(e.strerror or e)) from None
     except Exception as e:  # FFmpeg and PyAV raise many types on hostile input
         raise DecodeError("corrupt", message(e)) from None
 
@@ -260,22 +267,25 @@ def message(e: Exception) -> str:
 
 def iso_box_overruns(path: Path) -> bool:
     """True for an ISO-BMFF (MP4/MOV) file whose top-level boxes run past its end: a copy cut short."""
-    with path.open("rb") as f:
-        size = f.seek(0, 2)
-        f.seek(0)
-        if not looks_like_video(f.read(16)):
-            return False
-        offset = 0
-        while offset + 8 <= size:
-            f.seek(offset)
-            header = f.read(16)
-            box = struct.unpack(">I", header[:4])[0]
-            if box == 1 and len(header) == 16:  # a 64-bit size follows the type
-                box = struct.unpack(">Q", header[8:16])[0]
-            if box < 8:  # 0: "to the end of the file"; anything else below 8 is damage, not truncation
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            if not looks_like_video(f.read(16)):
                 return False
-            offset += box
-        return offset > size
+            offset = 0
+            while offset + 8 <= size:
+                f.seek(offset)
+                header = f.read(16)
+                box = struct.unpack(">I", header[:4])[0]
+                if box == 1 and len(header) == 16:  # a 64-bit size follows the type
+                    box = struct.unpack(">Q", header[8:16])[0]
+                if box < 8:  # 0: "to the end of the file"; anything else below 8 is damage, not truncation
+                    return False
+                offset += box
+            return offset > size
+    except OSError:
+        return False
 
 
 def stream_duration(video: Video) -> float | None:
@@ -287,10 +297,11 @@ def stream_duration(video: Video) -> float | None:
     return None
 
 
-def survey(video: Video, sampling: Sampling, duration: float | None) -> tuple[list[Candidate], float, bool, int]:
-    """Candidate frames in time order with their histograms, the seconds read, whether max_seconds cut the reading
-    off, and the display rotation."""
-    min_gap, max_gap = gaps(sampling, min(duration or sampling.max_seconds, sampling.max_seconds))
+def survey(video: Video, sampling: Sampling, duration: float | None) -> tuple[list[Candidate], float, bool]:
+    """Candidate frames in time order with their histograms, the seconds read, and whether max_seconds cut the
+    reading off."""
+    # Without a known duration, candidates are as dense as for a short video; choose() spreads them once read.
+    min_gap, max_gap = gaps(sampling, min(duration, sampling.max_seconds) if duration else 0.0)
     if duration and duration > SEEK_SURVEY_AFTER_S:
         return seek_survey(video, sampling, duration, min_gap)
     # A cut is noticed within a quarter of min_gap: candidates closer could not all be kept, and sparser ones leave
@@ -299,68 +310,74 @@ def survey(video: Video, sampling: Sampling, duration: float | None) -> tuple[li
     video.ctx.skip_frame = "NONKEY"
     candidates: list[Candidate] = []
     keyframes: list[int] = []
-    end_s, cut_off, rotation = 0.0, False, 0
+    end_s, cut_off, timed = 0.0, False, False
     try:
         for packet in video.container.demux(video.stream):
-            if packet.pts is None:
+            pts = timestamp(packet)
+            if pts is None:  # the flush packet at the end, or a raw stream without timestamps
                 continue
-            seconds = video.seconds(packet.pts)
+            seconds, timed = video.seconds(pts), True
             if seconds > sampling.max_seconds:
                 cut_off = True
                 break
             end_s = max(end_s, seconds)
             if not packet.is_keyframe:
                 continue
-            keyframes.append(packet.pts)
+            keyframes.append(pts)
             if candidates and seconds // spacing == video.seconds(candidates[-1].pts) // spacing:
                 continue  # one keyframe per slot of `spacing` seconds
             frame = video.keyframe(packet)
             if frame is not None:
-                candidates.append(Candidate(frame.pts, histogram(frame), keyframe=True))
-                rotation = frame.rotation
+                candidates.append(Candidate(pts, histogram(frame), keyframe=True))
     except av.error.FFmpegError:
         if not candidates:  # a file damaged before its first frame; one damaged later keeps what was read
             raise
+    if not timed:
+        raise DecodeError("unsupported", "a video stream without timestamps")
+    if not keyframes:  # no packet flagged as a keyframe: decode from the start
+        candidates = sample_gop(video, video.start, 0.0, end_s, spacing)
     ends = [video.seconds(pts) for pts in keyframes[1:]] + [end_s]
-    for start, end in zip(keyframes, ends, strict=True):
+    for start, end in zip(keyframes, ends, strict=False):
         if end - video.seconds(start) > max_gap / 2:  # a long GOP: sample inside it too
-            candidates += sample_gop(video, start, end, spacing)
+            candidates += sample_gop(video, start, video.seconds(start) + spacing, end, spacing)
     candidates.sort(key=lambda c: c.pts)
-    return candidates, end_s, cut_off, rotation
+    return candidates, end_s, cut_off
 
 
 def seek_survey(
     video: Video, sampling: Sampling, duration: float, min_gap: float
-) -> tuple[list[Candidate], float, bool, int]:
+) -> tuple[list[Candidate], float, bool]:
     """A long video's candidates: the keyframe at or before each of evenly spaced times, reached by seeking."""
     end_s = min(duration, sampling.max_seconds)
     video.ctx.skip_frame = "NONKEY"
     candidates: dict[int, Candidate] = {}
-    rotation = 0
-    for step in range(math.ceil(end_s / (min_gap / 2))):
-        video.container.seek(video.pts(step * min_gap / 2), stream=video.stream)
-        for packet in video.container.demux(video.stream):
-            if packet.is_keyframe and packet.pts is not None:
-                frame = None if packet.pts in candidates else video.keyframe(packet)
-                if frame is not None:
-                    candidates.setdefault(frame.pts, Candidate(frame.pts, histogram(frame), keyframe=True))
-                    rotation = frame.rotation
-                break
-    return sorted(candidates.values(), key=lambda c: c.pts), end_s, duration > sampling.max_seconds, rotation
+    try:
+        for step in range(math.ceil(end_s / (min_gap / 2))):
+            video.container.seek(video.pts(step * min_gap / 2), stream=video.stream)
+            for packet in video.container.demux(video.stream):
+                pts = timestamp(packet)
+                if packet.is_keyframe and pts is not None:
+                    frame = None if pts in candidates else video.keyframe(packet)
+                    if frame is not None:
+                        candidates[pts] = Candidate(pts, histogram(frame), keyframe=True)
+                    break
+    except av.error.FFmpegError:
+        if not candidates:
+            raise
+    return sorted(candidates.values(), key=lambda c: c.pts), end_s, duration > sampling.max_seconds
 
 
-def sample_gop(video: Video, start: int, end_s: float, spacing: float) -> list[Candidate]:
-    """Candidates every `spacing` seconds inside a GOP (keyframe `start` to `end_s`), decoding all its frames."""
+def sample_gop(video: Video, start: int, from_s: float, end_s: float, spacing: float) -> list[Candidate]:
+    """Candidates every `spacing` seconds from `from_s` to `end_s`, decoding every frame from keyframe `start`."""
     samples = []
-    next_s = video.seconds(start) + spacing
     try:
         for frame in video.frames_from(start):
             seconds = video.seconds(frame.pts)
             if seconds >= end_s:
                 break
-            if seconds >= next_s:
+            if seconds >= from_s:
                 samples.append(Candidate(frame.pts, histogram(frame), keyframe=False))
-                next_s = seconds + spacing
+                from_s = seconds + spacing
     except av.error.FFmpegError:
         pass  # damage inside the GOP: the samples before it stand
     return samples
@@ -427,7 +444,7 @@ def scaled(frame: av.VideoFrame, size: tuple[int, int]) -> Image.Image:
     return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_image()
 
 
-def upright(img: Image.Image, rotation: int | None = None) -> Image.Image:
+def upright(img: Image.Image, rotation: int) -> Image.Image:
     """The image turned as the video's display matrix says (counter-clockwise degrees)."""
     turns = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180}
     return img.transpose(turns[rotation]) if rotation in turns else img

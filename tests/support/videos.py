@@ -9,7 +9,7 @@ from PIL import Image
 
 # The codec each container gets unless the caller names one.
 CODECS = {".webm": "libvpx-vp9", ".avi": "mpeg4", ".wmv": "wmv2", ".asf": "wmv2", ".flv": "flv", ".mpg": "mpeg2video"}
-FORMATS = {".wmv": "asf", ".mpg": "vob"}  # suffixes FFmpeg does not map to a muxer by itself
+FORMATS = {".wmv": "asf", ".mpg": "vob", ".h264": "h264"}  # suffixes FFmpeg does not map to a muxer by itself
 
 Scene = tuple[tuple[int, int, int] | Image.Image, float]
 
