@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from indexer.enrich.tags import LabelScore, TagSummary
     from indexer.indexing import IndexSummary
     from indexer.store.copy import CopySummary
+    from indexer.store.exchange import ExportSummary, ImportSummary
     from search.clusters import Clustering
     from search.vlm import VisualQA
 
@@ -90,6 +91,7 @@ __all__ = [
     "Hit",
     "ImageInfo",
     "LabelSetRequest",
+    "Moment",
     "Photo",
     "SearchMode",
     "Service",
@@ -164,6 +166,11 @@ class ImageInfo:
     title: str | None = None
     description: str | None = None
     keywords: list[str] = field(default_factory=list)
+    media: str = "image"  # "image" or "video"
+    duration_s: float | None = None  # a video's length, where its container says
+    timestamp_s: float | None = None  # a video: the second of its first kept frame (what its thumbnail shows)
+    frames: list[float] = field(default_factory=list)  # a video: the second of every kept frame, in time order
+    motion: bool = False  # a Live Photo: its movie plays from Service.motion_file
 
 
 @dataclass
@@ -373,12 +380,13 @@ class Service:
         hits = []
         for i, score in ranked:
             if i in rows:
-                path, caption, taken_at = rows[i]
-                found = moments.get(i)
+                row, found = rows[i], moments.get(i)
+                start = found[0].timestamp_s if found else None if row.timestamp_ms is None else row.timestamp_ms / 1000
                 hits.append(
                     Hit(
-                        id=i, path=path, score=score, caption=matched.get(i) or caption, taken_at=taken_at,
-                        timestamp_s=found[0].timestamp_s if found else None, moments=found,
+                        id=i, path=row.path, score=score, caption=matched.get(i) or row.caption,
+                        taken_at=row.taken_at, timestamp_s=start, moments=found,
+                        duration_s=None if row.duration_ms is None else row.duration_ms / 1000,
                     )
                 )  # fmt: skip
         return hits
@@ -633,7 +641,8 @@ class Service:
         return self._remembered[name][1]
 
     def image_info(self, image_id: int) -> ImageInfo:
-        """Path, file facts, captions, tags, read text and metadata of an indexed image."""
+        """Path, file facts, captions, tags, read text and metadata of an indexed image or video (and a video's
+        length and kept frames, a Live Photo's movie)."""
         with self.store.session() as s:
             row = s.execute(
                 select(Image, Root.path).join(Root).where(Image.id == image_id, Image.status == INDEXED)
@@ -652,6 +661,8 @@ class Service:
             ).all()
             metadata = s.get(MetadataRead, image_id)
             keywords = s.scalars(select(Keyword.keyword).where(Keyword.image_id == image_id).order_by(Keyword.id))
+        video = image.timestamp_ms is not None  # only a video's row carries the second it shows
+        frames = [image.timestamp_ms] + [ms for _, ms in self.store.frames(image_id)] if video else []
         return ImageInfo(
             id=image.id,
             path=str(Path(root) / image.relpath),
@@ -666,14 +677,24 @@ class Service:
             title=metadata.title if metadata else None,
             description=metadata.description if metadata else None,
             keywords=list(keywords),
+            media="video" if video else "image",
+            duration_s=image.duration_ms / 1000 if image.duration_ms is not None else None,
+            timestamp_s=image.timestamp_ms / 1000 if video else None,
+            frames=[ms / 1000 for ms in frames],
+            motion=bool(image.motion_relpath),
         )
 
     def image_file(self, image_id: int) -> Path:
-        """The file of an indexed image, if it is still the file that was indexed (search/media.py)."""
+        """The file of an indexed image or video, if it is still the file that was indexed (search/media.py)."""
         return media.image_file(self.store, image_id)
 
+    def motion_file(self, image_id: int) -> Path:
+        """The movie of a Live Photo, from beside its still (search/media.py)."""
+        return media.motion_file(self.store, image_id)
+
     def thumbnail(self, image_id: int) -> Path:
-        """A JPEG thumbnail of an indexed image, made once and cached in the store (search/media.py)."""
+        """A JPEG thumbnail of an indexed image, or of the frame a video or one of its kept frames shows, made once
+        and cached in the store (search/media.py)."""
         cache_dir = self.store.local_dir or self.settings.cache_dir
         return media.thumbnail(self.store, cache_dir, image_id, self._decode_slots)
 
@@ -760,6 +781,25 @@ def copy_store(source: str, destination: str, settings: Settings, show_progress:
     src = open_store(source)
     dst = open_store(destination, model=src.model, dim=src.dim, create=True)
     return copy_store(src, dst, settings.lock_timeout, show_progress)
+
+
+def import_embeddings(
+    source: Path, model: str | None, settings: Settings, root: Path | None, show_progress: bool
+) -> "ImportSummary":
+    """Add embeddings made elsewhere, in clip-retrieval's layout, to the store (made when missing); a re-run adds only
+    what the store lacks (indexer/store/exchange.py)."""
+    from indexer.store.exchange import import_embeddings
+
+    return import_embeddings(source, canonical_name(model) if model else None, settings, root, show_progress)
+
+
+def export_embeddings(destination: Path, settings: Settings, shard_size: int, show_progress: bool) -> "ExportSummary":
+    """Write the store's indexed images in clip-retrieval's layout, for autofaiss, clip-retrieval and the like
+    (indexer/store/exchange.py)."""
+    from indexer.store.exchange import export_embeddings
+
+    store = open_store(settings.store)
+    return export_embeddings(store, destination, settings.lock_timeout, shard_size, show_progress)
 
 
 def model_catalogue() -> tuple[list[dict], dict]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import and_, delete, func, select
@@ -38,6 +39,19 @@ from indexer.store.schema import (
 )
 
 READ_CHUNK = 10_000
+
+
+class HitRow(NamedTuple):
+    path: str
+    caption: str | None
+    taken_at: datetime | None
+    timestamp_ms: int | None  # a video's first kept frame
+    duration_ms: int | None  # a video's length
+
+
+def join_path(root: str, relpath: str) -> str:
+    """An item's absolute path, or its URL under a web root ("https://host": pathlib would make it https:/host)."""
+    return f"{root.rstrip('/')}/{relpath}" if "://" in root else str(Path(root) / relpath)
 
 
 class Store(ABC):
@@ -243,7 +257,7 @@ class Store(ABC):
         """Absolute paths of the given image ids."""
         with self.session() as s:
             rows = s.execute(select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(ids))).all()
-        return {i: str(Path(root) / rel) for i, root, rel in rows}
+        return {i: join_path(root, rel) for i, root, rel in rows}
 
     def pictures(self, ids: list[int]) -> dict[int, tuple[str, float | None]]:
         """Where each row's picture is: (absolute path, None) for a still; a video's file and the second of the
@@ -255,7 +269,7 @@ class Store(ABC):
                 .where(Image.id.in_(ids))
             ).all()
         return {
-            i: (str(Path(root) / (rel.rpartition(FRAGMENT)[0] if video else rel)), None if ms is None else ms / 1000)
+            i: (join_path(root, rel.rpartition(FRAGMENT)[0] if video else rel), None if ms is None else ms / 1000)
             for i, root, rel, video, ms in rows
         }
 
@@ -264,8 +278,9 @@ class Store(ABC):
         with self.session() as s:
             return dict(s.execute(select(Image.id, Image.relpath).where(Image.id.in_(ids))).all())
 
-    def hit_rows(self, ids: list[int]) -> dict[int, tuple[str, str | None, datetime | None]]:
-        """(absolute path, newest caption or None, capture time) of the given image ids: one query for a page."""
+    def hit_rows(self, ids: list[int]) -> dict[int, HitRow]:
+        """(absolute path, newest caption or None, capture time, a video's first kept frame and length in ms) of
+        the given image ids: one query for a page."""
         newest = (
             select(Caption.text)
             .where(Caption.image_id == Image.id, caption_source("caption"))
@@ -273,9 +288,14 @@ class Store(ABC):
             .limit(1)
             .scalar_subquery()
         )
-        query = select(Image.id, Root.path, Image.relpath, newest, Image.taken_at).join(Root).where(Image.id.in_(ids))
+        query = select(
+            Image.id, Root.path, Image.relpath, newest, Image.taken_at, Image.timestamp_ms, Image.duration_ms
+        ).join(Root)
         with self.engine.connect() as conn:
-            return {i: (str(Path(root) / rel), caption, taken) for i, root, rel, caption, taken in conn.execute(query)}
+            return {
+                i: HitRow(join_path(root, rel), caption, taken, at, length)
+                for i, root, rel, caption, taken, at, length in conn.execute(query.where(Image.id.in_(ids)))
+            }
 
     def find_path(self, path: Path) -> int | None:
         """The id of an indexed image by its absolute path, if it lies under a known root."""

@@ -298,8 +298,10 @@ class Hit:
     caption: str | None = None
     taken_at: datetime | None = None
     relevance: float | None = None  # with a relevance cut-off: spreads above the query's baseline (search/relevance.py)
-    # A video: the second of its best matching moment (play from there), and every moment found, best first.
+    # A video: the second to play from (its best matching moment, else its first kept frame), its length, and
+    # every moment a search found, best first.
     timestamp_s: float | None = None
+    duration_s: float | None = None
     moments: list[Moment] | None = None
 
 

@@ -1,16 +1,39 @@
 """What the API takes and gives: pydantic models per resource (`...Create` in, `...Public` out)."""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from indexer.enrich.labels import DEFAULT_SET, MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
 from search.query import MAX_TERMS, MAX_WEIGHT
-from search.service import DEFAULT_MODE, MAX_QUERY_CHARS, DuplicateKind, Folder, Hit, Photo, SearchMode, Sort
+from search.service import (
+    DEFAULT_MODE,
+    MAX_QUERY_CHARS,
+    DuplicateKind,
+    Folder,
+    Hit,
+    Moment,
+    Photo,
+    SearchMode,
+    Sort,
+)
 
 StoredId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # SQLite's integer range
 MAX_TRASH_IDS = 1000  # files one request may move or restore
+
+
+Media = Literal["image", "video"]
+MEDIA = "image, or video (image_url is the video file, served with range requests)"
+
+
+class MomentPublic(BaseModel):
+    """A kept frame of a video that matched."""
+
+    id: int = Field(description="The frame's id, for its thumbnail or similar (the video's own id for its first frame)")
+    timestamp_s: float = Field(description="Seconds from the start of the video")
+    score: float
+    thumbnail_url: str = Field(description="That frame, as a JPEG")
 
 
 class HitPublic(BaseModel):
@@ -21,8 +44,16 @@ class HitPublic(BaseModel):
     relevance: float | None = Field(description="With relevant=true: spreads above this query's typical score")
     caption: str | None
     taken_at: str | None
-    thumbnail_url: str
+    thumbnail_url: str = Field(description="A JPEG; for a video, of its best matching moment")
     image_url: str
+    media: Media = Field(description=MEDIA)
+    timestamp_s: float | None = Field(
+        description="A video: the second to play from (its best matching moment); null for an image"
+    )
+    duration_s: float | None = Field(description="A video's length in seconds, where its container says")
+    moments: list[MomentPublic] | None = Field(
+        description="A video: the moments that matched, best first (the first is at timestamp_s); null for an image"
+    )
 
 
 class SearchResults(BaseModel):
@@ -40,6 +71,8 @@ class PhotoPublic(BaseModel):
     caption: str | None
     thumbnail_url: str
     image_url: str
+    media: Media = Field(description=MEDIA)
+    duration_s: float | None = Field(description="A video's length in seconds, where its container says")
 
 
 class PhotosPublic(BaseModel):
@@ -103,8 +136,13 @@ class ImagePublic(BaseModel):
     title: str | None = Field(description="The title other programs gave it (XMP dc:title, IPTC ObjectName)")
     description: str | None = Field(description="Their description (XMP dc:description, IPTC Caption)")
     keywords: list[str] = Field(description="Their keywords (XMP dc:subject, lr:hierarchicalSubject, IPTC)")
-    thumbnail_url: str
+    thumbnail_url: str = Field(description="A JPEG; for a video, of its first kept frame")
     image_url: str
+    media: Media = Field(description=MEDIA)
+    duration_s: float | None = Field(description="A video's length in seconds, where its container says")
+    timestamp_s: float | None = Field(description="A video: the second of its first kept frame; null for an image")
+    frames: list[float] = Field(description="A video: the second of every frame kept for search, in time order")
+    motion_url: str | None = Field(description="A Live Photo: its movie (range requests); null for anything else")
 
 
 class OcrJobPublic(BaseModel):
@@ -229,6 +267,8 @@ class LabelCountPublic(BaseModel):
 
 
 def hit_public(hit: Hit) -> HitPublic:
+    # A video's hit shows the frame of its best moment; a still (no moment) its own picture.
+    shown = hit.moments[0].id if hit.moments else hit.id
     return HitPublic(
         id=hit.id,
         path=hit.path,
@@ -237,9 +277,27 @@ def hit_public(hit: Hit) -> HitPublic:
         relevance=hit.relevance,
         caption=hit.caption,
         taken_at=hit.taken_at.isoformat() if hit.taken_at else None,
-        thumbnail_url=f"/api/images/{hit.id}/thumbnail",
+        thumbnail_url=f"/api/images/{shown}/thumbnail",
         image_url=f"/api/images/{hit.id}/file",
+        media=media_of(hit),
+        timestamp_s=hit.timestamp_s,
+        duration_s=hit.duration_s,
+        moments=None if hit.moments is None else [moment_public(m) for m in hit.moments],
     )
+
+
+def moment_public(moment: Moment) -> MomentPublic:
+    return MomentPublic(
+        id=moment.id,
+        timestamp_s=moment.timestamp_s,
+        score=moment.score,
+        thumbnail_url=f"/api/images/{moment.id}/thumbnail",
+    )
+
+
+def media_of(hit: Hit) -> Media:
+    """Only a video's hit carries the second to play from."""
+    return "video" if hit.timestamp_s is not None else "image"
 
 
 def photo_public(photo: Photo) -> PhotoPublic:
@@ -253,6 +311,8 @@ def photo_public(photo: Photo) -> PhotoPublic:
         caption=hit.caption,
         thumbnail_url=f"/api/images/{hit.id}/thumbnail",
         image_url=f"/api/images/{hit.id}/file",
+        media=media_of(hit),
+        duration_s=hit.duration_s,
     )
 
 

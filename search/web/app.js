@@ -17,6 +17,14 @@ const FILTERS = ["folder", "tag", "keyword", "taken_from", "taken_to", "min_scor
 let current = null;
 let offset = 0;
 let latest = 0; // the newest run: answers to older ones arrive late and are dropped
+const hitOf = new WeakMap(); // a grid cell -> its hit, so the photo view knows a video's moments
+
+// Seconds as a clock: 42 -> "0:42", 3723 -> "1:02:03".
+function clock(seconds) {
+  const s = Math.floor(seconds);
+  const mmss = `${Math.floor((s % 3600) / 60)}:${String(s % 60).padStart(2, "0")}`;
+  return s >= 3600 ? `${Math.floor(s / 3600)}:${mmss.padStart(5, "0")}` : mmss;
+}
 
 function filterParams() {
   const params = new URLSearchParams();
@@ -182,7 +190,8 @@ function describe() {
 }
 
 // A cell of the grid: a search hit (click: images like it) or, without a score, a photo of the collection (click:
-// its larger view).
+// its larger view). A video shows the frame of its best moment (the API's thumbnail), with a badge: the second of
+// that moment in a search, its length in the collection.
 function card(hit, rank) {
   const li = document.createElement("li");
   li.className = "hit-wrap";
@@ -190,20 +199,34 @@ function card(hit, rank) {
   button.className = "hit";
   button.type = "button";
   button.dataset.id = hit.id;
+  hitOf.set(button, hit);
+  const thumb = document.createElement("span");
+  thumb.className = "thumb";
   const img = document.createElement("img");
   img.src = hit.thumbnail_url;
   img.alt = hit.caption || hit.name;
   img.loading = "lazy";
-  button.append(img);
+  thumb.append(img);
+  let video = "";
+  if (hit.media === "video") {
+    const seconds = hit.score == null ? hit.duration_s : hit.timestamp_s;
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = seconds == null ? "▶" : `▶ ${clock(seconds)}`;
+    thumb.append(badge);
+    if (seconds == null) video = ", video";
+    else video = hit.score == null ? `, video of ${clock(seconds)}` : `, video at ${clock(seconds)}`;
+  }
+  button.append(thumb);
   if (hit.score == null) {
     const date = hit.date.replace("T", " ").slice(0, 16);
     button.title = `${hit.path}\n${hit.taken_at ? "Taken" : "File dated"} ${date}\nClick to view larger`;
-    button.setAttribute("aria-label", `${hit.name}, ${date}. View larger`);
-    button.addEventListener("click", () => viewImage(hit.id));
+    button.setAttribute("aria-label", `${hit.name}${video}, ${date}. View larger`);
+    button.addEventListener("click", () => viewImage(hit.id, hit));
   } else {
     button.title = `${hit.path}\nClick for similar images`;
     const relevance = hit.relevance == null ? "" : `, relevance ${hit.relevance.toFixed(1)}`;
-    button.setAttribute("aria-label", `${rank + 1}: ${hit.name}, score ${hit.score.toFixed(3)}${relevance}. Show similar images`);
+    button.setAttribute("aria-label", `${rank + 1}: ${hit.name}${video}, score ${hit.score.toFixed(3)}${relevance}. Show similar images`);
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = hit.score.toFixed(3) + (hit.relevance == null ? "" : ` · ${hit.relevance.toFixed(1)}σ`);
@@ -232,7 +255,7 @@ function card(hit, rank) {
   open.title = "View larger, with its details";
   open.setAttribute("aria-label", `View ${hit.name}`);
   open.textContent = "⤢";
-  open.addEventListener("click", () => viewImage(hit.id));
+  open.addEventListener("click", () => viewImage(hit.id, hit));
   li.append(open);
   return li;
 }
@@ -307,8 +330,12 @@ for (const kind of ["folders", "duplicates", "clusters"]) {
 // --- the larger view of one photo: its metadata, captions and tags; "more like this, but..." ----------------
 
 const viewer = $("#viewer");
+const frame = viewer.querySelector(".photo");
+const player = viewer.querySelector("video");
 
-async function viewImage(id) {
+// `hit`: the grid's hit, when the view opens from one: a video then plays from its best moment, and lists the
+// other moments found.
+async function viewImage(id, hit = null) {
   const info = await api(`/api/images/${id}`).catch((error) => {
     status.classList.add("error");
     status.textContent = error.message;
@@ -316,14 +343,20 @@ async function viewImage(id) {
   if (!info) return;
   viewer.dataset.id = info.id;
   viewer.dataset.name = info.name;
+  stopPlayer();
   const img = viewer.querySelector("img");
-  img.src = info.image_url;
+  img.src = info.media === "video" ? info.thumbnail_url : info.image_url;
   img.alt = info.captions[0] || info.name;
+  if (info.media === "video") playVideo(info, hit);
+  else viewer.querySelector(".moments").hidden = true;
+  viewer.querySelector(".live").hidden = !info.motion_url;
+  viewer.dataset.motion = info.motion_url || "";
   viewer.querySelector("h2").textContent = info.name;
   const facts = [
     ["Path", info.path],
     ["Taken", info.taken_at ? info.taken_at.replace("T", " ").slice(0, 16) : "unknown"],
     ["Size", `${info.width ?? "?"} × ${info.height ?? "?"} px · ${(info.size / 1e6).toFixed(1)} MB · ${info.format || "?"}`],
+    ...(info.duration_s == null ? [] : [["Length", clock(info.duration_s)]]),
     ...info.captions.map((text) => ["Caption", text]),
   ];
   if (info.title) facts.push(["Title", info.title]);
@@ -346,6 +379,64 @@ async function viewImage(id) {
   viewer.showModal();
 }
 
+// A video in the view: loaded from its best moment (a media fragment: the browser seeks there once it knows the
+// length), its poster that moment's frame; the moments a search found (else its scenes, the kept frames) are
+// buttons that seek, in time order.
+function playVideo(info, hit) {
+  const found = hit?.moments?.length ? hit.moments : null;
+  const start = found ? hit.timestamp_s : info.timestamp_s;
+  frame.classList.add("video");
+  player.hidden = false;
+  player.poster = hit?.thumbnail_url || info.thumbnail_url;
+  player.src = `${info.image_url}#t=${start}`;
+  player.setAttribute("aria-label", `${info.name}, from ${clock(start)}`);
+  const moments = found || info.frames.map((seconds) => ({ timestamp_s: seconds }));
+  const box = viewer.querySelector(".moments");
+  box.hidden = moments.length < 2;
+  box.setAttribute("aria-label", found ? "Matching moments" : "Scenes");
+  box.querySelector(".label").textContent = found ? "Matching moments" : "Scenes";
+  const buttons = [...moments].sort((a, b) => a.timestamp_s - b.timestamp_s).map((moment) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = clock(moment.timestamp_s);
+    button.dataset.seconds = moment.timestamp_s;
+    button.setAttribute("aria-label", `Play from ${clock(moment.timestamp_s)}`);
+    if (moment.score != null) button.title = `score ${moment.score.toFixed(3)}`;
+    if (moment.timestamp_s === start) button.setAttribute("aria-current", "true");
+    button.addEventListener("click", () => {
+      box.querySelector("[aria-current]")?.removeAttribute("aria-current");
+      button.setAttribute("aria-current", "true");
+      player.currentTime = moment.timestamp_s;
+      player.play().catch(() => {}); // a browser may refuse to play; the seek stands
+    });
+    return button;
+  });
+  box.replaceChildren(box.querySelector(".label"), ...buttons);
+}
+
+// Nothing plays once the view shows something else or closes.
+function stopPlayer() {
+  player.pause();
+  player.removeAttribute("src");
+  player.removeAttribute("poster");
+  player.load();
+  player.hidden = true;
+  frame.classList.remove("video", "live");
+}
+
+// A Live Photo's movie plays over its still, once, then the still shows again.
+viewer.querySelector(".live").addEventListener("click", () => {
+  stopPlayer();
+  frame.classList.add("live");
+  player.hidden = false;
+  player.src = viewer.dataset.motion;
+  player.setAttribute("aria-label", `${viewer.dataset.name}, Live Photo`);
+  player.play().catch(() => {});
+});
+player.addEventListener("ended", () => {
+  if (frame.classList.contains("live")) stopPlayer();
+});
+
 // The lines read in the photo, outlined where they sit; those holding a word of the current query stand out.
 function drawTextBoxes(lines) {
   const svg = viewer.querySelector("svg");
@@ -365,10 +456,14 @@ function drawTextBoxes(lines) {
 }
 
 viewer.querySelector(".close").addEventListener("click", () => viewer.close());
-viewer.addEventListener("close", () => grid.querySelector(`.hit[data-id="${viewer.dataset.id}"]`)?.focus());
+viewer.addEventListener("close", () => {
+  stopPlayer();
+  grid.querySelector(`.hit[data-id="${viewer.dataset.id}"]`)?.focus();
+});
 viewer.addEventListener("keydown", async (event) => {
   const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
-  if (step === undefined || event.target.matches("input")) return;
+  // A shown video seeks with the arrows when focused (Chromium's dialog focuses the player even while hidden).
+  if (step === undefined || event.target.matches("input, video:not([hidden])")) return;
   event.preventDefault();
   let cells = [...grid.querySelectorAll(".hit")];
   const at = cells.findIndex((cell) => cell.dataset.id === viewer.dataset.id);
@@ -377,7 +472,7 @@ viewer.addEventListener("keydown", async (event) => {
     cells = [...grid.querySelectorAll(".hit")];
   }
   const next = cells[at + step];
-  if (next) viewImage(next.dataset.id);
+  if (next) viewImage(next.dataset.id, hitOf.get(next));
 });
 viewer.addEventListener("click", (event) => {
   if (event.target === viewer) viewer.close(); // a click on the backdrop
