@@ -15,7 +15,10 @@ from search.cli import ask, collection, searching, serve, stores, trash, xmp
 from search.cli.common import err
 
 app = typer.Typer(help="Self-hosted image search: index folders, search them by text or by image.")
-store_app = typer.Typer(help="Manage stores: copy one between a directory and a PostgreSQL database.")
+store_app = typer.Typer(
+    help="Manage stores: copy one between a directory and a PostgreSQL database; import and export embeddings in "
+    "clip-retrieval's layout."
+)
 app.add_typer(store_app, name="store")
 trash_app = typer.Typer(help="Move the duplicates to drop into a trash folder inside their root, and back.")
 app.add_typer(trash_app, name="trash")
@@ -41,6 +44,8 @@ for command in (
 app.command("ask")(ask.ask_command)
 app.command()(ask.chat)
 store_app.command("copy")(stores.store_copy)
+store_app.command("import")(stores.store_import)
+store_app.command("export")(stores.store_export)
 trash_app.command("move")(trash.move)
 trash_app.command("list")(trash.list_trash)
 trash_app.command("restore")(trash.restore)

@@ -1,4 +1,4 @@
-"""Building and looking after stores: `index`, `caption`, `ocr`, `stats`, `models`, `store copy`."""
+"""Building and looking after stores: `index`, `caption`, `ocr`, `stats`, `models`, `store copy`, `import`, `export`."""
 
 import json
 from dataclasses import asdict
@@ -249,6 +249,50 @@ def store_copy(
     """Copy a store, vectors, captions and tags included; a re-run continues an interrupted copy, and the
     result is verified (counts and a checksum of ids and vectors)."""
     summary = run(clipdex.copy_store, source, destination, make_settings(), progress_shown(json_out))
+    if json_out:
+        typer.echo(json.dumps(asdict(summary)))
+    else:
+        out.print(summary.line(), highlight=False)
+
+
+def store_import(
+    source: Annotated[Path, typer.Argument(help="A clip-retrieval embeddings folder (img_emb/, metadata/)")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="The model the embeddings were made with (its files do not say; a clipdex export does)"
+        ),
+    ] = None,
+    store: StoreOpt = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root", help="The folder the image paths lie in (default: the one holding them all); relative ones too"
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import embeddings in clip-retrieval's layout as indexed images (the store is made for --model when new); a
+    re-run adds only what the store lacks."""
+    settings = make_settings(store=store)
+    summary = run(clipdex.import_embeddings, source, model, settings, root, progress_shown(json_out))
+    if json_out:
+        typer.echo(json.dumps({**asdict(summary), "rows_per_second": summary.rows_per_second}))
+    else:
+        out.print(summary.line(), highlight=False)
+
+
+def store_export(
+    destination: Annotated[Path, typer.Argument(help="A new or empty folder")],
+    store: StoreOpt = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per img_emb_N.npy file")] = 1_000_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export the store's indexed images in clip-retrieval's layout (float16 vectors and parquet metadata), for
+    autofaiss, clip-retrieval and the like."""
+    summary = run(
+        clipdex.export_embeddings, destination, make_settings(store=store), shard_size, progress_shown(json_out)
+    )
     if json_out:
         typer.echo(json.dumps(asdict(summary)))
     else:
