@@ -4,7 +4,8 @@ The most accurate kind that fits the budget wins (the order autofaiss and clip-r
 - exact (flat) while the collection is small enough to scan (EXACT_LIMIT) and fits;
 - IVF over full float32 vectors while those fit;
 - IVF over 8-bit, then 4-bit scalar codes, then over 4-bit product-quantisation codes (fast-scan), re-ranked:
-  the top `rerank x wanted` candidates are scored exactly with their vectors from the vector file.
+  the top `rerank x wanted` candidates are scored exactly with their vectors from the vector file;
+- past all of those, IVF over 8-bit product-quantisation codes in a memory-mapped file (ondisk.py), re-ranked.
 Compressed codes rank approximately; the re-ranking puts the exact order back, so hits carry exact cosines.
 
 nprobe and the re-rank depth are calibrated against exact search on two kinds of queries: stored vectors
@@ -39,9 +40,10 @@ Best = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 class Kind:
     """One kind of index: its FAISS factory string and what it costs per vector and in all."""
 
-    spec: str  # "Flat", "IVF{n},Flat", "IVF{n},SQ8", "IVF{n},SQ4", "IVF{n},PQ{m}x4fsr"
-    bytes_per_vector: float
+    spec: str  # "Flat", "IVF{n},Flat", "IVF{n},SQ8", "IVF{n},SQ4", "IVF{n},PQ{m}x4fsr"; on disk "IVF{n},PQ{m}"
+    bytes_per_vector: float  # in memory; on disk for an on-disk kind
     fixed_bytes: int  # the coarse quantiser's centroids
+    on_disk: bool = False  # 8-bit PQ codes in a memory-mapped file (ondisk.py): memory holds centroids and a bitmap
 
     @classmethod
     def parse(cls, spec: str, dim: int) -> "Kind":
@@ -53,6 +55,8 @@ class Kind:
             return cls(spec, 4 * dim + 8, centroids)
         if codes.startswith("SQ"):  # SQ8, SQ4: a byte or half a byte a dimension
             return cls(spec, dim * int(codes[2:]) / 8 + 8, centroids)
+        if "x" not in codes:  # PQ{m}: m bytes, the codes FAISS can map from disk; codebooks of 256 x dim floats
+            return cls(spec, int(codes[2:]) + 8, centroids + 256 * dim * 4, on_disk=True)
         return cls(spec, int(codes[2:].split("x")[0]) / 2 + 8, centroids)  # PQ{m}x4: m 4-bit codes
 
     @property
@@ -66,7 +70,8 @@ class Kind:
         return self.spec.split(",", 1)[-1] if self.spec.startswith("IVF") else self.spec
 
     def memory(self, count: int) -> int:
-        return int(self.fixed_bytes + self.bytes_per_vector * count)
+        """Bytes of RAM the index takes for `count` vectors (on disk: its bitmap of held ids besides)."""
+        return int(self.fixed_bytes + (count / 8 if self.on_disk else self.bytes_per_vector * count))
 
 
 def lists_of(spec: str) -> int:
@@ -85,6 +90,8 @@ def kinds(count: int, dim: int) -> list[Kind]:
     specs = ["Flat"] if count <= EXACT_LIMIT else []
     specs += [f"{ivf},Flat", f"{ivf},SQ8", f"{ivf},SQ4"]
     specs += [f"{ivf},PQ{m}x4fsr" for m in (dim // 4, dim // 8, dim // 16) if m >= 2 and dim % m == 0]
+    if count > EXACT_LIMIT and dim % 8 == 0:  # past every in-memory kind: codes on disk, a byte per 8 dimensions
+        specs.append(f"{ivf},PQ{dim // 8}")
     return [Kind.parse(spec, dim) for spec in specs]
 
 
@@ -102,8 +109,8 @@ def outgrown(spec: str, trained: int, count: int, dim: int, budget: int) -> bool
     accurate kind replaces a fitting one only when it fits in half the budget.
     """
     current = Kind.parse(spec, dim)
-    if current.memory(count) > budget:
-        return True
+    if current.memory(count) > budget:  # unless it is the smallest there is already
+        return choose(count, dim, budget).family != current.family
     if spec == "Flat":
         return count > 2 * EXACT_LIMIT
     if not trained / RETRAIN_GROWTH <= count <= trained * RETRAIN_GROWTH:
@@ -119,6 +126,8 @@ def new_index(kind: Kind, dim: int) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     index = faiss.index_factory(dim, kind.spec, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = KMEANS_ITERATIONS
+    if kind.on_disk:  # polysemous training (IndexIVFPQ's default) costs most of the build and serves no search here
+        index.do_polysemous_training = False
     return index
 
 
@@ -148,7 +157,7 @@ def search(
     candidates = min(MAX_CANDIDATES, want * tuning.rerank) if compressed else want
     candidates = max(want, min(candidates, index.ntotal))
     params = None
-    if isinstance(index, faiss.IndexIVF):
+    if is_ivf(index):
         nprobe = min(index.nlist, math.ceil(tuning.nprobe / max(fraction, 1e-9)))
         params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
     elif selector is not None:
@@ -209,7 +218,7 @@ def calibrate(
     Each set is (queries with their exact top-k, and for stored vectors their own ids, left out of both lists).
     One search per nprobe serves every depth: the top d x k candidates are a prefix of the deepest list.
     """
-    if not isinstance(index, faiss.IndexIVF):
+    if not is_ivf(index):
         return Tuning()
     depths = RERANK_DEPTHS if kind.compressed else (1,)
     nprobe = 1
@@ -263,8 +272,15 @@ def recall_at(found, exact) -> float:
     return hits / max(1, sum(int((np.asarray(e) != -1).sum()) for e in exact))
 
 
+def is_ivf(index) -> bool:
+    """An IVF index, in memory or on disk (ondisk.DiskIVF): searched by lists, `nprobe` of them."""
+    return hasattr(index, "nlist")
+
+
 def index_ids(index: faiss.Index) -> np.ndarray:
-    """Every id an IDMap or IVF index holds."""
+    """Every id an IDMap, IVF or on-disk index holds."""
+    if hasattr(index, "held"):  # ondisk.DiskIVF
+        return index.ids()
     if isinstance(index, faiss.IndexIVF):
         lists = index.invlists
         chunks = [

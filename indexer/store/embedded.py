@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from indexer.errors import StoreBusyError, StoreFormatError, StoreNotFoundError
-from indexer.store import ann
+from indexer.store import ann, ondisk
 from indexer.store.base import (
     READ_CHUNK,
     Store,
@@ -111,6 +111,7 @@ class EmbeddedStore(Store):
         self.kind: ann.Kind | None = None
         self.tuning = ann.Tuning()
         self.meta: dict = {}  # the index.json of the file the index was loaded from or saved as
+        self.saved_before: dict = {}  # the index.json this process saved before the last: its files stay a save longer
         self.index_version = -1  # the data version the index in memory reflects
         self.index_max_id = 0  # the highest id the index may hold: rows above are new to it
         self.added_since_save = 0
@@ -197,8 +198,13 @@ class EmbeddedStore(Store):
         return probes if probes.ndim == 2 and probes.shape[1] == self.dim else None
 
     def needs_rebuild(self) -> bool:
-        """Whether the index, once caught up, should be rebuilt for the collection's size and the budget."""
+        """Whether the index, once caught up, should be rebuilt for the collection's size and the budget (or, on
+        disk, merged into a new generation)."""
         self.sync_index()
+        if isinstance(self.index, ondisk.DiskIVF):
+            changed = self.index.delta.ntotal + len(self.index.tombstones)
+            if changed > ondisk.MERGE_SHARE * self.index.main.ntotal:
+                return True
         return ann.outgrown(self.kind.spec, self.meta.get("trained", 0), self.index.ntotal, self.dim, self.index_memory)
 
     def save_index(self, force_rebuild: bool = False) -> None:
@@ -223,14 +229,19 @@ class EmbeddedStore(Store):
         tmp, meta_tmp = self.path / (INDEX_FILE + ".tmp"), self.path / (INDEX_META_FILE + ".tmp")
         try:
             with self._lock.shared():
-                faiss.write_index(self.index, str(tmp))
-            os.replace(tmp, self.path / INDEX_FILE)
+                if isinstance(self.index, ondisk.DiskIVF):  # its generation's files are written: what changed since
+                    meta |= ondisk.save(self.index, self.path, self.index_version)
+                else:
+                    faiss.write_index(self.index, str(tmp))
+            if not isinstance(self.index, ondisk.DiskIVF):
+                os.replace(tmp, self.path / INDEX_FILE)
             meta_tmp.write_text(json.dumps(meta))
             os.replace(meta_tmp, self.path / INDEX_META_FILE)
         finally:  # a half-written temp file must not fill what little room a full disk has left
             tmp.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
-        self.meta, self.added_since_save = meta, 0
+        ondisk.remove_stale(self.path, (meta, self.saved_before))
+        self.meta, self.saved_before, self.added_since_save = meta, meta, 0
 
     def index_description(self) -> str:
         """The index kind and how it is searched, for summaries: "IVF2000,SQ8 (nprobe 16, re-rank x4)"."""
@@ -319,11 +330,16 @@ class EmbeddedStore(Store):
 
     def read_saved_index(self, saved: dict) -> faiss.Index | None:
         index_file = self.path / INDEX_FILE
-        if not saved or not index_file.exists():
+        if not saved:
             return None
         try:
+            if ann.Kind.parse(saved["spec"], self.dim).on_disk:
+                index = ondisk.load(self.path, saved)
+                return index if index.main.d == self.dim else None
+            if not index_file.exists():
+                return None
             index = faiss.read_index(str(index_file))
-        except RuntimeError as e:
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
             log.warning("the index file %s is damaged (%s); rebuilding it", index_file, e)
             return None
         if index.d != self.dim:
@@ -345,7 +361,7 @@ class EmbeddedStore(Store):
         with self._lock.exclusive():
             self.index, self.kind, self.tuning, self.meta = index, kind, tuning, dict(meta)
             self.index_version, self.index_max_id = meta["data_version"], meta["max_id"]
-            if isinstance(index, faiss.IndexIVF):
+            if ann.is_ivf(index):
                 index.nprobe = tuning.nprobe
 
     def catch_up(self) -> None:
@@ -402,7 +418,11 @@ class EmbeddedStore(Store):
             else:
                 truths.append((ann.ExactTop(probes, 10), None))
         batches = self.vectors.stream(in_chunks(ids))
-        index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
+        build = f"{time.time_ns()}"
+        if kind.on_disk:
+            index = ondisk.build(kind, self.dim, sample, batches, [truth for truth, _ in truths], self.path, build)
+        else:
+            index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
         if nlist:
             tuning = ann.calibrate(index, kind, truths, self.vectors.best)
         log.info(
@@ -410,7 +430,7 @@ class EmbeddedStore(Store):
             kind.spec, len(ids), time.perf_counter() - started, tuning.nprobe, tuning.rerank,
         )  # fmt: skip
         meta = {
-            "build": f"{time.time_ns()}",
+            "build": build,
             "spec": kind.spec,
             "trained": len(ids),
             "data_version": version,

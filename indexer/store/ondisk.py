@@ -1,0 +1,225 @@
+"""The embedded store's search index past its memory budget: IVF codes in one memory-mapped file per generation,
+new vectors in a small in-memory delta over the same quantiser, removed ones as tombstones, searched as one.
+
+FAISS maps an IVF's lists from disk (OnDiskInvertedLists) but cannot add to mapped lists, and fast-scan (x4fs)
+lists cannot be mapped at all; 8-bit PQ codes can. So a generation is built once, like faiss's contrib/ondisk.py
+and autofaiss: train on a sample, encode the vectors shard by shard (each shard's lists written to a file, so the
+build's memory holds one shard), merge the shards' lists into `index-<build>.ivfdata`. Until the next generation,
+vectors written since go to the delta (an in-memory IVF cloned from the trained, empty index: the same centroids
+and codebooks, so its scores compare with the generation's) and the generation's rows removed or rewritten since
+are tombstones, left out of its search by an id selector. A generation records which ids it holds as a bitmap
+(a bit an id: 2.5 MB at 20M), so a tombstone is only ever an id it holds and counts stay exact.
+
+The store writes the delta and tombstones at each save under names of their data version (the meta names them,
+and is renamed into place last), and a new generation once they outgrow MERGE_SHARE of it; searches go on from
+the old generation until the new one is renamed into place.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import faiss
+import numpy as np
+from faiss.contrib.ondisk import merge_ondisk
+
+from indexer.store import ann
+
+SHARD_VECTORS = 1_000_000  # vectors encoded into one shard at a time: ~100 MB of codes and ids with PQ64
+MERGE_SHARE = 0.1  # a new generation once the delta and tombstones reach this share of the current one
+READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is the one beside the index file, mapped
+
+
+def generation_files(build: str) -> tuple[str, str, str]:
+    """(index, inverted lists, held ids bitmap) file names of a generation."""
+    return f"index-{build}.faiss", f"index-{build}.ivfdata", f"index-{build}.ids.npy"
+
+
+class DiskIVF:
+    """A generation's mapped IVF, the delta and the tombstones, with the slice of faiss.IndexIVF's interface the
+    store uses (ntotal, nlist, search with SearchParametersIVF, add_with_ids, remove_ids)."""
+
+    def __init__(self, main: faiss.Index, delta: faiss.Index, held: np.ndarray, tombstones: Iterable[int] = ()):
+        self.main, self.delta, self.held = main, delta, held
+        self.tombstones = set(int(i) for i in tombstones)
+        self._alive: tuple[faiss.IDSelector, ...] | None = None  # selector objects kept alive with their use
+
+    @property
+    def nlist(self) -> int:
+        return faiss.extract_index_ivf(self.main).nlist
+
+    @property
+    def ntotal(self) -> int:
+        return self.main.ntotal - len(self.tombstones) + self.delta.ntotal
+
+    @property
+    def nprobe(self) -> int:
+        return faiss.extract_index_ivf(self.main).nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        for index in (self.main, self.delta):
+            faiss.extract_index_ivf(index).nprobe = value
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which ids the generation's lists hold."""
+        ids = np.asarray(ids, dtype=np.int64)
+        inside = (ids >= 0) & (ids < 8 * len(self.held))
+        found = np.zeros(len(ids), dtype=bool)
+        kept = ids[inside]
+        found[inside] = (self.held[kept >> 3] >> (kept & 7)) & 1 == 1
+        return found
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.delta.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove_ids(self, ids: np.ndarray) -> None:
+        """Drop ids from the delta, and tombstone those the generation holds (a rewritten row comes back in the
+        delta)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self.delta.remove_ids(ids)
+        before = len(self.tombstones)
+        self.tombstones.update(ids[self.holds(ids)].tolist())
+        if len(self.tombstones) != before:
+            self._alive = None
+
+    def main_selector(self, selector: faiss.IDSelector | None) -> faiss.IDSelector | None:
+        """`selector` without the tombstones, for the generation's search."""
+        if not self.tombstones:
+            return selector
+        if self._alive is None:
+            batch = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
+            self._alive = (batch, faiss.IDSelectorNot(batch))
+        if selector is None:
+            return self._alive[1]
+        both = faiss.IDSelectorAnd(selector, self._alive[1])
+        both.referenced = (selector, self._alive)  # SWIG keeps no reference of its own
+        return both
+
+    def search(self, queries: np.ndarray, k: int, params: faiss.SearchParametersIVF | None = None):
+        """(scores, ids) of the k best by the codes over the generation and the delta, -1 ids past the last."""
+        nprobe = params.nprobe if params is not None and params.nprobe else self.nprobe
+        selector = params.sel if params is not None else None
+        main_params = faiss.SearchParametersIVF(sel=self.main_selector(selector), nprobe=nprobe)
+        scores, ids = self.main.search(queries, k, params=main_params)
+        if self.delta.ntotal == 0:
+            return scores, ids
+        delta_params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        more_scores, more_ids = self.delta.search(queries, k, params=delta_params)
+        scores, ids = np.hstack([scores, more_scores]), np.hstack([ids, more_ids])
+        scores = np.where(ids == -1, -np.inf, scores)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+    def ids(self) -> np.ndarray:
+        """Every id searched: the generation's but its tombstones, and the delta's."""
+        held = np.flatnonzero(np.unpackbits(self.held, bitorder="little"))
+        if self.tombstones:
+            held = np.setdiff1d(held, np.fromiter(self.tombstones, dtype=np.int64))
+        return np.union1d(held, ann.index_ids(self.delta))
+
+
+def build(
+    kind: ann.Kind,
+    dim: int,
+    sample: np.ndarray,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    truths: list[ann.ExactTop],
+    directory: Path,
+    build_id: str,
+) -> DiskIVF:
+    """A new generation in `directory`: trained on `sample`, every batch of (ids, vectors) encoded shard by shard
+    and merged into its lists file; `truths` see the vectors on the way."""
+    trained = ann.new_index(kind, dim)
+    trained.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index_name, lists_name, held_name = generation_files(build_id)
+    scratch = Path(tempfile.mkdtemp(prefix=".index-shards-", dir=directory))
+    try:
+        shard_files, all_ids, shard, count = [], [], faiss.clone_index(trained), 0
+        for ids, vectors in batches:
+            shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            all_ids.append(np.asarray(ids, dtype=np.int64))
+            for truth in truths:
+                truth.add(ids, vectors)
+            count += len(ids)
+            if shard.ntotal >= SHARD_VECTORS:
+                shard_files.append(write_shard(shard, scratch, len(shard_files)))
+                shard = faiss.clone_index(trained)
+        if shard.ntotal or not shard_files:
+            shard_files.append(write_shard(shard, scratch, len(shard_files)))
+        main = faiss.clone_index(trained)
+        with stdout_silenced():  # FAISS prints each resize of the lists file to stdout
+            merge_ondisk(main, shard_files, str(directory / lists_name))
+        # Written, then read back mapped: the lists a merge leaves open are for writing, not for searching.
+        faiss.write_index(main, str(scratch / index_name))
+        os.replace(scratch / index_name, directory / index_name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ids = np.concatenate(all_ids) if all_ids else np.empty(0, dtype=np.int64)
+    bits = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=bool)
+    bits[ids] = True
+    held = np.packbits(bits, bitorder="little")
+    np.save(directory / held_name, held)
+    return DiskIVF(read_generation(directory / index_name), faiss.clone_index(trained), held)
+
+
+@contextmanager
+def stdout_silenced() -> Iterator[None]:
+    """The process's standard output (file descriptor 1, where C code prints) sent to /dev/null for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def write_shard(shard: faiss.Index, scratch: Path, n: int) -> str:
+    path = scratch / f"shard-{n}.faiss"
+    faiss.write_index(shard, str(path))
+    return str(path)
+
+
+def read_generation(path: Path) -> faiss.Index:
+    """A generation's index with its lists mapped from the file beside it (FAISS says so on stdout: silenced)."""
+    with stdout_silenced():
+        return faiss.read_index(str(path), READ_FLAGS)
+
+
+def save(index: DiskIVF, directory: Path, version: int) -> dict:
+    """Write what changed since the generation was built, the delta and the tombstones, under names of `version`;
+    returns the meta's entries that name them."""
+    delta_name, tombstones_name = f"index-delta-{version}.faiss", f"index-tombstones-{version}.npy"
+    faiss.write_index(index.delta, str(directory / (delta_name + ".tmp")))
+    os.replace(directory / (delta_name + ".tmp"), directory / delta_name)
+    with open(directory / (tombstones_name + ".tmp"), "wb") as f:
+        np.save(f, np.fromiter(sorted(index.tombstones), dtype=np.int64))
+    os.replace(directory / (tombstones_name + ".tmp"), directory / tombstones_name)
+    return {"delta": delta_name, "tombstones": tombstones_name}
+
+
+def load(directory: Path, meta: dict) -> DiskIVF:
+    """The saved generation (its lists mapped, not read), and the delta and tombstones the meta names."""
+    index_name, _, held_name = generation_files(meta["build"])
+    main = read_generation(directory / index_name)
+    delta = faiss.read_index(str(directory / meta["delta"]))
+    return DiskIVF(main, delta, np.load(directory / held_name), np.load(directory / meta["tombstones"]).tolist())
+
+
+def remove_stale(directory: Path, metas: Iterable[dict]) -> None:
+    """Delete the files of generations, deltas and tombstones no meta of `metas` names (the new one, and the one
+    it replaces, which a reader may be loading now). A reader that maps an older generation keeps it mapped: the
+    file lives on until it unmaps."""
+    keep = set()
+    for meta in metas:
+        keep |= {*generation_files(meta.get("build", "")), meta.get("delta"), meta.get("tombstones")}
+    for path in directory.glob("index-*"):
+        if path.name not in keep and not path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)

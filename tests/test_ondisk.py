@@ -1,0 +1,96 @@
+"""The index past the memory budget: codes in a memory-mapped generation file, a delta of what came since,
+tombstones for what left, kept across saves and reopenings, merged into a new generation once they grow."""
+
+import numpy as np
+import pytest
+
+import indexer.store.ann as ann
+from indexer.store import INDEXED, Image, open_store, utcnow
+from indexer.store.ondisk import MERGE_SHARE, DiskIVF
+from tests.support.planted import ClipLike, plant_vectors
+from tests.test_ann_index import exact_top, recall
+
+BUDGET = 200_000  # bytes: no in-memory kind fits 30,000 vectors of 64 dimensions; the on-disk one does
+
+
+@pytest.fixture
+def small_limit(monkeypatch):
+    monkeypatch.setattr(ann, "EXACT_LIMIT", 1000)
+
+
+@pytest.fixture
+def planted(tmp_path, small_limit):
+    model = ClipLike(dim=64, clusters=200)
+    vectors = model.images(30_000)
+    store = plant_vectors(tmp_path / "s", vectors, index_memory=BUDGET)
+    store.save_probes(model.texts(200, seed=3))
+    store.save_index()
+    return model, vectors, store
+
+
+def generation_files(store) -> list[str]:
+    return sorted(p.name for p in store.path.glob("index-*.ivfdata"))
+
+
+def test_past_the_budget_the_codes_live_on_disk_and_keep_recall(planted, tmp_path):
+    model, vectors, store = planted
+    assert store.kind.on_disk and store.kind.spec.endswith(",PQ8") and isinstance(store.index, DiskIVF)
+    assert len(generation_files(store)) == 1
+    assert recall(store, vectors, model.texts(100, seed=4)) >= 0.95  # held-out text-like queries
+    assert recall(store, vectors, model.images(100, seed=5)) >= 0.95
+    hits = store.search(vectors[41], 5)
+    assert hits[0][0] == 42 and hits[0][1] == pytest.approx(1.0, abs=1e-3)  # exact cosines after re-ranking
+
+    again = open_store(tmp_path / "s", index_memory=BUDGET)  # reopened: mapped, not rebuilt
+    again.build_index = lambda: pytest.fail("rebuilt")
+    assert again.search(vectors[41], 5) == hits and again.index.ntotal == 30_000
+
+
+def test_new_changed_and_deleted_vectors_go_to_the_delta_and_tombstones(planted, tmp_path):
+    model, vectors, store = planted
+    fresh = model.images(200, seed=9)
+    new_ids = plant_more(store, fresh, first_id=30_001)
+    rewritten = model.images(1, seed=10)[0]
+    with store.session() as s:  # image 7 changed: same id, a new vector, committed as the indexer does
+        store.commit_images(s, [s.get(Image, 7)], {0: rewritten})
+    store.delete_images([42, 43])
+    store.save_index()
+    assert store.kind.on_disk and len(generation_files(store)) == 1  # 403 changes: under MERGE_SHARE, no merge
+    assert store.index.delta.ntotal == 201 and store.index.tombstones == {7, 42, 43}
+    assert store.index.ntotal == 30_000 + 200 - 2
+
+    for reopened in (store, open_store(tmp_path / "s", index_memory=BUDGET)):
+        assert reopened.search(fresh[5], 1)[0][0] == new_ids[5]  # found in the delta
+        assert reopened.search(rewritten, 1)[0][0] == 7  # its new vector, not its old
+        assert 42 not in [i for i, _ in reopened.search(vectors[41], 10)]  # tombstoned
+        assert sorted(ann.index_ids(reopened.sync_index()).tolist()) == sorted(
+            set(range(1, 30_001)) - {42, 43} | set(new_ids)
+        )
+
+
+def test_a_grown_delta_is_merged_into_a_new_generation_and_the_old_files_go(planted, tmp_path):
+    model, vectors, store = planted
+    before = generation_files(store)
+    extra = model.images(int(MERGE_SHARE * 30_000) + 100, seed=11)
+    plant_more(store, extra, first_id=30_001)
+    store.save_index()
+    assert isinstance(store.index, DiskIVF) and store.index.delta.ntotal == 0 and not store.index.tombstones
+    assert before[0] in generation_files(store) and len(generation_files(store)) == 2  # kept a save longer:
+    store.save_index()  # a reader may be loading it right now
+    assert generation_files(store) != before and len(generation_files(store)) == 1
+    everything = np.vstack([vectors, extra])
+    query = model.texts(1, seed=12)[0]
+    assert [i for i, _ in store.search(query, 10)] == exact_top(everything, query, 10)
+
+
+def plant_more(store, vectors: np.ndarray, first_id: int) -> list[int]:
+    """Rows after the planted ones, committed as the indexer does."""
+    with store.session() as s:
+        rows = [
+            Image(id=first_id + n, root_id=1, relpath=f"more/{n}.jpg", size=1, mtime_ns=0, status=INDEXED,
+                  indexed_at=utcnow())
+            for n in range(len(vectors))
+        ]  # fmt: skip
+        s.add_all(rows)
+        store.commit_images(s, rows, dict(enumerate(vectors)))
+    return [first_id + n for n in range(len(vectors))]
