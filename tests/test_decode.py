@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from indexer import worker
 from indexer.decode import (
     DecodeError,
     ImagePrep,
@@ -14,7 +15,7 @@ from indexer.decode import (
     looks_like_image,
     setup_heif,
 )
-from indexer.worker import WorkerConfig, load_file, setup_worker
+from indexer.worker import WorkerConfig, load_file
 from tests.support.photos import photo
 
 CLIP_PREP = ImagePrep(
@@ -138,10 +139,16 @@ def test_decompression_bomb_is_refused_from_the_header():
     assert info.value.reason.startswith("too large: 5000x5000")
 
 
+def configure_worker(monkeypatch, known_hashes: frozenset[str] = frozenset()) -> None:
+    """The decode worker's configuration, set in this process without setup_worker, which would bind the test
+    process to its parent (die_with_parent) and limit its memory, as a worker's."""
+    monkeypatch.setattr(worker, "_config", WorkerConfig(prep=CLIP_PREP, max_pixels=10**9, known_hashes=known_hashes))
+
+
 def test_permission_denied_is_a_reason(tmp_path, monkeypatch):
     path = tmp_path / "locked.jpg"
     photo(6).save(path)
-    setup_worker(WorkerConfig(prep=CLIP_PREP, max_pixels=10**9, known_hashes=frozenset()))
+    configure_worker(monkeypatch)
 
     def denied(self):
         raise PermissionError(13, "Permission denied")
@@ -151,12 +158,12 @@ def test_permission_denied_is_a_reason(tmp_path, monkeypatch):
     assert result.skip_reason == "permission denied: Permission denied"
 
 
-def test_known_content_is_hashed_not_decoded(tmp_path):
+def test_known_content_is_hashed_not_decoded(tmp_path, monkeypatch):
     path = tmp_path / "a.jpg"
     photo(7).save(path)
-    setup_worker(WorkerConfig(prep=CLIP_PREP, max_pixels=10**9, known_hashes=frozenset()))
+    configure_worker(monkeypatch)
     first = load_file(path)
     assert first.decoded is not None
-    setup_worker(WorkerConfig(prep=CLIP_PREP, max_pixels=10**9, known_hashes=frozenset({first.hash})))
+    configure_worker(monkeypatch, frozenset({first.hash}))
     again = load_file(path)
     assert again.hash == first.hash and again.decoded is None and again.skip_reason is None

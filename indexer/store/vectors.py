@@ -37,6 +37,7 @@ class VectorFile:
         self._table = np.empty((0, dim), dtype=DTYPE)
         self._map: mmap.mmap | None = None
         self._remapping = threading.Lock()
+        self.prefetch = False  # see gather
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -92,9 +93,17 @@ class VectorFile:
         return found[0], ids[positions[0]]
 
     def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(which ids the file holds, their float16 rows), copied out of the map, whose pages are then released."""
+        """(which ids the file holds, their float16 rows), copied out of the map, whose pages are then released.
+
+        With `prefetch`, every row is asked of the kernel first (POSIX_FADV_WILLNEED starts its read without
+        waiting), so rows not in the page cache are read in parallel rather than one page fault after another:
+        for a vector file far larger than RAM, as an on-disk index has.
+        """
         table = self.mapped(int(ids.max()) + 1) if len(ids) else self._table
         present = (ids >= 0) & (ids < len(table))  # past the end: never written
+        if self.prefetch:
+            for row in np.unique(ids[present]).tolist():
+                os.posix_fadvise(self.fd, row * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
         rows = table[ids[present]]  # fancy indexing copies
         self.release()
         return present, rows
