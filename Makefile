@@ -11,14 +11,14 @@ STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 BENCHES := startup indexing runtimes ray_indexing api page tagging duplicates clusters relevance ocr xmp video scale postgres captions vlm
 # The benches `make bench-smoke` runs on tiny inputs (BENCH_SMOKE=1, bench/smoke.py): all of them, rclip's model builder
 # (not rclip itself) and the GPU bench on the CPU included; each must finish within SMOKE_TIMEOUT seconds.
-SMOKE_BENCHES := $(BENCHES) models rclip_model gpu
+SMOKE_BENCHES := $(BENCHES) billion models rclip_model gpu
 SMOKE_TIMEOUT ?= 120
 # A Python whose torch sees CUDA, with clipdex installed (pip install -e ".[quantize,quanto]"): for make bench-gpu.
 GPU_PYTHON ?= $(BIN)/python
 # PostgreSQL 16 with pgvector 0.6.2, apart from the venv's packages, for tests/support/legacy_postgres.py.
 LEGACY_PGSERVER := $(VENV)/legacy-pgserver
 
-.PHONY: help install index search serve test lint bench bench-smoke bench-scale bench-models bench-gpu bench-rclip
+.PHONY: help install index search serve test lint bench bench-smoke bench-scale bench-billion bench-models bench-gpu bench-rclip
 .DEFAULT_GOAL := help
 
 help: ## List the targets
@@ -70,6 +70,9 @@ bench-smoke: $(BIN)/clipdex ## Every bench on tiny inputs, to keep them working 
 
 bench-scale: $(BIN)/clipdex ## Ten million synthetic CLIP-like images in one store: index kind, memory, recall, latency, tagging
 	$(BIN)/python -m bench.scale --sizes 10000000 --budgets 1GiB
+
+bench-billion: $(BIN)/clipdex ## The on-disk index at 1M, 5M and 20M synthetic images, its growth and a projection to 1B (~2 h, 40 GB of disk)
+	$(BIN)/python -m bench.billion --sizes 1000000,5000000,20000000
 
 bench-models: $(BIN)/clipdex ## Measure every model `clipdex models` lists (random weights, ~40 min) into indexer/models/catalog_measured.json
 	$(BIN)/python -m bench.models --write

@@ -265,7 +265,9 @@ def test_rows_read_back_and_the_store_reopens(filled, store_location):
     path = Path(ROOTS[1]) / "0" / "img0001.jpg"
     assert store.find_path(path) == int(ids[1])
     assert store.paths([int(ids[1])]) == {int(ids[1]): str(path)}
-    assert store.hit_rows([int(ids[1])]) == {int(ids[1]): (str(path), None, store.image(int(ids[1])).taken_at)}
+    assert store.hit_rows([int(ids[1])]) == {
+        int(ids[1]): (str(path), None, store.image(int(ids[1])).taken_at, None, None)
+    }
     assert store.roots() == sorted(ROOTS)
     with store.session() as s:
         assert s.scalar(select(Image.size).where(Image.id == int(ids[4]))) == 1004
