@@ -281,15 +281,8 @@ class Store(ABC):
     def hit_rows(self, ids: list[int]) -> dict[int, HitRow]:
         """(absolute path, newest caption or None, capture time, a video's first kept frame and length in ms) of
         the given image ids: one query for a page."""
-        newest = (
-            select(Caption.text)
-            .where(Caption.image_id == Image.id, caption_source("caption"))
-            .order_by(Caption.created_at.desc(), Caption.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
         query = select(
-            Image.id, Root.path, Image.relpath, newest, Image.taken_at, Image.timestamp_ms, Image.duration_ms
+            Image.id, Root.path, Image.relpath, newest_caption(), Image.taken_at, Image.timestamp_ms, Image.duration_ms
         ).join(Root)
         with self.engine.connect() as conn:
             return {
@@ -336,6 +329,17 @@ class Store(ABC):
         """Whether any image has text of this source (caption_source)."""
         with self.session() as s:
             return s.scalar(select(Caption.id).where(caption_source(source)).limit(1)) is not None
+
+
+def newest_caption():
+    """The newest written caption of the query's image row, as a correlated scalar subquery (None without one)."""
+    return (
+        select(Caption.text)
+        .where(Caption.image_id == Image.id, caption_source("caption"))
+        .order_by(Caption.created_at.desc(), Caption.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def check_manifest(manifest: Manifest, model: str | None, location: str) -> None:

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from indexer.errors import BadInputError, ModelMismatchError, StoreNotFoundError, reporting_full_disk
 from indexer.settings import Settings
 from indexer.store import INDEXED, Caption, Image, Root, Store, get_root, open_store, utcnow
-from indexer.store.base import caption_source
+from indexer.store.base import newest_caption
 
 CHUNK = 10_000  # rows in memory (as float32) and per committed transaction
 CAPTION_MODEL = "import:clip-retrieval"
@@ -421,14 +421,7 @@ def write_shard(
 
 def metadata_table(store: Store, ids: np.ndarray) -> pa.Table:
     """The metadata rows of these ids, in their order."""
-    newest = (
-        select(Caption.text)
-        .where(Caption.image_id == Image.id, caption_source("caption"))
-        .order_by(Caption.created_at.desc(), Caption.id.desc())
-        .limit(1)
-        .scalar_subquery()
-        .label("caption")
-    )
+    newest = newest_caption().label("caption")
     query = (
         select(Image.id, Root.path, Image.relpath, newest, Image.width, Image.height, Image.taken_at)
         .join(Root)
