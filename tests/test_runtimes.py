@@ -104,7 +104,10 @@ def test_the_choice_is_measured_once_recorded_and_reused(private_cache, monkeypa
     figures = {c["runtime"]: c for c in text["candidates"]}
     assert set(figures) == {"onnx", "openvino", "openvino-bf16"}
     assert figures["onnx"]["per_second"] > 0 and figures["openvino"]["min_cosine"] >= AGREEMENT
-    assert text["runtime"] in ("onnx", "openvino") and embedder.runtime == text["runtime"]
+    # The fastest that agrees, where it beats ONNX Runtime by the margin: bf16 too on a CPU that has it (it agrees
+    # on the tiny model, and a busy machine's timings can favour any of them).
+    agreeing = [c["runtime"] for c in text["candidates"] if not c["skipped"] and c["min_cosine"] >= AGREEMENT]
+    assert text["runtime"] in agreeing and embedder.runtime == text["runtime"]
     assert text["measured_at"] and text["seconds"] < 30 and text["inputs"] == len(CHECK_TEXTS)
 
     # Reused: neither this process nor a new embedder measures the text tower again.
