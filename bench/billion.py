@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.scale import DIM, PROBES, QUERIES, disk_bytes, percentile, plant, status_kb
+from bench.scale import disk_bytes, percentile, planted_collection, status_kb
 from bench.smoke import SMOKE, announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.store import open_store
 from indexer.store.ann import ExactTop, recall_at
-from tests.support.planted import ClipLike
 
 BUDGET_PER_IMAGE = 16  # bytes of index memory an image: under the smallest in-memory kind (PQ32x4fsr, 24 B)
 COLD_QUERIES = pick(30, 3)
@@ -117,15 +116,10 @@ def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
 
 
 def measure(count: int, keep: Path | None) -> dict:
-    model = ClipLike(DIM, clusters=max(1000, count // 1000))
-    queries = {"text-like": model.texts(QUERIES, seed=11), "image-like": model.images(QUERIES, seed=12)}
     root = Path(tempfile.mkdtemp(prefix="clipdex-bench-billion-", dir=keep))
     store_dir = root / f"store-{count}"
     try:
-        started = time.perf_counter()
-        truths = plant(store_dir, count, model, queries)
-        print(f"{count:,} images: rows and vectors written in {time.perf_counter() - started:.0f} s", flush=True)
-        open_store(store_dir).save_probes(model.texts(PROBES, seed=13))  # as the indexer embeds its phrases
+        _, truths = planted_collection(store_dir, count)
         built = child("build", str(store_dir), str(count))
         every = np.vstack([truths["text-like"].queries, truths["image-like"].queries])
         truth: list[ExactTop] = [truths["text-like"], truths["image-like"]]

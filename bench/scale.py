@@ -66,6 +66,18 @@ def plant(store_dir: Path, count: int, model: ClipLike, queries: dict[str, np.nd
     return truths
 
 
+def planted_collection(store_dir: Path, count: int) -> tuple[dict[str, np.ndarray], dict[str, ExactTop]]:
+    """A store of `count` CLIP-like images with its text-like probes, as the indexer leaves one; the held-out query
+    sets and their exact top-10 (plant)."""
+    model = ClipLike(DIM, clusters=max(1000, count // 1000))
+    queries = {"text-like": model.texts(QUERIES, seed=11), "image-like": model.images(QUERIES, seed=12)}
+    started = time.perf_counter()
+    truths = plant(store_dir, count, model, queries)
+    print(f"{count:,} images: rows and vectors written in {time.perf_counter() - started:.0f} s", flush=True)
+    open_store(store_dir).save_probes(model.texts(PROBES, seed=13))  # as the indexer embeds its phrases
+    return queries, truths
+
+
 def disk_bytes(store_dir: Path) -> int:
     """Bytes the store takes on disk (allocated blocks: the vector file may have holes)."""
     return sum(p.stat().st_blocks * 512 for p in store_dir.iterdir() if p.is_file())
@@ -205,15 +217,10 @@ def main() -> None:
     announce()
     print(f"scale: synthetic CLIP-like 512-d collections; targets at 10M: {TARGETS_10M}")
     for count in (int(s) for s in args.sizes.split(",")):
-        model = ClipLike(DIM, clusters=max(1000, count // 1000))
-        queries = {"text-like": model.texts(QUERIES, seed=11), "image-like": model.images(QUERIES, seed=12)}
         root = Path(tempfile.mkdtemp(prefix="clipdex-bench-scale-", dir=args.keep))
         store_dir = root / f"store-{count}"
         try:
-            started = time.perf_counter()
-            truths = plant(store_dir, count, model, queries)
-            print(f"{count:,} images: rows and vectors written in {time.perf_counter() - started:.0f} s", flush=True)
-            open_store(store_dir).save_probes(model.texts(PROBES, seed=13))  # as the indexer embeds its phrases
+            queries, truths = planted_collection(store_dir, count)
             for budget in budgets:
                 measure(store_dir, budget, truths, queries["text-like"])
             subprocess.run([sys.executable, "-m", "bench.scale", "--tag", str(store_dir)], check=True)

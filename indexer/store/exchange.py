@@ -173,9 +173,7 @@ def import_embeddings(
     summary = ImportSummary(str(source), store.location, model)
     with store.writing(None, settings.lock_timeout), reporting_full_disk(Path(str(settings.store))):
         files = FileRoot(store, shards, root)
-        progress = Progress(
-            TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
-        )
+        progress = progress_bar("importing", show_progress)
         with progress:
             task = progress.add_task("import", total=sum(shard.rows for shard in shards))
             for shard in shards:
@@ -368,9 +366,7 @@ def export_embeddings(
         (destination / CLIPDEX_FILE).write_text(json.dumps({"model": store.model, "dim": store.dim, "images": total}))
         shards = -(-total // shard_size)
         digits = len(str(shards))  # zero-padded like clip-retrieval, so names sort in order
-        progress = Progress(
-            TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
-        )
+        progress = progress_bar("exporting", show_progress)
         with progress:
             task = progress.add_task("export", total=total)
             chunks = store.iter_vectors(CHUNK)
@@ -417,6 +413,10 @@ def write_shard(
     os.replace(vectors_tmp, vectors_path)
     os.replace(metadata_tmp, metadata_path)
     return pending
+
+
+def progress_bar(label: str, show: bool) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show)
 
 
 def metadata_table(store: Store, ids: np.ndarray) -> pa.Table:
