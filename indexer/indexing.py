@@ -5,24 +5,23 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
-from indexer.decode import HEALABLE_REASONS
 from indexer.enrich.keywords import KeywordSummary, read_store_metadata
 from indexer.errors import BadInputError, StoreNotFoundError, reporting_full_disk
 from indexer.models.embedder import embed_text_set
 from indexer.models.loading import canonical_name
 from indexer.runners.local import run_workers
-from indexer.runners.work import Pending
-from indexer.scan import diff_against_store
+from indexer.runners.work import ChunkWriter, WriteCounts, stored_files
+from indexer.scan import ScanResult, diff_against_store
 from indexer.settings import DEFAULT_MODEL, Settings
-from indexer.store import FRAME, INDEXED, SKIPPED, Image, Store, get_root, open_store, utcnow
+from indexer.store import SKIPPED, Image, Store, get_root, open_store, utcnow
 from indexer.store.probes import PROBE_QUERIES
-from indexer.store.schema import frame_relpath
 
 if TYPE_CHECKING:
     from indexer.enrich.captions import CaptionSummary
@@ -154,37 +153,25 @@ def update_store(
     with store.session() as s:
         root_id = get_root(s, root).id
         s.commit()
-        rows = s.execute(
-            select(Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.skip_reason).where(
-                Image.root_id == root_id,
-                Image.status != FRAME,  # frames come and go with their video
-            )
-        )
-        known = {
-            relpath: (image_id, size, mtime, (reason or "").split(":")[0] in HEALABLE_REASONS)
-            for image_id, relpath, size, mtime, reason in rows
-        }
-    scan = diff_against_store(root, known)
-    summary.unchanged = scan.unchanged
-    record_unreadable_folders(store, root_id, root, scan.unreadable_dirs, known, summary)
-    todo = [(stat, None) for stat in scan.new] + [(stat, image_id) for image_id, stat in scan.changed]
-    if todo:
-        embedder = embedder or load_embedder(store.model, settings)
-        writer = ChunkWriter(store, root_id, summary)
-        cluster = None
-        if settings.ray:
-            from indexer.runners.ray import ClusterUse, run_on_ray
 
-            cluster = ClusterUse()
-            files = run_on_ray(root, todo, embedder, store, settings, show_progress, cluster)
-        else:
-            files = run_workers(root, todo, embedder, store, settings, show_progress)
-        for pending in files:
-            writer.add(pending)
-            if len(writer.rows) >= settings.commit_every:
-                writer.commit()
-        writer.commit()
-        summary.cluster = cluster.line() if cluster else ""
+    def model() -> "Embedder":
+        nonlocal embedder
+        embedder = embedder or load_embedder(store.model, settings)
+        return embedder
+
+    if settings.ray:
+        from indexer.runners.ray import ClusterUse, index_on_ray
+
+        cluster = ClusterUse()
+        scan, counts = index_on_ray(root, root_id, store, model, settings, show_progress, cluster)
+        summary.cluster = cluster.line() if counts.indexed or counts.reused or counts.skipped else ""
+    else:
+        scan = diff_against_store(root, stored_files(store, root_id))
+        counts = index_locally(store, root, root_id, scan, model, settings, show_progress)
+    summary.unchanged = scan.unchanged
+    summary.indexed, summary.reused, summary.skipped = counts.indexed, counts.reused, counts.skipped
+    record_unreadable_folders(store, root_id, root, scan.unreadable_dirs, summary)
+    wrote = bool(counts.indexed or counts.reused or counts.skipped)
     # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
     if scan.deleted:
         store.delete_images(scan.deleted)
@@ -192,17 +179,37 @@ def update_store(
     pair_live_photos(store, root_id, scan.motions)
     threads = settings.workers or os.cpu_count() or 1
     summary.metadata = read_store_metadata(store, root_id, root, scan.sidecars, threads, show_progress)
-    if todo or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
+    if wrote or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
         if store.wants_probes():
-            embedder = embedder or load_embedder(store.model, settings)
-            store.save_probes(embed_text_set(embedder, PROBE_QUERIES))  # once per model and runtime
+            store.save_probes(embed_text_set(model(), PROBE_QUERIES))  # once per model and runtime
         store.save_index()
         summary.index = store.index_description()
     return root_id, summary
 
 
+def index_locally(
+    store: Store,
+    root: Path,
+    root_id: int,
+    scan: ScanResult,
+    model: "Callable[[], Embedder]",
+    settings: Settings,
+    show_progress: bool,
+) -> WriteCounts:
+    """Decode, embed and commit the scan's new and changed files on this machine, a chunk at a time."""
+    todo = [(stat, None) for stat in scan.new] + [(stat, image_id) for image_id, stat in scan.changed]
+    writer = ChunkWriter(store, root_id)
+    if todo:
+        for pending in run_workers(root, todo, model(), store, settings, show_progress):
+            writer.add(pending)
+            if len(writer.rows) >= settings.commit_every:
+                writer.commit()
+        writer.commit()
+    return writer.counts
+
+
 def record_unreadable_folders(
-    store: Store, root_id: int, root: Path, folders: list[str], known: dict, summary: IndexSummary
+    store: Store, root_id: int, root: Path, folders: list[str], summary: IndexSummary
 ) -> None:
     """A folder that could not be listed gets a skipped row ("sub/dir/"), so `stats --skipped` shows it.
 
@@ -210,13 +217,14 @@ def record_unreadable_folders(
     a vanished file, once the folder can be listed again.
     """
     rows = [Path(folder).relative_to(root).as_posix() + "/" for folder in folders if Path(folder) != root]
-    if rows:
-        summary.skipped["unreadable folder"] += len(rows)
-    new = [relpath for relpath in rows if relpath not in known]
-    if not new:
+    if not rows:
         return
+    summary.skipped["unreadable folder"] += len(rows)
     with store.session() as s:
-        for relpath in new:
+        known = set(s.scalars(select(Image.relpath).where(Image.root_id == root_id, Image.relpath.in_(rows))))
+        for relpath in rows:
+            if relpath in known:
+                continue
             s.add(
                 Image(
                     root_id=root_id, relpath=relpath, size=0, mtime_ns=0, status=SKIPPED, indexed_at=utcnow(),
@@ -250,93 +258,3 @@ def pair_live_photos(store: Store, root_id: int, motions: dict[str, str]) -> Non
             ):
                 s.execute(update(Image).where(Image.id == image_id).values(motion_relpath=motions[relpath]))
         s.commit()
-
-
-class ChunkWriter:
-    """Collects finished files and writes them, with their vectors, in one transaction per chunk."""
-
-    def __init__(self, store: Store, root_id: int, summary: IndexSummary):
-        self.store, self.root_id, self.summary = store, root_id, summary
-        self.rows: list[Pending] = []
-
-    def add(self, pending: Pending) -> None:
-        self.rows.append(pending)
-
-    def commit(self) -> None:
-        """Write the collected rows and their vectors in one transaction; the index catches up from them. A video
-        writes its row (with its first kept frame's vector) and a FRAME row per later kept frame."""
-        if not self.rows:
-            return
-        changed = [p.image_id for p in self.rows if p.image_id is not None]
-        with self.store.session() as s:
-            stale_frames = self.store.frame_ids(s, changed)
-        self.store.delete_images(stale_frames)  # a changed video's frames show its old content
-        with self.store.session() as s:
-            rows, vectors, videos = [], {}, []
-            for p in self.rows:
-                row = s.get(Image, p.image_id) if p.image_id is not None else None
-                if row is None:
-                    row = Image(root_id=self.root_id, relpath=p.stat.relpath)
-                    s.add(row)
-                self.fill_row(row, p)
-                if p.vectors is not None and row.status == INDEXED:
-                    vectors[len(rows)] = p.vectors[0]
-                    if row.timestamp_ms is not None:
-                        videos.append((row, p))
-                rows.append(row)
-            s.flush()  # a new video's id, for its frames
-            for video, p in videos:
-                for ms, vector in zip(frame_times(p)[1:], p.vectors[1:], strict=True):
-                    vectors[len(rows)] = vector
-                    rows.append(frame_row(video, ms))
-                    s.add(rows[-1])
-            # A changed file's captions describe its old content.
-            self.store.delete_captions(s, changed)
-            self.store.commit_images(s, rows, vectors)
-        self.store.save_if_due()
-        self.rows.clear()
-
-    def fill_row(self, row: Image, p: Pending) -> None:
-        decoded, result = p.result.decoded, p.result
-        row.size, row.mtime_ns, row.hash, row.indexed_at = p.stat.size, p.stat.mtime_ns, result.hash, utcnow()
-        row.timestamp_ms = row.duration_ms = None
-        if result.skip_reason is not None:
-            row.status, row.skip_reason = SKIPPED, result.skip_reason
-            self.summary.skipped[result.skip_reason.split(":")[0]] += 1
-            log.warning("skipping %s: %s", p.stat.relpath, result.skip_reason)
-            return
-        row.status, row.skip_reason = INDEXED, None
-        meta = decoded if decoded is not None else p.source
-        row.width, row.height, row.format, row.taken_at = meta.width, meta.height, meta.format, meta.taken_at
-        row.phash = meta.phash
-        times = frame_times(p)
-        if times:
-            row.timestamp_ms = times[0]
-            video = result.video
-            if video is None:  # reused from its twin
-                row.duration_ms = p.source.duration_ms
-            elif video.duration_s is not None:
-                row.duration_ms = round(video.duration_s * 1000)
-            if video is not None and video.cut_off:
-                log.warning("%s: only its first %g s were read (video_max_seconds)", p.stat.relpath, times[-1] / 1000)
-        if decoded is not None:
-            self.summary.indexed += 1
-        else:
-            self.summary.reused += 1
-
-
-def frame_times(p: Pending) -> list[int] | None:
-    """The kept frames' times (ms) of a video, decoded now or reused from its twin; None for a still."""
-    if p.result.video is not None:
-        return [round(t * 1000) for t in p.result.video.timestamps]
-    return p.timestamps_ms
-
-
-def frame_row(video: Image, timestamp_ms: int) -> Image:
-    """A FRAME row of a video: searched, answered as a moment of it, filtered by its folder and dates."""
-    return Image(
-        root_id=video.root_id, relpath=frame_relpath(video.relpath, timestamp_ms), size=video.size,
-        mtime_ns=video.mtime_ns, width=video.width, height=video.height, format=video.format,
-        taken_at=video.taken_at, status=FRAME, indexed_at=video.indexed_at, video_id=video.id,
-        timestamp_ms=timestamp_ms,
-    )  # fmt: skip

@@ -2,10 +2,14 @@
 
 The decision uses file stats alone (size + mtime), so an unchanged re-run reads no file content. A Live Photo's
 movie (a short video named as a still beside it) is not an item of its own: it is the still's motion.
+
+The files and the store's rows are compared as two streams sorted by relative path (`changes`), so neither side is
+ever held as a whole in a dictionary: the Ray runner streams a manifest of millions of files through it.
 """
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,17 @@ class FileStat:
     mtime_ns: int
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """What the store knows of a file under the root."""
+
+    id: int
+    relpath: str
+    size: int
+    mtime_ns: int
+    retry: bool  # skipped for a reason that can heal with the file unchanged (a permission): tried again
+
+
 @dataclass
 class ScanResult:
     """Files under a root against what the store knows about that root."""
@@ -65,12 +80,20 @@ def walk_images(
     unreadable: list[str] | None = None,
     sidecars: dict[str, str] | None = None,
     motions: dict[str, str] | None = None,
+    top: Path | None = None,
+    folders: list[Path] | None = None,
+    seen: set[tuple[int, int]] | None = None,
 ):
     """Yield FileStat for every image and video file under root, following symlinks without looping; the XMP
     sidecars seen on the way go into `sidecars` (relpath -> "size:mtime_ns"), the Live Photo movies into `motions`
-    (the still's relpath -> the movie's) instead of being yielded."""
-    seen_dirs: set[tuple[int, int]] = set()
-    stack = [root]
+    (the still's relpath -> the movie's) instead of being yielded.
+
+    `top` walks only that folder under root (paths stay relative to root); with `folders`, its subfolders are put
+    there instead of walked (the Ray runner cuts a tree into folders that tasks list); `seen` holds the (device,
+    inode) of folders listed already, not walked again.
+    """
+    seen_dirs = set() if seen is None else seen
+    stack = [top or root]
     while stack:
         folder = stack.pop()
         try:
@@ -95,7 +118,7 @@ def walk_images(
             try:
                 if entry.is_dir():
                     if not entry.name.startswith("."):
-                        stack.append(Path(entry.path))
+                        (stack if folders is None else folders).append(Path(entry.path))
                     continue
                 sidecar = entry.name.lower().endswith(SIDECAR_SUFFIX) and sidecars is not None
                 if not entry.is_file() or not (sidecar or is_candidate(entry)):
@@ -141,27 +164,56 @@ def is_candidate(entry: os.DirEntry) -> bool:
     return looks_like_image(head) or looks_like_video(head)
 
 
-def diff_against_store(root: Path, known: dict[str, tuple[int, int, int, bool]]) -> ScanResult:
-    """Compare files under root with known {relpath: (id, size, mtime_ns, retry)} from the store.
-
-    `retry` marks a file skipped for a reason that can heal with the file unchanged: it counts as changed.
-    """
+def diff_against_store(root: Path, stored: Iterable[StoredFile]) -> ScanResult:
+    """Compare the files under root with the store's rows of that root, `stored` in relpath order (byte order)."""
     result = ScanResult()
-    seen: set[str] = set()
-    for stat in walk_images(root, result.unreadable_dirs, result.sidecars, result.motions):
-        seen.add(stat.relpath)
-        old = known.get(stat.relpath)
-        if old is None:
+    files = sorted(walk_images(root, result.unreadable_dirs, result.sidecars, result.motions), key=by_relpath)
+    for kind, stat, image_id in changes(files, stored, hidden_prefixes(root, result.unreadable_dirs)):
+        if kind == "new":
             result.new.append(stat)
-        elif (old[1], old[2]) == (stat.size, stat.mtime_ns) and not old[3]:
-            result.unchanged += 1
+        elif kind == "changed":
+            result.changed.append((image_id, stat))
+        elif kind == "deleted":
+            result.deleted.append(image_id)
         else:
-            result.changed.append((old[0], stat))
-    # Files under a folder we could not read are not known to be gone: keep them.
-    hidden = tuple(Path(d).relative_to(root).as_posix() + "/" for d in result.unreadable_dirs if Path(d) != root)
-    if root.as_posix() in result.unreadable_dirs:
-        return result
-    result.deleted = [
-        image_id for relpath, (image_id, *_) in known.items() if relpath not in seen and not relpath.startswith(hidden)
-    ]
+            result.unchanged += 1
     return result
+
+
+def by_relpath(stat: FileStat) -> str:
+    return stat.relpath
+
+
+def hidden_prefixes(root: Path, unreadable_dirs: Iterable[str]) -> tuple[str, ...]:
+    """Relpath prefixes of the folders that could not be listed: their files are not known to be gone ("" when the
+    root itself could not be listed)."""
+    return tuple("" if Path(d) == root else Path(d).relative_to(root).as_posix() + "/" for d in unreadable_dirs)
+
+
+def changes(
+    files: Iterable[FileStat], stored: Iterable[StoredFile], hidden: tuple[str, ...] = ()
+) -> Iterator[tuple[str, FileStat | None, int | None]]:
+    """Merge the files found and the stored rows, both sorted by relpath, into ("new", stat, None), ("changed", stat,
+    id), ("unchanged", stat, id) and ("deleted", None, id); a stored row under a `hidden` prefix is kept.
+
+    A row is changed when its size or mtime differ, or it was skipped for a reason that can heal. Out-of-order
+    input is an error, never a guess: a wrong merge would delete rows whose files are there.
+    """
+    files, stored = iter(files), iter(stored)
+    stat, row = next(files, None), next(stored, None)
+    last_file = last_row = ""
+    while stat is not None or row is not None:
+        if stat is not None and stat.relpath < last_file or row is not None and row.relpath < last_row:
+            raise RuntimeError(f"unsorted input to the scan's merge near {stat or row}")
+        if row is None or (stat is not None and stat.relpath < row.relpath):
+            yield "new", stat, None
+            last_file, stat = stat.relpath, next(files, None)
+        elif stat is None or row.relpath < stat.relpath:
+            if not row.relpath.startswith(hidden):
+                yield "deleted", None, row.id
+            last_row, row = row.relpath, next(stored, None)
+        else:
+            same = (row.size, row.mtime_ns) == (stat.size, stat.mtime_ns) and not row.retry
+            yield "unchanged" if same else "changed", stat, row.id
+            last_file, last_row = stat.relpath, row.relpath
+            stat, row = next(files, None), next(stored, None)

@@ -1,10 +1,20 @@
-"""Walking folders: images found by name or content, loops and unreadable folders survived."""
+"""Walking folders: images found by name or content, loops and unreadable folders survived; the listing merged
+with the store's rows as two sorted streams, whole or cut into folders as the Ray runner lists them."""
 
 import os
 import shutil
 
-from indexer.scan import diff_against_store, walk_images
+import pyarrow as pa
+import pytest
+
+from indexer.runners import manifest
+from indexer.scan import FileStat, StoredFile, changes, diff_against_store, walk_images
 from tests.support.photos import photo
+
+
+def stored(known: dict[str, tuple[int, int, int, bool]]) -> list[StoredFile]:
+    """The store's rows as the scan reads them: in relpath order."""
+    return [StoredFile(i, relpath, *rest) for relpath, (i, *rest) in sorted(known.items())]
 
 
 def test_finds_images_by_extension_and_by_content(tmp_path):
@@ -44,7 +54,7 @@ def test_unreadable_folder_is_reported_and_its_files_are_not_deleted(tmp_path, m
 
     monkeypatch.setattr(os, "scandir", scandir)
     known = {"locked/y.jpg": (7, 1, 1, False), "gone.jpg": (8, 1, 1, False)}
-    result = diff_against_store(tmp_path, known)
+    result = diff_against_store(tmp_path, stored(known))
     assert [s.relpath for s in result.new] == ["open/x.jpg"]
     assert result.unreadable_dirs == [str(tmp_path / "locked")]
     assert result.deleted == [8]  # y.jpg may still exist: it is kept
@@ -64,8 +74,51 @@ def test_diff_uses_stats(tmp_path):
         "was-denied.jpg": (4, st_denied.st_size, st_denied.st_mtime_ns, True),
     }
     shutil.copy(tmp_path / "same.jpg", tmp_path / "new.jpg")
-    result = diff_against_store(tmp_path, known)
+    result = diff_against_store(tmp_path, stored(known))
     assert result.unchanged == 1
     assert [s.relpath for s in result.new] == ["new.jpg"]
     assert sorted((i, s.relpath) for i, s in result.changed) == [(2, "changed.jpg"), (4, "was-denied.jpg")]
     assert result.deleted == [3]
+
+
+def test_the_merge_orders_paths_by_their_bytes_as_the_store_does():
+    """"a.jpg" < "a/b.jpg" < "a0.jpg": a folder's files are not where a sort of path parts would put them."""
+    files = [FileStat(p, 1, 1) for p in sorted(["a.jpg", "a/b.jpg", "a/é.jpg", "a0.jpg", "b.jpg"])]
+    rows = [StoredFile(1, "a-gone.jpg", 1, 1, False), StoredFile(2, "a/b.jpg", 1, 1, False),
+            StoredFile(3, "a/é.jpg", 2, 1, False), StoredFile(4, "hidden/x.jpg", 1, 1, False)]  # fmt: skip
+    got = [(kind, stat.relpath if stat else None, i) for kind, stat, i in changes(files, rows, ("hidden/",))]
+    assert got == [
+        ("deleted", None, 1), ("new", "a.jpg", None), ("unchanged", "a/b.jpg", 2), ("changed", "a/é.jpg", 3),
+        ("new", "a0.jpg", None), ("new", "b.jpg", None),
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError, match="unsorted"):  # never a guess that would delete rows
+        list(changes(files, list(reversed(rows))))
+
+
+def test_a_tree_cut_into_folders_lists_as_one_walk_in_order(tmp_path):
+    for relpath in ["top.jpg", "a.jpg", "a/x.jpg", "a/b/y.png", "a0/z.jpg", "c/d/e/f.jpg", "c/d.jpg", "c/d/IMG_1.HEIC"]:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        photo(len(relpath)).save(tmp_path / relpath, format="PNG")
+    (tmp_path / "c" / "d" / "IMG_1.MOV").write_bytes(b"motion")
+    (tmp_path / "c" / "d" / "e" / "f.xmp").write_text("<x/>")
+    os.symlink(tmp_path, tmp_path / "c" / "d" / "loop")  # back to the top: not walked again
+    whole = sorted(f.relpath for f in walk_images(tmp_path))
+    plan = manifest.plan(tmp_path, units=2)
+    assert plan.folders and plan.files  # some listed by the driver, some left to tasks
+    walks = [manifest.walk_folder(tmp_path, folder, plan.seen) for folder in plan.folders]
+    found = plan.found
+    for _, other in walks:
+        found.add(other)
+    listed = [f.relpath for f in manifest.in_order(tmp_path, plan, lambda n: walks[n][0])]
+    assert listed == whole and found.count == len(whole)
+    assert found.motions == {"c/d/IMG_1.HEIC": "c/d/IMG_1.MOV"} and list(found.sidecars) == ["c/d/e/f.xmp"]
+
+    rows = [StoredFile(7, "a/x.jpg", 0, 0, False), StoredFile(8, "gone.jpg", 1, 1, False)]
+    parts = []
+    scan = manifest.stream_changes(iter(manifest.in_order(tmp_path, plan, lambda n: walks[n][0])), rows, (),
+                                   parts.append, part_rows=3)  # fmt: skip
+    assert (scan.todo, scan.unchanged, scan.deleted.tolist()) == (len(whole), 0, [8])
+    todo = pa.concat_tables(parts)
+    assert [len(p) for p in parts] == [3, 3, len(whole) - 6]
+    assert todo.column("relpath").to_pylist() == whole
+    assert todo.column("image_id").to_pylist() == [7 if p == "a/x.jpg" else -1 for p in whole]

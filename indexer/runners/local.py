@@ -54,7 +54,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
     A file still decoding HARD_LIMIT_GRACE seconds past its timeout is skipped and the workers are started anew;
     so is a file whose worker died twice while it was first in line (a decoder that crashes on it).
     """
-    known_hashes, config = decode_config(store, embedder, settings)
+    config = decode_config(store, embedder, settings)
     workers = settings.workers or cpu_count()
     batch_size = embedder.batch_size
     hard_limit = max(settings.decode_timeout, settings.video_timeout) + HARD_LIMIT_GRACE
@@ -119,7 +119,7 @@ def run_workers(root: Path, todo, embedder: "Embedder", store: Store, settings: 
                 pending = Pending(stat=stat, image_id=image_id, result=result)
                 if pending.result.decoded is None:
                     done += 1
-                    if pending.result.skip_reason is None and not reuse_twin(pending, store, known_hashes):
+                    if pending.result.skip_reason is None and not reuse_twin(pending, store):
                         continue
                     yield pending
                     continue

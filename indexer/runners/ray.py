@@ -1,30 +1,49 @@
-"""The Ray runner: decoding as Ray Data tasks on CPU workers, embedding in an actor pool (one per GPU).
+"""The Ray runner: listing as tasks that walk folders, decoding as Ray Data tasks on CPU workers, embedding in an
+actor pool (one per GPU), chunks written as shards by the workers.
 
-The driver (the `clipdex index --ray` process) lists the folder, diffs it against the store and commits rows and
-vectors in chunks exactly as the local pipeline does; only the per-file work moves to the cluster. Every node
-must see the folder at the same path (a filesystem all nodes mount), which is checked before any work starts.
-Ray retries the tasks and restarts the actors of a worker that dies; a killed driver loses its uncommitted chunk.
+The driver (the `clipdex index --ray` process) never holds the whole collection: the listing comes back as one
+sorted table per folder and is merged with the store's rows as a stream (manifest.py), the work goes to the
+cluster in parts, and what comes back is a name per shard. The embedded store takes each shard in (a transaction
+each, as the local pipeline's chunks); PostgreSQL takes them in parallel, in actors with their own connections.
+Every node must see the folder at the same path (a filesystem all nodes mount), and the embedded store's folder
+too, which is checked before any work starts. Ray retries the tasks and restarts the actors of a worker that
+dies (a retried shard is written whole under a new name, or rewritten in place by PostgreSQL); a killed driver
+loses the shards not yet taken in.
 """
 
 import json
 import logging
 import math
 import os
+import shutil
 import socket
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from indexer.decode import Decoded
 from indexer.errors import BadInputError
-from indexer.runners.work import Pending, decode_config, indexing_progress, reuse_twin
-from indexer.scan import FileStat
+from indexer.runners import manifest
+from indexer.runners.work import (
+    ChunkWriter,
+    Pending,
+    WriteCounts,
+    decode_config,
+    indexing_progress,
+    reuse_twin,
+    stored_files,
+)
+from indexer.scan import FileStat, ScanResult, hidden_prefixes
 from indexer.settings import Settings
+from indexer.store import open_store
 from indexer.video import VideoFrames
 from indexer.worker import LoadResult, WorkerConfig, load_file, use_config
 
@@ -36,6 +55,8 @@ log = logging.getLogger(__name__)
 
 DECODE_BATCH = 16  # files per decode task: a task costs about a millisecond to schedule, a file 10-50 ms to decode
 MAX_BLOCKS = 50_000  # input blocks at most: a block per decode task up to 800k files, larger blocks beyond
+INGEST_FOLDER = "ingest"  # in the embedded store's folder: the shards of the run in progress
+INTAKE_ACTORS = 2  # PostgreSQL connections committing shards at once
 
 
 @dataclass
@@ -88,24 +109,27 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def list_folder(root: str) -> str | None:
-    """Runs on every node: None when this node can list the folder, else why not."""
-    try:
-        with os.scandir(root) as entries:
-            next(entries, None)
-    except OSError as e:
-        return f"{type(e).__name__}: {e.strerror or e}"
+def list_folders(folders: list[str]) -> str | None:
+    """Runs on every node: None when this node can list every folder, else why not."""
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                next(entries, None)
+        except OSError as e:
+            return f"{type(e).__name__}: {e.strerror or e}"
     return None
 
 
-def check_every_node_reads(ray, root: Path) -> int:
-    """Raise a clear error unless every live node can list `root` and run clipdex's code; the number of nodes."""
+def check_every_node_reads(ray, root: Path, shards: Path | None = None) -> int:
+    """Raise a clear error unless every live node can list `root` (and the folder the workers write shards to)
+    and run clipdex's code; the number of nodes."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0, max_retries=0)(list_folder)
+    probe = ray.remote(num_cpus=0, max_retries=0)(list_folders)
+    folders = [str(root)] + ([str(shards)] if shards is not None else [])
     nodes = [node for node in ray.nodes() if node["Alive"]]
     refs = [
-        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(root))
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(folders)
         for node in nodes
     ]
     problems = []
@@ -117,9 +141,10 @@ def check_every_node_reads(ray, root: Path) -> int:
         if error:
             problems.append(f"node {node['NodeManagerAddress']}: {error}")
     if problems:
+        shared = f" and the store's folder {shards.parent.parent} (or index into PostgreSQL)" if shards else ""
         raise BadInputError(
-            f"every Ray node must read {root} at that same path (a filesystem all nodes mount, clipdex installed on "
-            "each): " + "; ".join(problems)
+            f"every Ray node must read {root}{shared} at that same path (a filesystem all nodes mount, clipdex "
+            "installed on each): " + "; ".join(problems)
         )
     return len(nodes)
 
@@ -171,33 +196,93 @@ class EmbedActor:
         vectors = np.concatenate(vectors) if vectors else np.zeros((0, self.embedder.dim), np.float32)
         ends = np.cumsum([shape[0] for shape in shapes])
         per_file = np.array([v.astype(np.float32).tobytes() for v in np.split(vectors, ends[:-1])], dtype=object)
-        return batch | {"vectors": per_file, "embedded_by": np.array([self.name] * len(pixels), dtype=object)}
+        return batch | {
+            "vectors": per_file,
+            "pictures": shapes[:, 0],
+            "embedded_by": np.array([self.name] * len(pixels), dtype=object),
+        }
 
 
-def run_on_ray(
+def index_on_ray(
     root: Path,
-    todo,
-    embedder: "Embedder",
+    root_id: int,
     store: "Store",
+    load_embedder: Callable[[], "Embedder"],
     settings: Settings,
     show_progress: bool,
     use: ClusterUse,
-) -> Iterator[Pending]:
-    """The Ray twin of `local.run_workers`: yields Pending files (in the order they finish), and records in `use`
-    which of the cluster's workers took part."""
+) -> tuple[ScanResult, WriteCounts]:
+    """The Ray twin of the local scan and pipeline: list the folder on the cluster and merge it with the store's
+    rows as a stream, then decode, embed and write shards there; the store takes each shard in as it comes (the
+    embedded store in this process, from files the workers wrote under its folder; PostgreSQL in parallel actors
+    of its own). Returns the scan (deletions are the caller's, last) and what was written."""
     ray = connect(settings.ray)
-    use.nodes = check_every_node_reads(ray, root)
-    known_hashes, config = decode_config(store, embedder, settings)
+    shards = None if store.parallel_writers else store.local_dir.resolve() / INGEST_FOLDER
+    if shards is not None:  # a killed run's shards: its files are listed again now, so they go
+        shutil.rmtree(shards, ignore_errors=True)
+        shards = shards / uuid.uuid4().hex
+        shards.mkdir(parents=True)
+    try:
+        use.nodes = check_every_node_reads(ray, root, shards)
+        scan, streamed = list_and_diff(ray, root, root_id, store)
+        counts = WriteCounts()
+        if streamed.todo:
+            counts = write_on_ray(
+                ray, streamed, root, root_id, store, load_embedder(), settings, shards, show_progress, use
+            )
+    finally:
+        if shards is not None:
+            shutil.rmtree(shards.parent, ignore_errors=True)
+    return scan, counts
+
+
+def list_and_diff(ray, root: Path, root_id: int, store: "Store") -> tuple[ScanResult, manifest.StreamedScan]:
+    """List the folder in tasks (manifest.py) and merge the listing with the store's rows, one table at a time; the
+    work goes into Ray's object store in parts, a decode task's worth or more."""
+    plan = manifest.plan(root)
+    walk = ray.remote(num_cpus=1, num_returns=2)(manifest.walk_folder)
+    tables = [walk.remote(root, folder, plan.seen) for folder in plan.folders]
+    found = plan.found
+    for _, others in tables:
+        found.add(ray.get(others))
+
+    def table_of(n: int):
+        table = ray.get(tables[n][0])
+        tables[n] = None  # read once: its object can go
+        return table
+
+    files = manifest.in_order(root, plan, table_of)
+    part_rows = max(DECODE_BATCH, math.ceil(found.count / MAX_BLOCKS))
+    hidden = hidden_prefixes(root, found.unreadable)
+    streamed = manifest.stream_changes(files, stored_files(store, root_id), hidden, ray.put, part_rows)
+    scan = ScanResult(
+        unchanged=streamed.unchanged,
+        deleted=streamed.deleted.tolist(),
+        unreadable_dirs=found.unreadable,
+        sidecars=found.sidecars,
+        motions=found.motions,
+    )
+    return scan, streamed
+
+
+def write_on_ray(
+    ray,
+    streamed: manifest.StreamedScan,
+    root: Path,
+    root_id: int,
+    store: "Store",
+    embedder: "Embedder",
+    settings: Settings,
+    shards: Path | None,
+    show_progress: bool,
+    use: ClusterUse,
+) -> WriteCounts:
+    config = decode_config(store, embedder, settings)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver shows its own bar, as the local pipeline does
     context.print_on_execution_start = False
-    items = [
-        {"relpath": stat.relpath, "size": stat.size, "mtime_ns": stat.mtime_ns, "image_id": -1 if i is None else i}
-        for stat, i in todo
-    ]
-    blocks = min(math.ceil(len(items) / DECODE_BATCH), MAX_BLOCKS)
-    files = ray.data.from_items(items, override_num_blocks=blocks)
+    files = ray.data.from_arrow_refs(streamed.parts)
     # Decoding takes a CPU per task. Embedding actors reserve a GPU each, or, on CPU-only clusters, one actor per
     # node shares the cores with the decoders, as the local pipeline's embedding does with its decode workers.
     decoded = files.map_batches(
@@ -211,27 +296,111 @@ def run_on_ray(
         num_gpus=1 if gpus else 0,
         num_cpus=0,
     )
+    # A shard is a chunk: what one transaction commits.
+    if shards is not None:
+        written = embedded.map_batches(
+            write_shard,
+            fn_kwargs={"directory": str(shards), "dim": store.dim},
+            batch_size=settings.commit_every,
+            num_cpus=0,
+        )
+    else:
+        written = embedded.map_batches(
+            IntakeActor,
+            fn_constructor_kwargs={"location": store.location, "root_id": root_id},
+            batch_size=settings.commit_every,
+            compute=ray.data.ActorPoolStrategy(size=INTAKE_ACTORS),
+            num_cpus=0,
+        )
+    counts = WriteCounts()
     progress = indexing_progress(show_progress)
     started = time.perf_counter()
     with progress:
-        task = progress.add_task("index", total=len(todo), rate=0.0)
+        task = progress.add_task("index", total=streamed.todo, rate=0.0)
         done = 0
-        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-            for row in range(len(batch["relpath"])):
-                pending = Pending(
-                    stat=FileStat(str(batch["relpath"][row]), int(batch["size"][row]), int(batch["mtime_ns"][row])),
-                    image_id=None if batch["image_id"][row] < 0 else int(batch["image_id"][row]),
-                    result=load_result(batch, row),
-                )
-                use.decoders.add(batch["decoded_by"][row])
-                if pending.result.decoded is not None:
-                    pending.vectors = np.frombuffer(batch["vectors"][row], np.float32).reshape(-1, embedder.dim)
-                    use.embedders.add(batch["embedded_by"][row])
-                elif pending.result.skip_reason is None and not reuse_twin(pending, store, known_hashes):
-                    continue
-                yield pending
-            done += len(batch["relpath"])
+        for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
+            for row in range(len(batch["files"])):
+                if shards is not None:
+                    counts.add(take_in_shard(store, root_id, shards / batch["shard"][row]))
+                else:
+                    counts.add(WriteCounts(**json.loads(batch["counts"][row])))
+                use.decoders.update(json.loads(batch["decoded_by"][row]))
+                use.embedders.update(json.loads(batch["embedded_by"][row]))
+                done += int(batch["files"][row])
             progress.update(task, completed=done, rate=done / (time.perf_counter() - started))
+    return counts
+
+
+def write_shard(batch: dict[str, np.ndarray], directory: str, dim: int) -> dict[str, np.ndarray]:
+    """Ray Data task: a chunk of embedded files as a shard beside the store, its float16 vectors (`.npy`) and its
+    rows (`.parquet`, written last: a shard whose rows are there is whole; a retried task writes a new one)."""
+    name = f"shard-{uuid.uuid4().hex}"
+    vectors = np.frombuffer(b"".join(batch.pop("vectors")), np.float32).reshape(-1, dim)
+    folder = Path(directory)
+    with open(folder / f"{name}.npy.tmp", "wb") as f:
+        np.save(f, vectors.astype(np.float16))
+    os.replace(folder / f"{name}.npy.tmp", folder / f"{name}.npy")
+    table = pa.table({key: pa.array(list(column)) for key, column in batch.items()})
+    pq.write_table(table, folder / f"{name}.parquet.tmp")
+    os.replace(folder / f"{name}.parquet.tmp", folder / f"{name}.parquet")
+    return {"shard": np.array([name], dtype=object)} | chunk_facts(batch)
+
+
+def chunk_facts(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One result row for a chunk: its files, and which workers decoded and embedded them (JSON lists)."""
+    embedded_by = {e for e, p in zip(batch["embedded_by"], batch["pictures"], strict=True) if p}
+    return {
+        "files": np.array([len(batch["relpath"])], dtype=np.int64),
+        "decoded_by": np.array([json.dumps(sorted(set(batch["decoded_by"])))], dtype=object),
+        "embedded_by": np.array([json.dumps(sorted(embedded_by))], dtype=object),
+    }
+
+
+def take_in_shard(store: "Store", root_id: int, path: Path) -> WriteCounts:
+    """Commit a shard the workers wrote (the driver, for the embedded store), then delete it."""
+    rows = pq.read_table(path.with_suffix(".parquet")).to_pydict()
+    flat = np.load(path.with_suffix(".npy")).astype(np.float32)
+    ends = np.cumsum(rows["pictures"])
+    counts = take_in(store, root_id, rows, np.split(flat, ends[:-1]) if len(ends) else [])
+    path.with_suffix(".parquet").unlink()
+    path.with_suffix(".npy").unlink()
+    return counts
+
+
+def take_in(store: "Store", root_id: int, rows, vectors: list[np.ndarray]) -> WriteCounts:
+    """Commit a chunk of finished files (columns as decode_batch and EmbedActor leave them) in one transaction."""
+    writer = ChunkWriter(store, root_id)
+    for row in range(len(rows["relpath"])):
+        image_id = int(rows["image_id"][row])
+        pending = Pending(
+            stat=FileStat(str(rows["relpath"][row]), int(rows["size"][row]), int(rows["mtime_ns"][row])),
+            image_id=None if image_id < 0 else image_id,
+            result=load_result(rows, row),
+        )
+        if pending.result.decoded is not None:
+            pending.vectors = vectors[row]
+        elif pending.result.skip_reason is None and not reuse_twin(pending, store):
+            continue
+        writer.add(pending)
+    writer.commit()
+    return writer.counts
+
+
+class IntakeActor:
+    """Ray Data actor for a store that takes writers in parallel (PostgreSQL): commits chunks on its own
+    connection, so the driver writes nothing."""
+
+    def __init__(self, location: str, root_id: int):
+        self.store, self.root_id = open_store(location), root_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        dim = self.store.dim
+        vectors = [np.frombuffer(v, np.float32).reshape(-1, dim) for v in batch["vectors"]]
+        counts = take_in(self.store, self.root_id, batch, vectors)
+        written = {"indexed": counts.indexed, "reused": counts.reused, "skipped": dict(counts.skipped)}
+        return {"shard": np.array([""], dtype=object), **chunk_facts(batch)} | {
+            "counts": np.array([json.dumps(written)], dtype=object)
+        }
 
 
 def load_result(batch: dict[str, np.ndarray], row: int) -> LoadResult:

@@ -60,6 +60,10 @@ class Store(ABC):
     local_dir: Path | None = None  # a directory of the store's own (thumbnails are cached there), if it has one
     check_in_background = False  # a service sets it: a derived index may prove itself after the first answers
 
+    # Whether several processes may commit chunks of one run at once (each in its own transaction): the Ray
+    # runner then has its workers write; otherwise the driver takes their shards in, one at a time.
+    parallel_writers = False
+
     def __init__(self, engine, manifest: Manifest, location: str):
         self.engine = engine
         self.model = manifest.model
@@ -100,6 +104,10 @@ class Store(ABC):
             chunk = video_ids[start : start + 500]
             found += session.scalars(select(Image.id).where(Image.video_id.in_(chunk), Image.status == FRAME))
         return found
+
+    def byte_order(self, column):
+        """`column` to ORDER BY in byte order, the order of Python's strings (SQLite's BINARY collation is)."""
+        return column
 
     @abstractmethod
     def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:

@@ -171,6 +171,8 @@ def driver(conn):
 
 
 class PostgresStore(Store):
+    parallel_writers = True
+
     def __init__(self, engine, manifest: Manifest, location: str, index_memory: int, features: Features, half: bool):
         super().__init__(engine, manifest, location)
         self.index_memory = index_memory
@@ -257,6 +259,9 @@ class PostgresStore(Store):
                 copy.set_types(["integer", "halfvec" if self.half else "vector"])
                 for image_id, vector in zip(np.asarray(ids).tolist(), vectors, strict=True):
                     copy.write_row((image_id, HalfVector(vector) if self.half else vector))
+
+    def byte_order(self, column):
+        return column.collate("C")  # the database's own collation may sort by language rules
 
     def insert_rows(self, session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
         raw = driver(session.connection())
