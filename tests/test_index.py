@@ -254,3 +254,30 @@ def test_a_first_run_prints_one_line_of_preparation_and_its_summary_alone(tmp_pa
     assert len(logged) == 1 and "preparing the model for this CPU, once" in logged[0], done.stderr
     summary = done.stdout.strip().splitlines()
     assert summary[0].startswith("indexed 3, reused 0") and not any("transformers" in line for line in summary)
+
+
+def test_a_chunk_written_twice_is_one_row_each(tmp_path):
+    """A Ray task retried after its commit writes its shard again: its new files are rewritten, not added twice."""
+    from indexer.decode import Decoded
+    from indexer.runners.work import ChunkWriter, Pending
+    from indexer.scan import FileStat
+    from indexer.worker import LoadResult
+
+    store = open_store(tmp_path / "store", model="test", dim=8, create=True)
+    with store.session() as s:
+        root_id = indexer.indexing.get_root(s, tmp_path).id
+        s.commit()
+    vectors = np.eye(8, dtype=np.float32)
+    for attempt in range(2):
+        writer = ChunkWriter(store, root_id)
+        for n in range(3):
+            decoded = Decoded(np.empty((0, 0, 3), np.uint8), 4, 3, "JPEG", None, "0" * 16)
+            result = LoadResult(hash=f"{n:032x}", decoded=decoded)
+            writer.add(Pending(FileStat(f"{n}.jpg", 10, 20), None, result, vectors=vectors[[n + attempt]]))
+        writer.add(Pending(FileStat("bad.jpg", 1, 2), None, LoadResult(hash=None, skip_reason="truncated: cut")))
+        writer.commit()
+        assert (writer.counts.indexed, sum(writer.counts.skipped.values())) == (3, 1)
+    with store.session() as s:
+        rows = dict(s.execute(select(Image.relpath, Image.id)).all())
+    assert sorted(rows) == ["0.jpg", "1.jpg", "2.jpg", "bad.jpg"]
+    assert store.vector(rows["0.jpg"]) @ vectors[1] == pytest.approx(1, abs=1e-3)  # the second try's vector

@@ -134,6 +134,28 @@ def test_ray_indexes_what_the_local_pipeline_does(tmp_path, clip_dir, ray_addres
     assert_same_index(on_ray.store, local.store)
 
 
+def test_a_tree_listed_by_tasks_indexes_as_the_local_pipeline_does(tmp_path, clip_dir, ray_address, monkeypatch):
+    """Folders handed to listing tasks (two at a time here): the same rows, and re-runs see what changed in them."""
+    from indexer.runners import manifest
+
+    monkeypatch.setattr(manifest, "UNITS", 2)
+    photos = tmp_path / "photos"
+    for n, folder in enumerate(["a", "a/b", "a0", "c/d", "c/d/e", "f"]):
+        write_photos(photos / folder, 2, start=10 * n, size=(96, 72))
+    write_photos(photos, 1, start=90, size=(96, 72))
+    local = Settings(store=str(tmp_path / "local"), model=str(clip_dir), device="cpu", workers=1, batch_size=4)
+    on_ray = ray_settings(tmp_path / "ray", clip_dir, ray_address)
+    for settings in (local, on_ray):
+        assert index_folder(photos, settings, show_progress=False).indexed == 13
+    assert_same_index(on_ray.store, local.store)
+    (photos / "c" / "d" / "e" / "img040.jpg").unlink()
+    write_photos(photos / "a" / "b", 1, start=70, size=(96, 72))
+    for settings in (local, on_ray):
+        summary = index_folder(photos, settings, show_progress=False)
+        assert (summary.indexed, summary.removed, summary.unchanged) == (1, 1, 12)
+    assert_same_index(on_ray.store, local.store)
+
+
 def test_ray_embeds_naflex_images_of_every_shape_as_the_local_pipeline_does(tmp_path, naflex_dir, ray_address):
     """A NaFlex model's decoded images differ in shape: they travel to the embedding actors with theirs."""
     photos = tmp_path / "photos"
