@@ -8,7 +8,7 @@ STORE ?=
 STORE_FLAG := $(if $(STORE),--store "$(STORE)",)
 
 # The benches `make bench` runs, in order (gpu needs CUDA, rclip installs rclip: their own targets).
-BENCHES := startup indexing runtimes ray_indexing api page tagging duplicates clusters relevance ocr xmp video scale postgres captions vlm
+BENCHES := startup indexing runtimes ray_indexing ray_ingest api page tagging duplicates clusters relevance ocr xmp video scale postgres captions vlm
 # The benches `make bench-smoke` runs on tiny inputs (BENCH_SMOKE=1, bench/smoke.py): all of them, rclip's model builder
 # (not rclip itself) and the GPU bench on the CPU included; each must finish within SMOKE_TIMEOUT seconds.
 SMOKE_BENCHES := $(BENCHES) billion models rclip_model gpu

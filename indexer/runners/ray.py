@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from indexer.decode import Decoded
 from indexer.errors import BadInputError
+from indexer.quiet import silenced
 from indexer.runners import manifest
 from indexer.runners.work import (
     ChunkWriter,
@@ -54,7 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 16  # files per decode task: a task costs about a millisecond to schedule, a file 10-50 ms to decode
-MAX_BLOCKS = 50_000  # input blocks at most: a block per decode task up to 800k files, larger blocks beyond
+# Parts of work at most, a decode task each: DECODE_BATCH files up to 160k files, larger parts beyond (each part is
+# a ray.put, ~1 ms of the driver's time while it merges the listing).
+MAX_BLOCKS = 10_000
 INGEST_FOLDER = "ingest"  # in the embedded store's folder: the shards of the run in progress
 INTAKE_ACTORS = 2  # PostgreSQL connections committing shards at once
 
@@ -86,9 +89,14 @@ def connect(address: str):
     # Set after the import, which configures it: Ray Data's start, finish and progress bar notices on the console.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     if not ray.is_initialized():
+        # The driver's C++ core logs to stderr, and Ray Data's actor pools make it print an error in every run
+        # (ray-project/ray#57733): only fatal ones now. Its line saying so at start-up is silenced; what goes wrong
+        # reaches clipdex as Python exceptions.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         check_reachable(address)
         try:
-            ray.init(address=None if address == "default" else address, log_to_driver=False, logging_level="ERROR")
+            with silenced(2):
+                ray.init(address=None if address == "default" else address, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise BadInputError(f"cannot reach the Ray cluster at {address}: {e}") from None
     return ray

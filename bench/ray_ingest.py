@@ -1,0 +1,207 @@
+"""Ray ingest past one machine's sizes: does the pipeline keep embedding actors busy, and does the driver's memory
+stay flat as the listing grows?
+
+1. Throughput. No GPU here, so the embedding actors are stand-ins that embed at a fixed rate (ACTOR_RATE images/s
+   each, random unit vectors) on a local cluster that declares ACTORS GPUs; everything else is the real pipeline
+   (`index_folder` on Ray: listing tasks, decode tasks, shards written by the workers and taken in by the store).
+   Target: at least 90% of the actors' summed rate once decoding has the CPUs for it, measured from the first
+   shard taken in to the last (the cluster's start and the model's first load are printed apart).
+2. The driver's memory for a MANIFEST-entry listing: listing tasks that make their folders' sorted tables
+   synthetically (MANIFEST / FOLDERS entries each, no files on disk: 10M inodes would take hours to create) stream
+   through the same merge with the store's rows into the same parts of work, in a driver process of its own that
+   imports what `clipdex index --ray` needs before it loads a model (it loads one only once there is work).
+   Target: the driver's peak RSS under 500 MB at 10M entries.
+
+    python -m bench.ray_ingest        (BENCH_QUICK=1: 1M-entry listing, fewer images)
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+
+from bench.smoke import CLIP_DIM, DATA, announce, pick
+from indexer.models.cpu import cpu_line
+from indexer.quiet import silenced
+from indexer.runners import manifest
+from indexer.runners import ray as ray_runner
+from indexer.settings import Settings
+from indexer.store import get_root, open_store
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+ACTORS = 2  # stand-in GPUs
+ACTOR_RATE = pick(60.0, 200.0)
+RAY_QUIET = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_BACKEND_LOG_LEVEL": "fatal"}  # 127.0.0.1 only; no noise
+console = Console(highlight=False)  # images/s one stand-in actor embeds
+IMAGES = pick(600 if QUICK else 2_400, 40)
+MANIFEST = pick(1_000_000 if QUICK else 10_000_000, 20_000)
+FOLDERS = pick(1_000, 10)
+RATE_TARGET, MEMORY_TARGET_MB = 0.90, 500
+
+
+class StandInEmbedder:
+    """Embeds at a fixed rate: the time a GPU would take, without one. Each batch's start and end go to `times`."""
+
+    def __init__(self, dim: int, rate: float, times: Path):
+        self.dim, self.rate, self.batch_size, self.times = dim, rate, 32, times
+        self.rng = np.random.default_rng(os.getpid())
+
+    def embed_pixels(self, pictures: list) -> np.ndarray:
+        started = time.time()
+        time.sleep(len(pictures) / self.rate)
+        with open(self.times / f"{os.getpid()}.txt", "a") as f:
+            f.write(f"{started} {time.time()} {len(pictures)}\n")
+        vectors = self.rng.standard_normal((len(pictures), self.dim)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class StandInActor(ray_runner.EmbedActor):
+    def __init__(self, model: str, settings: Settings, device: str):
+        self.embedder = StandInEmbedder(CLIP_DIM, ACTOR_RATE, Path(settings.cache_dir) / "actor-times")
+        self.name = f"{ray_runner.worker_name()}:{device}"
+
+
+def synthetic_plan(root: Path, units: int | None = None) -> manifest.Plan:
+    """FOLDERS folders for tasks to 'walk', nothing listed by the driver."""
+    folders = [root / f"folder{n:05d}" for n in range(FOLDERS)]
+    return manifest.Plan(files=[], folders=folders, seen=frozenset(), found=manifest.Found())
+
+
+def synthetic_walk(root: Path, folder: Path, seen) -> tuple[pa.Table, manifest.Found]:
+    """A listing task's table for MANIFEST / FOLDERS files, sorted as a walk's is."""
+    count = MANIFEST // FOLDERS
+    prefix = folder.relative_to(root).as_posix()
+    relpaths = pa.array([f"{prefix}/IMG_{n:07d}.jpg" for n in range(count)], pa.string())
+    table = pa.table(
+        {
+            "relpath": relpaths,
+            "size": pa.array(np.full(count, 3_000_000), pa.int64()),
+            "mtime_ns": pa.array(np.arange(count, dtype=np.int64)),
+        }
+    )
+    return table, manifest.Found(count=count)
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process, MB (VmHWM: ru_maxrss would keep the forking parent's)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def throughput(folder: Path, settings: Settings) -> None:
+    """Index the folder on Ray with the stand-in actors; their summed rate from the first batch embedded to the
+    last, against what they could do."""
+    from indexer.indexing import index_folder
+
+    times = Path(settings.cache_dir) / "actor-times"
+    shutil.rmtree(times, ignore_errors=True)
+    times.mkdir(parents=True)
+    ray_runner.EmbedActor = StandInActor
+    store = DATA / "stores" / "ray-ingest"
+    shutil.rmtree(store, ignore_errors=True)
+    started = time.perf_counter()
+    summary = index_folder(folder, settings.model_copy(update={"store": str(store)}), show_progress=False)
+    total = time.perf_counter() - started
+    shutil.rmtree(store, ignore_errors=True)
+    batches = np.array([line.split() for f in times.iterdir() for line in f.read_text().splitlines()], dtype=float)
+    span = batches[:, 1].max() - batches[:, 0].min()
+    embedded, summed = batches[:, 2].sum(), ACTORS * ACTOR_RATE
+    rate = embedded / span
+    verdict = "met" if rate >= RATE_TARGET * summed else "missed"
+    console.print(f"  {summary.line()}")
+    console.print(
+        f"  actors' rate     {rate:7.1f} images/s from their first batch to their last ({span:.1f} s) = "
+        f"{rate / summed:.0%} of their summed {summed:.0f} (target {RATE_TARGET:.0%}: {verdict})"
+    )
+    console.print(
+        f"  end to end       {summary.indexed / total:7.1f} images/s (the driver's model load and Ray's start-up in it)"
+    )
+
+
+def listing(address: str) -> None:
+    """The driver-memory run, in a process of its own: prints its figures as JSON."""
+    import ray
+
+    with silenced(2):
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    root = DATA / "manifest-root"
+    root.mkdir(parents=True, exist_ok=True)
+    store_dir = DATA / "stores" / "ray-ingest-manifest"
+    shutil.rmtree(store_dir, ignore_errors=True)
+    store = open_store(store_dir, model="stand-in", dim=CLIP_DIM, create=True)
+    with store.session() as s:
+        root_id = get_root(s, root).id
+        s.commit()
+    manifest.plan, manifest.walk_folder = synthetic_plan, synthetic_walk
+    before, _ = rss_mb()
+    started = time.perf_counter()
+    scan, streamed = ray_runner.list_and_diff(ray, root, root_id, store)
+    seconds = time.perf_counter() - started
+    after, peak = rss_mb()
+    assert streamed.todo == MANIFEST - MANIFEST % FOLDERS and scan.unchanged == 0
+    shutil.rmtree(store_dir, ignore_errors=True)
+    figures = {"todo": streamed.todo, "parts": len(streamed.parts), "seconds": seconds}
+    print(json.dumps(figures | {"before": before, "after": after, "peak": peak}))
+
+
+def driver_memory(address: str) -> None:
+    env = {**os.environ, **RAY_QUIET}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.ray_ingest", "--listing", address],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    f = json.loads(run.stdout.strip().splitlines()[-1])
+    verdict = "met" if f["peak"] <= MEMORY_TARGET_MB else "missed"
+    console.print(
+        f"  {f['todo']:,} entries listed by {FOLDERS} tasks and merged with the store in {f['seconds']:.1f} s "
+        f"({f['todo'] / f['seconds']:,.0f} entries/s) into {f['parts']:,} parts of work"
+    )
+    console.print(
+        f"  driver RSS       {f['before']:.0f} MB before the listing, {f['after']:.0f} MB after, peak "
+        f"{f['peak']:.0f} MB (target <= {MEMORY_TARGET_MB} MB: {verdict})"
+    )
+
+
+def main() -> None:
+    from bench.indexing import load, make_images, vit_b32
+
+    console.print(cpu_line())
+    announce(console.print)
+    console.print(f"[bold]Ray ingest benchmark[/bold]{' (quick)' if QUICK else ''}; {load()}")
+    model_dir = vit_b32()
+    paths = make_images(DATA / f"320x240-{IMAGES}", IMAGES, (320, 240))
+    settings = Settings(
+        model=str(model_dir),
+        device="cpu",
+        cache_dir=(DATA / "cache").resolve(),  # the stand-in actors write their batches' times there
+        ray="default",
+        batch_size=32,
+        commit_every=128,
+    )
+    os.environ.update(RAY_QUIET)
+    import ray
+
+    started = time.perf_counter()
+    cpus = os.cpu_count() or 1
+    with silenced(2):
+        ray.init(num_cpus=cpus, num_gpus=ACTORS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    console.print(f"Ray cluster: {cpus} CPUs, {ACTORS} stand-in GPUs, started in {time.perf_counter() - started:.1f} s")
+    console.print(f"\n[bold]throughput[/bold]: {IMAGES} JPEGs 320x240, {ACTORS} actors at {ACTOR_RATE:.0f} images/s")
+    throughput(paths[0].parent, settings)
+    console.print(f"\n[bold]driver memory[/bold]: a {MANIFEST:,}-entry listing into an empty store")
+    driver_memory(ray.get_runtime_context().gcs_address)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--listing"]:
+        listing(sys.argv[2])
+    else:
+        main()
