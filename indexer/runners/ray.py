@@ -315,7 +315,11 @@ def write_on_ray(
     else:
         written = embedded.map_batches(
             IntakeActor,
-            fn_constructor_kwargs={"location": store.location, "root_id": root_id},
+            # The URL as the engine has it: `store.location` hides the password.
+            fn_constructor_kwargs={
+                "location": store.engine.url.render_as_string(hide_password=False),
+                "root_id": root_id,
+            },
             batch_size=settings.commit_every,
             compute=ray.data.ActorPoolStrategy(size=INTAKE_ACTORS),
             num_cpus=0,
