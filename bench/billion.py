@@ -8,14 +8,18 @@ peak memory, bytes per image on disk, and from a fresh process searching as the 
 queries, the lists probed and re-rank depth, search p50/p95 warm, and p50 cold (every file of the store dropped
 from the page cache before each query). Then the fitted growth (a power law in the size) and the projection.
 
-    python -m bench.billion [--sizes 1000000,5000000,20000000]     (BENCH_QUICK=1: 200,000 and 1,000,000)
+With --ray, each size's generation is built a second time with its shards encoded as Ray tasks
+(indexer/runners/ray_index_build.py) on a local cluster of 2 CPUs, RAY_SHARDS shards: the build's time, the peak
+memory of the driver and of the largest task, beside the in-process build's. A smoke run does so at RAY_SMOKE_SIZE
+only, after its sizes (a build is mostly training and calibration: a second one at the smoke size would double it).
+
+    python -m bench.billion [--sizes 1000000,5000000,20000000] [--ray]     (BENCH_QUICK=1: 200,000 and 1,000,000)
 """
 
 import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,28 +32,55 @@ import numpy as np
 from bench.scale import disk_bytes, percentile, planted_collection, status_kb
 from bench.smoke import SMOKE, announce, pick
 from indexer.models.cpu import cpu_line
-from indexer.store import open_store
+from indexer.store import ondisk, open_store
 from indexer.store.ann import ExactTop, recall_at
 
 BUDGET_PER_IMAGE = 16  # bytes of index memory an image: under the smallest in-memory kind (PQ32x4fsr, 24 B)
 COLD_QUERIES = pick(30, 3)
+RAY_CPUS = 2
+RAY_SHARDS = 4  # shards (tasks) a Ray build cuts the vectors into, so that each CPU has more than one
+RAY_SMOKE_SIZE = 3000
 TARGETS = (
     "at 20M: service RSS <= 1 GB, recall@10 >= 0.95 (text-like and image-like), search p50 <= 100 ms warm, "
     "<= 1.7 KB an image on disk"
 )
 
 
-def build(store_dir: Path, count: int) -> dict:
-    """In a fresh process (its peak memory is the build's own): the on-disk index over the planted store."""
+def build(store_dir: Path, count: int, on_ray: bool) -> dict:
+    """In a fresh process (its peak memory is the build's own, or with `on_ray` the driver's): the on-disk index over
+    the planted store."""
+    figures, shards = {}, None
+    if on_ray:
+        from indexer.runners.ray_index_build import RayShards
+
+        started = time.perf_counter()
+        start_local_cluster()
+        figures["cluster_seconds"] = time.perf_counter() - started
+        ondisk.SHARD_VECTORS = math.ceil(count / RAY_SHARDS)
+        shards = RayShards()
     store = open_store(store_dir, index_memory=BUDGET_PER_IMAGE * count)
     started = time.perf_counter()
-    store.save_index(force_rebuild=True)
-    return {
+    store.save_index(force_rebuild=True, encode_shards=shards)
+    return figures | {
         "seconds": time.perf_counter() - started,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": status_kb("VmHWM") / 1024,  # not ru_maxrss: Linux carries it over from the parent across exec
+        "task_peak_mb": max(shards.task_peaks_mb) if shards else None,
+        "tasks": len(shards.task_peaks_mb) if shards else None,
         "index": store.index_description(),
         "on_disk": store.kind.on_disk,
     }
+
+
+def start_local_cluster() -> None:
+    """A Ray cluster of RAY_CPUS CPUs on this machine alone (127.0.0.1), for this process."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # listen on 127.0.0.1 only
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(
+        address="local",  # a new cluster, never one a `ray start` left running here
+        num_cpus=RAY_CPUS, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+    )  # fmt: skip
 
 
 def evict(store_dir: Path) -> None:
@@ -115,7 +146,7 @@ def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
     return float(slope), float(math.exp(intercept + slope * math.log(1e9)))
 
 
-def measure(count: int, keep: Path | None) -> dict:
+def measure(count: int, keep: Path | None, on_ray: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix="clipdex-bench-billion-", dir=keep))
     store_dir = root / f"store-{count}"
     try:
@@ -138,6 +169,16 @@ def measure(count: int, keep: Path | None) -> dict:
             f"{figures['file_mb']:,.0f})",
             flush=True,
         )
+        if on_ray:  # last: the search and disk figures above are of the in-process build's generation alone
+            on_ray_figures = child("build", str(store_dir), str(count), "--ray")
+            print(
+                f"  on Ray ({RAY_CPUS} CPUs, local cluster started in {on_ray_figures['cluster_seconds']:.0f} s): "
+                f"{on_ray_figures['index']}: built in {on_ray_figures['seconds']:.0f} s, {on_ray_figures['tasks']} "
+                f"tasks; peak {on_ray_figures['peak_mb']:,.0f} MB driver, {on_ray_figures['task_peak_mb']:,.0f} MB "
+                f"the largest task (in process: {figures['seconds']:.0f} s, peak {figures['peak_mb']:,.0f} MB)",
+                flush=True,
+            )
+            figures["ray"] = on_ray_figures
         return figures
     finally:
         if not keep:
@@ -150,6 +191,7 @@ def main() -> None:
     default = pick("200000,1000000" if quick else "1000000,5000000,20000000", "30000")
     parser.add_argument("--sizes", default=default, help="collection sizes")
     parser.add_argument("--keep", type=Path, help="build the stores here and keep them")
+    parser.add_argument("--ray", action="store_true", help="also build each size with Ray tasks on a local cluster")
     parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--search", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,14 +200,16 @@ def main() -> None:
 
         ann.EXACT_LIMIT = 1000
     if args.build:
-        return print(json.dumps(build(Path(args.build[0]), int(args.build[1]))))
+        return print(json.dumps(build(Path(args.build[0]), int(args.build[1]), args.ray)))
     if args.search:
         return print(json.dumps(search(Path(args.search[0]), int(args.search[1]), Path(args.search[2]))))
     print(cpu_line())
     announce()
     print(f"billion: the on-disk index, {BUDGET_PER_IMAGE} bytes of index memory an image; targets {TARGETS}")
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = [measure(count, args.keep) for count in sizes]
+    rows = [measure(count, args.keep, args.ray and not SMOKE) for count in sizes]
+    if SMOKE:
+        measure(RAY_SMOKE_SIZE, args.keep, on_ray=True)
     for name, key, unit in (
         ("search p50 warm", "p50_ms", "ms"),
         ("search p50 cold", "cold_p50_ms", "ms"),

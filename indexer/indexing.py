@@ -182,7 +182,12 @@ def update_store(
     if wrote or scan.deleted:  # an unchanged run writes nothing (it also works on a full disk)
         if store.wants_probes():
             store.save_probes(embed_text_set(model(), PROBE_QUERIES))  # once per model and runtime
-        store.save_index()
+        if settings.ray:  # an on-disk generation, if one is due, is encoded by tasks across the cluster
+            from indexer.runners.ray_index_build import RayShards
+
+            store.save_index(encode_shards=RayShards(settings.ray))
+        else:
+            store.save_index()
         summary.index = store.index_description()
     return root_id, summary
 

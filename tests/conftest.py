@@ -1,5 +1,11 @@
 """Shared fixtures: tiny random-weight models saved like hub checkpoints, and planted photo folders."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +34,7 @@ from tests.support.model_factory import (
 )
 from tests.support.photos import write_photos
 from tests.support.planted import CONE, DIM, DOG, LIGHTHOUSE, UNICORN, plant_vectors, unit
+from tests.support.processes import free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -212,3 +219,38 @@ def browser():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+# Ray binds to the machine's address unless told it is not part of a cluster; token auth stays off for the test.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    """A Ray head node on 127.0.0.1 with 2 CPUs, one for each module that asks; the tests' drivers connect to it."""
+    port = free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in RAY_ENV.items():
+            mp.setenv(key, value)
+        import ray  # after the environment is set: Ray reads it on import
+
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address",
+             "127.0.0.1", "--port", str(port), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and head.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert head.poll() is None, head.stderr.read().decode()
+        yield address
+        ray.shutdown()  # the in-process driver of the tests that ran one
+        os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started (they share its group)
+        head.wait(30)

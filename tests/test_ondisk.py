@@ -1,12 +1,18 @@
 """The index past the memory budget: codes in a memory-mapped generation file, a delta of what came since,
-tombstones for what left, kept across saves and reopenings, merged into a new generation once they grow."""
+tombstones for what left, kept across saves and reopenings, merged into a new generation once they grow; its
+shards encoded as Ray tasks as they are in one process."""
 
+import os
+
+import faiss
 import numpy as np
 import pytest
 
 import indexer.store.ann as ann
-from indexer.store import INDEXED, Image, open_store, utcnow
+from indexer.runners.ray_index_build import RayShards
+from indexer.store import INDEXED, Image, ondisk, open_store, utcnow
 from indexer.store.ondisk import MERGE_SHARE, DiskIVF
+from indexer.store.vectors import VectorFile
 from tests.support.planted import ClipLike, plant_vectors
 from tests.test_ann_index import exact_top, recall
 
@@ -81,6 +87,46 @@ def test_a_grown_delta_is_merged_into_a_new_generation_and_the_old_files_go(plan
     everything = np.vstack([vectors, extra])
     query = model.texts(1, seed=12)[0]
     assert [i for i, _ in store.search(query, 10)] == exact_top(everything, query, 10)
+
+
+@pytest.mark.slow
+def test_a_generation_encoded_by_ray_tasks_answers_as_one_encoded_here(planted, tmp_path, monkeypatch, ray_address):
+    model, vectors, here = planted  # encoded in this process, in one shard
+    monkeypatch.setattr(ondisk, "SHARD_VECTORS", 8_000)  # four shards: four tasks
+    on_ray = plant_vectors(tmp_path / "r", vectors, index_memory=BUDGET)
+    on_ray.save_probes(model.texts(200, seed=3))
+    shards = RayShards(ray_address)
+    left_in_scratch = []
+
+    def encode(work: ondisk.ShardWork) -> list[str]:
+        paths = shards(work)
+        left_in_scratch.extend(sorted(os.listdir(work.scratch)))
+        return paths
+
+    on_ray.save_index(force_rebuild=True, encode_shards=encode)
+    assert isinstance(on_ray.index, DiskIVF) and on_ray.index.ntotal == 30_000
+    assert left_in_scratch == [f"shard-{n}.faiss" for n in range(4)]  # whole shards under their final names only
+    assert len(shards.task_peaks_mb) == 4 and all(peak > 0 for peak in shards.task_peaks_mb)
+    assert on_ray.tuning == here.tuning  # calibrated on the same exact top-k, merged from the tasks'
+    for query in [*model.texts(20, seed=4), *model.images(20, seed=5)]:
+        assert [i for i, _ in on_ray.search(query, 10)] == [i for i, _ in here.search(query, 10)]
+
+
+def test_a_shard_cut_off_while_written_leaves_no_file_under_its_name(planted, tmp_path, monkeypatch):
+    _, _, store = planted
+    trained = store.index.delta  # empty, cloned from the generation's trained index
+
+    def cut_off(index, path):
+        with open(path, "wb") as f:
+            f.write(b"half a shard")
+        raise OSError("worker killed")
+
+    monkeypatch.setattr(faiss, "write_index", cut_off)
+    vectors = VectorFile(store.path / "vectors.f16", 64)
+    with pytest.raises(OSError, match="worker killed"):
+        ondisk.encode_shard(trained, vectors, np.arange(1, 101), tmp_path / "shard-0.faiss", [])
+    vectors.close()
+    assert [p.name for p in tmp_path.glob("shard-0.faiss*")] == [f"shard-0.faiss.{os.getpid()}.tmp"]
 
 
 def plant_more(store, vectors: np.ndarray, first_id: int) -> list[int]:

@@ -6,7 +6,6 @@ on one database, clear errors for bad databases, and `clipdex store copy` betwee
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from indexer.store.postgres import PostgresStore
 from search.cli import app
 from search.service import Service
 from tests.support.photos import write_photos
+from tests.support.processes import free_port
 
 
 def clipdex(*args, **env) -> subprocess.CompletedProcess:
@@ -51,12 +51,6 @@ def test_every_command_takes_a_database_url(tmp_path, clip_dir, pg_url):
     assert json.loads(similar.stdout)[0]["path"] != str(photos / "img002.jpg")  # the image itself is left out
     again = clipdex("index", photos, "--store", pg_url, "--json")
     assert json.loads(again.stdout)["unchanged"] == 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str) -> dict:

@@ -4,7 +4,6 @@ killed driver resumes, a killed worker is retried by Ray, a folder a node cannot
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,50 +20,11 @@ from indexer.indexing import index_folder
 from indexer.settings import Settings
 from indexer.store import Caption, Image, open_store
 from tests.support.photos import photo, write_photos
-from tests.support.processes import INDEXER, alive
+from tests.support.processes import INDEXER, alive, free_port
 from tests.support.stores import indexed_rows
 from tests.support.videos import make_video
 
 pytestmark = pytest.mark.slow
-# Ray binds to the machine's address unless told it is not part of a cluster; token auth stays off for the test.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    """A Ray head node on 127.0.0.1 with 2 CPUs, this module's alone; the tests' drivers connect to it."""
-    port = free_port()
-    temp_dir = tmp_path_factory.mktemp("ray")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in RAY_ENV.items():
-            mp.setenv(key, value)
-        import ray  # after the environment is set: Ray reads it on import
-
-        head = subprocess.Popen(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address",
-             "127.0.0.1", "--port", str(port), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
-             "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and head.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert head.poll() is None, head.stderr.read().decode()
-        yield address
-        ray.shutdown()  # the in-process driver of the tests that ran one
-        os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started (they share its group)
-        head.wait(30)
 
 
 def ray_settings(store, model_dir, address, **extra) -> Settings:

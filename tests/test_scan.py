@@ -82,7 +82,7 @@ def test_diff_uses_stats(tmp_path):
 
 
 def test_the_merge_orders_paths_by_their_bytes_as_the_store_does():
-    """"a.jpg" < "a/b.jpg" < "a0.jpg": a folder's files are not where a sort of path parts would put them."""
+    """ "a.jpg" < "a/b.jpg" < "a0.jpg": a folder's files are not where a sort of path parts would put them."""
     files = [FileStat(p, 1, 1) for p in sorted(["a.jpg", "a/b.jpg", "a/é.jpg", "a0.jpg", "b.jpg"])]
     rows = [StoredFile(1, "a-gone.jpg", 1, 1, False), StoredFile(2, "a/b.jpg", 1, 1, False),
             StoredFile(3, "a/é.jpg", 2, 1, False), StoredFile(4, "hidden/x.jpg", 1, 1, False)]  # fmt: skip

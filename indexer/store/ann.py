@@ -187,8 +187,12 @@ class ExactTop:
         self.ids = np.full((len(queries), k), -1, dtype=np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        scores = np.concatenate([self.scores, self.queries @ vectors.T], axis=1)
-        all_ids = np.concatenate([self.ids, np.broadcast_to(ids, (len(self.queries), len(ids)))], axis=1)
+        self.merge(self.queries @ vectors.T, np.broadcast_to(ids, (len(self.queries), len(ids))))
+
+    def merge(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Fold candidates, (queries, n) scores and ids (new vectors', or a top-k found elsewhere), into the top-k."""
+        scores = np.concatenate([self.scores, scores], axis=1)
+        all_ids = np.concatenate([self.ids, ids], axis=1)
         keep = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k] if scores.shape[1] > self.k else None
         if keep is not None:
             scores, all_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(all_ids, keep, 1)

@@ -134,8 +134,9 @@ class Store(ABC):
     def save_if_due(self) -> None:  # noqa: B027 - a no-op unless the backend derives its index
         """Save the search index when a long run has added enough since the last save."""
 
-    def save_index(self) -> None:  # noqa: B027 - a no-op unless the backend derives its index
-        """Bring the search index in step and save it; a writer calls it at the end of a run."""
+    def save_index(self, encode_shards=None) -> None:  # noqa: B027 - a no-op unless the backend derives its index
+        """Bring the search index in step and save it; a writer calls it at the end of a run. `encode_shards`
+        (ondisk.Encode) encodes an on-disk generation's shards elsewhere, on a Ray cluster (runners/ray_index_build)."""
 
     def warm(self) -> None:  # noqa: B027 - a no-op unless the backend derives its index
         """Open the search index now, not on the first query (a service calls it at start)."""

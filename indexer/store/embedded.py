@@ -207,14 +207,14 @@ class EmbeddedStore(Store):
                 return True
         return ann.outgrown(self.kind.spec, self.meta.get("trained", 0), self.index.ntotal, self.dim, self.index_memory)
 
-    def save_index(self, force_rebuild: bool = False) -> None:
+    def save_index(self, force_rebuild: bool = False, encode_shards: ondisk.Encode | None = None) -> None:
         """Write the index and its meta atomically (temp file, rename); a writer calls it at the end of a run.
 
         An index the collection has outgrown is rebuilt first; the new version it commits tells readers to
         load it.
         """
         if force_rebuild or self.needs_rebuild():
-            self.install(*self.build_index())
+            self.install(*self.build_index(encode_shards))
             with self.session() as s:
                 self.index_version = self.bump_version(s)
                 s.commit()
@@ -389,7 +389,7 @@ class EmbeddedStore(Store):
                 self.index_max_id = max(self.index_max_id, changed[-1][0])
         self.added_since_save += len(added)
 
-    def build_index(self) -> tuple[faiss.Index, ann.Kind, ann.Tuning, dict]:
+    def build_index(self, encode_shards: ondisk.Encode | None = None) -> tuple[faiss.Index, ann.Kind, ann.Tuning, dict]:
         """An index over every stored vector, of the kind the count and budget call for, trained and calibrated."""
         started = time.perf_counter()
         with self.engine.connect() as conn, conn.begin():
@@ -418,11 +418,14 @@ class EmbeddedStore(Store):
                 log.warning("no text-like probes in %s: the index is calibrated on stored vectors only", self.path)
             else:
                 truths.append((ann.ExactTop(probes, 10), None))
-        batches = self.vectors.stream(in_chunks(ids))
         build = f"{time.time_ns()}"
         if kind.on_disk:
-            index = ondisk.build(kind, self.dim, sample, batches, [truth for truth, _ in truths], self.path, build)
+            index = ondisk.build(
+                kind, self.dim, sample, self.vectors.path, ids, [truth for truth, _ in truths], self.path, build,
+                encode_shards,
+            )  # fmt: skip
         else:
+            batches = self.vectors.stream(in_chunks(ids))
             index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
         if nlist:
             tuning = ann.calibrate(index, kind, truths, self.vectors.best)

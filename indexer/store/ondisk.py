@@ -17,17 +17,19 @@ the old generation until the new one is renamed into place.
 
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
+from indexer.quiet import silenced
 from indexer.store import ann
+from indexer.store.base import READ_CHUNK
+from indexer.store.vectors import VectorFile
 
 SHARD_VECTORS = 1_000_000  # vectors encoded into one shard at a time: ~100 MB of codes and ids with PQ64
 MERGE_SHARE = 0.1  # a new generation once the delta and tombstones reach this share of the current one
@@ -123,43 +125,52 @@ class DiskIVF:
         return np.union1d(held, ann.index_ids(self.delta))
 
 
+@dataclass
+class ShardWork:
+    """A generation's vectors to encode, for an `Encode`: each shard's ids into a clone of `trained`, its file in
+    `scratch`; `truths` must see every vector on the way."""
+
+    trained: faiss.Index
+    vector_file: Path
+    dim: int
+    shards: list[np.ndarray]  # ascending ids, SHARD_VECTORS a shard
+    truths: list[ann.ExactTop]
+    scratch: Path
+
+
+Encode = Callable[[ShardWork], list[str]]  # the shards' files, in the shards' order
+
+
 def build(
     kind: ann.Kind,
     dim: int,
     sample: np.ndarray,
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    vector_file: Path,
+    ids: np.ndarray,
     truths: list[ann.ExactTop],
     directory: Path,
     build_id: str,
+    encode: Encode | None = None,
 ) -> DiskIVF:
-    """A new generation in `directory`: trained on `sample`, every batch of (ids, vectors) encoded shard by shard
-    and merged into its lists file; `truths` see the vectors on the way."""
+    """A new generation in `directory`: trained on `sample`, the vectors of `ids` (ascending) read from `vector_file`
+    and encoded shard by shard by `encode` (in this process unless given: see runners/ray_index_build.py), merged
+    into its lists file; `truths` see the vectors on the way."""
     trained = ann.new_index(kind, dim)
     trained.train(np.ascontiguousarray(sample, dtype=np.float32))
     index_name, lists_name, held_name = generation_files(build_id)
+    ids = np.asarray(ids, dtype=np.int64)
+    shards = [ids[start : start + SHARD_VECTORS] for start in range(0, len(ids), SHARD_VECTORS)] or [ids]
     scratch = Path(tempfile.mkdtemp(prefix=".index-shards-", dir=directory))
     try:
-        shard_files, all_ids, shard, count = [], [], faiss.clone_index(trained), 0
-        for ids, vectors in batches:
-            shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-            all_ids.append(np.asarray(ids, dtype=np.int64))
-            for truth in truths:
-                truth.add(ids, vectors)
-            count += len(ids)
-            if shard.ntotal >= SHARD_VECTORS:
-                shard_files.append(write_shard(shard, scratch, len(shard_files)))
-                shard = faiss.clone_index(trained)
-        if shard.ntotal or not shard_files:
-            shard_files.append(write_shard(shard, scratch, len(shard_files)))
+        shard_files = (encode or encode_here)(ShardWork(trained, Path(vector_file), dim, shards, truths, scratch))
         main = faiss.clone_index(trained)
-        with stdout_silenced():  # FAISS prints each resize of the lists file to stdout
+        with silenced(1):  # FAISS prints each resize of the lists file to stdout
             merge_ondisk(main, shard_files, str(directory / lists_name))
         # Written, then read back mapped: the lists a merge leaves open are for writing, not for searching.
         faiss.write_index(main, str(scratch / index_name))
         os.replace(scratch / index_name, directory / index_name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    ids = np.concatenate(all_ids) if all_ids else np.empty(0, dtype=np.int64)
     bits = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=bool)
     bits[ids] = True
     held = np.packbits(bits, bitorder="little")
@@ -167,29 +178,37 @@ def build(
     return DiskIVF(read_generation(directory / index_name), faiss.clone_index(trained), held)
 
 
-@contextmanager
-def stdout_silenced() -> Iterator[None]:
-    """The process's standard output (file descriptor 1, where C code prints) sent to /dev/null for the block."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+def encode_here(work: ShardWork) -> list[str]:
+    """The default `Encode`: every shard in turn in this process, its vectors streamed in chunks."""
+    vectors = VectorFile(work.vector_file, work.dim)
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
-        yield
+        return [
+            encode_shard(work.trained, vectors, ids, work.scratch / f"shard-{n}.faiss", work.truths)
+            for n, ids in enumerate(work.shards)
+        ]
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+        vectors.close()
 
 
-def write_shard(shard: faiss.Index, scratch: Path, n: int) -> str:
-    path = scratch / f"shard-{n}.faiss"
-    faiss.write_index(shard, str(path))
+def encode_shard(
+    trained: faiss.Index, vectors: VectorFile, ids: np.ndarray, path: Path, truths: list[ann.ExactTop]
+) -> str:
+    """One shard's vectors encoded into a clone of `trained`, written to `path` under a temporary name first (a
+    shard file is whole or absent: a retried task never leaves half of one); `truths` see the vectors."""
+    shard = faiss.clone_index(trained)
+    for chunk, rows in vectors.stream(ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK)):
+        shard.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), chunk)
+        for truth in truths:
+            truth.add(chunk, rows)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    faiss.write_index(shard, str(partial))
+    os.replace(partial, path)
     return str(path)
 
 
 def read_generation(path: Path) -> faiss.Index:
     """A generation's index with its lists mapped from the file beside it (FAISS says so on stdout: silenced)."""
-    with stdout_silenced():
+    with silenced(1):
         return faiss.read_index(str(path), READ_FLAGS)
 
 

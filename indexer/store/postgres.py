@@ -281,7 +281,7 @@ class PostgresStore(Store):
         with self.engine.connect() as conn:
             return bool(conn.scalar(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": HNSW}))
 
-    def save_index(self) -> None:
+    def save_index(self, encode_shards=None) -> None:
         """Build the HNSW graph once the collection reaches HNSW_MIN vectors; PostgreSQL keeps it in step after.
 
         Built CONCURRENTLY, so indexers of other folders go on committing meanwhile; `index_memory` is the
