@@ -19,6 +19,7 @@ import shutil
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,6 +89,8 @@ def connect(address: str):
         raise BadInputError("indexing on Ray needs the ray extra: pip install 'clipdex[ray]'") from None
     # Set after the import, which configures it: Ray Data's start, finish and progress bar notices on the console.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # A run of fewer chunks than actors is told it will not use them all: nothing to do about it.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     if not ray.is_initialized():
         # The driver's C++ core logs to stderr, and Ray Data's actor pools make it print an error in every run
         # (ray-project/ray#57733): only fatal ones now. Its line saying so at start-up is silenced; what goes wrong
@@ -184,13 +187,15 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, config: WorkerConfig) 
 
 
 class EmbedActor:
-    """Ray Data actor: loads the model once, then embeds the decoded files of each batch it is given."""
+    """Ray Data actor: loads the model once, then embeds the decoded files of each chunk it is given, the model's
+    batch at a time; with `shards` (the embedded store's), it writes each chunk there as a shard and returns only
+    the shard's name and facts."""
 
-    def __init__(self, model: str, settings: Settings, device: str):
+    def __init__(self, model: str, settings: Settings, device: str, shards: str | None):
         from indexer.models.runtimes import make_embedder
 
         self.embedder = make_embedder(model, settings.model_copy(update={"device": device}))
-        self.name = f"{worker_name()}:{device}"
+        self.name, self.shards = f"{worker_name()}:{device}", shards
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels, shapes = batch.pop("pixels"), batch.pop("pixel_shape")
@@ -204,11 +209,12 @@ class EmbedActor:
         vectors = np.concatenate(vectors) if vectors else np.zeros((0, self.embedder.dim), np.float32)
         ends = np.cumsum([shape[0] for shape in shapes])
         per_file = np.array([v.astype(np.float32).tobytes() for v in np.split(vectors, ends[:-1])], dtype=object)
-        return batch | {
+        batch |= {
             "vectors": per_file,
             "pictures": shapes[:, 0],
             "embedded_by": np.array([self.name] * len(pixels), dtype=object),
         }
+        return write_shard(batch, self.shards, self.embedder.dim) if self.shards else batch
 
 
 def index_on_ray(
@@ -296,23 +302,23 @@ def write_on_ray(
     decoded = files.map_batches(
         decode_batch, fn_kwargs={"root": str(root), "config": config}, batch_size=DECODE_BATCH, num_cpus=1
     )
+    # A chunk (`commit_every` files) is what one transaction commits: the embedding actors write it as a shard for
+    # the embedded store, or hand it to an intake actor that commits it into PostgreSQL.
     embedded = decoded.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"model": store.model, "settings": settings, "device": "cuda" if gpus else "cpu"},
-        batch_size=settings.batch_size or (256 if gpus else 16),
+        fn_constructor_kwargs={
+            "model": store.model,
+            "settings": settings,
+            "device": "cuda" if gpus else "cpu",
+            "shards": str(shards) if shards is not None else None,
+        },
+        batch_size=settings.commit_every,
         compute=ray.data.ActorPoolStrategy(size=gpus or use.nodes),
         num_gpus=1 if gpus else 0,
         num_cpus=0,
     )
-    # A shard is a chunk: what one transaction commits.
-    if shards is not None:
-        written = embedded.map_batches(
-            write_shard,
-            fn_kwargs={"directory": str(shards), "dim": store.dim},
-            batch_size=settings.commit_every,
-            num_cpus=0,
-        )
-    else:
+    written = embedded
+    if shards is None:
         written = embedded.map_batches(
             IntakeActor,
             # The URL as the engine has it: `store.location` hides the password.
@@ -344,8 +350,8 @@ def write_on_ray(
 
 
 def write_shard(batch: dict[str, np.ndarray], directory: str, dim: int) -> dict[str, np.ndarray]:
-    """Ray Data task: a chunk of embedded files as a shard beside the store, its float16 vectors (`.npy`) and its
-    rows (`.parquet`, written last: a shard whose rows are there is whole; a retried task writes a new one)."""
+    """A chunk of embedded files as a shard beside the store, its float16 vectors (`.npy`) and its rows (`.parquet`,
+    written last: a shard whose rows are there is whole; a chunk embedded again writes a new one)."""
     name = f"shard-{uuid.uuid4().hex}"
     vectors = np.frombuffer(b"".join(batch.pop("vectors")), np.float32).reshape(-1, dim)
     folder = Path(directory)
