@@ -4,9 +4,9 @@ Exact copies share a content hash; the same picture (resized, re-encoded, lightl
 (pHash, computed at indexing; a video's is its first kept frame's, and its copy also lasts as long) at most
 `distance` bits from the keeper's; similar shots have embeddings at cosine
 >= `similarity` to the keeper's and capture times within `window` of it when both have one. Nothing chains: keepers
-are chosen greedily, the best picture first (most pixels, then the oldest, then the first indexed), and each takes
-the images still free that are within its kind's threshold of it (the same picture's embeddings must agree too:
-SAME_PICTURE_COSINE). Kinds run strongest first (exact, same picture, similar), so an image is in at most one
+are chosen greedily, the best picture first (most pixels, then the oldest capture, then the file written first: a
+copy is written after its original), and each takes the images still free that are within its kind's threshold of
+it (the same picture's embeddings must agree too: SAME_PICTURE_COSINE). Kinds run strongest first (exact, same picture, similar), so an image is in at most one
 group, of the strongest kind that links it to a keeper: an image whose keeper went to a stronger group waits for
 the next run (after the ones to drop are moved to the trash).
 
@@ -118,6 +118,7 @@ class Row:
     phash: str | None
     video: bool  # a video, judged by its first kept frame
     duration_ms: int | None
+    mtime_ns: int  # a copy is written after its original
 
 
 def find_duplicates(store: Store, options: DuplicateOptions) -> list[DuplicateGroup]:
@@ -132,7 +133,7 @@ def find_duplicates(store: Store, options: DuplicateOptions) -> list[DuplicateGr
 
     def rank(p: int) -> tuple:
         row = rows[int(ids[p])]
-        return (-row.width * row.height, row.taken_at is None, row.taken_at or datetime.min, int(ids[p]))
+        return (-row.width * row.height, row.taken_at is None, row.taken_at or datetime.min, row.mtime_ns, int(ids[p]))
 
     for kind in DuplicateKind:  # strongest first
         if kind not in options.kinds:
@@ -276,14 +277,16 @@ def member_rows(store: Store, ids: list[int]) -> dict[int, Row]:
     rows = {}
     query = select(
         Image.id, Image.width, Image.height, Image.size, Image.taken_at, Image.phash, Image.timestamp_ms,
-        Image.duration_ms,
+        Image.duration_ms, Image.mtime_ns,
     )  # fmt: skip
     with store.session() as s:
         for start in range(0, len(ids), 10_000):
             chunk = ids[start : start + 10_000]
             paths = store.paths(chunk)
-            for i, width, height, size, taken_at, phash, at, duration in s.execute(query.where(Image.id.in_(chunk))):
-                rows[i] = Row(paths[i], width or 0, height or 0, size, taken_at, phash, at is not None, duration)
+            for i, width, height, size, taken_at, phash, at, duration, mtime in s.execute(
+                query.where(Image.id.in_(chunk))
+            ):
+                rows[i] = Row(paths[i], width or 0, height or 0, size, taken_at, phash, at is not None, duration, mtime)
     return rows
 
 
