@@ -7,16 +7,17 @@ stay flat as the listing grows?
    Target: at least 90% of the actors' summed rate once decoding has the CPUs for it, measured from the actors'
    first batch to their last. Run at two rates: one this machine's cores can feed (the target), and one they
    cannot, whose outcome is the rate the cores here decode for the pipeline.
-2. The driver's memory for a MANIFEST-entry listing: listing tasks that make their folders' sorted tables
-   synthetically (MANIFEST / FOLDERS entries each, no files on disk: 10M inodes would take hours to create) stream
-   through the same merge with the store's rows into the same parts of work, in a driver process of its own that
-   imports what `clipdex index --ray` needs before it loads a model (it loads one only once there is work).
+2. The driver's memory for a MANIFEST-entry listing: listing tasks that make their folders' files synthetically
+   (MANIFEST / FOLDERS entries each, no files on disk: 10M inodes would take hours to create) go through the same
+   merge with the store's rows into the same parts of work, in a driver process of its own that imports what
+   `clipdex index --ray` needs before it loads a model (it loads one only once there is work).
    Target: the driver's peak RSS under 500 MB at 10M entries.
 
     python -m bench.ray_ingest        (BENCH_QUICK=1: 1M-entry listing, fewer images)
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -25,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from rich.console import Console
 
 from bench.smoke import CLIP_DIM, DATA, announce, pick
@@ -33,6 +33,8 @@ from indexer.models.cpu import cpu_line
 from indexer.quiet import silenced
 from indexer.runners import manifest
 from indexer.runners import ray as ray_runner
+from indexer.runners.work import stored_files
+from indexer.scan import FileStat
 from indexer.settings import Settings
 from indexer.store import get_root, open_store
 
@@ -42,7 +44,7 @@ ACTORS = 2  # stand-in GPUs
 ACTOR_RATES = pick((60.0, 240.0), (200.0,))
 RAY_QUIET = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_BACKEND_LOG_LEVEL": "fatal"}  # 127.0.0.1 only; no noise
 console = Console(highlight=False)  # images/s one stand-in actor embeds
-IMAGES = pick(600 if QUICK else 2_400, 40)
+IMAGES = pick(1_200 if QUICK else 4_800, 40)
 MANIFEST = pick(1_000_000 if QUICK else 10_000_000, 20_000)
 FOLDERS = pick(1_000, 10)
 RATE_TARGET, MEMORY_TARGET_MB = 0.90, 500
@@ -77,19 +79,16 @@ def synthetic_plan(root: Path, units: int | None = None) -> manifest.Plan:
     return manifest.Plan(files=[], folders=folders, seen=frozenset(), found=manifest.Found())
 
 
-def synthetic_walk(root: Path, folder: Path, seen) -> tuple[pa.Table, manifest.Found]:
-    """A listing task's table for MANIFEST / FOLDERS files, sorted as a walk's is."""
+def synthetic_walk_and_diff(root: Path, folder: Path, seen, location: str, root_id: int, min_rows: int, parts: int):
+    """A listing task that 'finds' MANIFEST / FOLDERS files, sorted as a walk's are, and merges them with the store's
+    rows under the folder as the real task does."""
     count = MANIFEST // FOLDERS
     prefix = folder.relative_to(root).as_posix()
-    relpaths = pa.array([f"{prefix}/IMG_{n:07d}.jpg" for n in range(count)], pa.string())
-    table = pa.table(
-        {
-            "relpath": relpaths,
-            "size": pa.array(np.full(count, 3_000_000), pa.int64()),
-            "mtime_ns": pa.array(np.arange(count, dtype=np.int64)),
-        }
-    )
-    return table, manifest.Found(count=count)
+    files = [FileStat(f"{prefix}/IMG_{n:07d}.jpg", 3_000_000, n) for n in range(count)]
+    scan = manifest.StreamedScan(found=manifest.Found(count=count))
+    rows = stored_files(open_store(location), root_id, *manifest.folder_range(root, folder))
+    yield from manifest.changed_parts(files, rows, (), max(min_rows, math.ceil(count / parts)), scan)
+    yield scan
 
 
 def memory_mb() -> dict[str, float]:
@@ -146,7 +145,7 @@ def listing(address: str) -> None:
     with store.session() as s:
         root_id = get_root(s, root).id
         s.commit()
-    manifest.plan, manifest.walk_folder = synthetic_plan, synthetic_walk
+    manifest.plan, manifest.walk_and_diff = synthetic_plan, synthetic_walk_and_diff
     before = memory_mb()
     started = time.perf_counter()
     scan, streamed = ray_runner.list_and_diff(ray, root, root_id, store)
@@ -192,7 +191,7 @@ def main() -> None:
         cache_dir=(DATA / "cache").resolve(),  # the stand-in actors write their batches' times there
         ray="default",
         batch_size=32,
-        commit_every=128,
+        commit_every=64,  # chunks: an actor left alone with the last one idles the other
     )
     os.environ.update(RAY_QUIET)
     import ray

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pytest
 
 from indexer.runners import manifest
+from indexer.runners.work import stored_files
 from indexer.scan import FileStat, StoredFile, changes, diff_against_store, walk_images
+from indexer.store import INDEXED, Image, get_root, open_store, utcnow
 from tests.support.photos import photo
 
 
@@ -95,30 +97,44 @@ def test_the_merge_orders_paths_by_their_bytes_as_the_store_does():
         list(changes(files, list(reversed(rows))))
 
 
-def test_a_tree_cut_into_folders_lists_as_one_walk_in_order(tmp_path):
+def test_a_tree_cut_into_folders_diffs_as_one_walk(tmp_path):
+    """The driver's files against the rows outside the folders it hands out, each folder's files against its own
+    range of rows: together, the whole walk against the whole store."""
+    tree = tmp_path / "tree"
     for relpath in ["top.jpg", "a.jpg", "a/x.jpg", "a/b/y.png", "a0/z.jpg", "c/d/e/f.jpg", "c/d.jpg", "c/d/IMG_1.HEIC"]:
-        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
-        photo(len(relpath)).save(tmp_path / relpath, format="PNG")
-    (tmp_path / "c" / "d" / "IMG_1.MOV").write_bytes(b"motion")
-    (tmp_path / "c" / "d" / "e" / "f.xmp").write_text("<x/>")
-    os.symlink(tmp_path, tmp_path / "c" / "d" / "loop")  # back to the top: not walked again
-    whole = sorted(f.relpath for f in walk_images(tmp_path))
-    plan = manifest.plan(tmp_path, units=2)
-    assert plan.folders and plan.files  # some listed by the driver, some left to tasks
-    walks = [manifest.walk_folder(tmp_path, folder, plan.seen) for folder in plan.folders]
-    found = plan.found
-    for _, other in walks:
-        found.add(other)
-    listed = [f.relpath for f in manifest.in_order(tmp_path, plan, lambda n: walks[n][0])]
-    assert listed == whole and found.count == len(whole)
-    assert found.motions == {"c/d/IMG_1.HEIC": "c/d/IMG_1.MOV"} and list(found.sidecars) == ["c/d/e/f.xmp"]
+        (tree / relpath).parent.mkdir(parents=True, exist_ok=True)
+        photo(len(relpath)).save(tree / relpath, format="PNG")
+    (tree / "c" / "d" / "IMG_1.MOV").write_bytes(b"motion")
+    (tree / "c" / "d" / "e" / "f.xmp").write_text("<x/>")
+    os.symlink(tree, tree / "c" / "d" / "loop")  # back to the top: not walked again
+    whole = sorted(f.relpath for f in walk_images(tree))
+    store = open_store(tmp_path / "store", model="test", dim=4, create=True)
+    with store.session() as s:
+        root_id = get_root(s, tree).id
+        st = (tree / "a" / "b" / "y.png").stat()
+        known = {"a/x.jpg": (0, 0), "a/b/y.png": (st.st_size, st.st_mtime_ns), "gone.jpg": (1, 1), "c/gone.jpg": (1, 1),
+                 "a-b.jpg": (1, 1)}  # fmt: skip
+        rows = {rel: Image(root_id=root_id, relpath=rel, size=size, mtime_ns=mtime, status=INDEXED, indexed_at=utcnow())
+                for rel, (size, mtime) in known.items()}  # fmt: skip
+        s.add_all(rows.values())
+        s.commit()
+        ids = {rel: row.id for rel, row in rows.items()}
 
-    rows = [StoredFile(7, "a/x.jpg", 0, 0, False), StoredFile(8, "gone.jpg", 1, 1, False)]
-    parts = []
-    scan = manifest.stream_changes(iter(manifest.in_order(tmp_path, plan, lambda n: walks[n][0])), rows, (),
-                                   parts.append, part_rows=3)  # fmt: skip
-    assert (scan.todo, scan.unchanged, scan.deleted.tolist()) == (len(whole), 0, [8])
-    todo = pa.concat_tables(parts)
-    assert [len(p) for p in parts] == [3, 3, len(whole) - 6]
-    assert todo.column("relpath").to_pylist() == whole
-    assert todo.column("image_id").to_pylist() == [7 if p == "a/x.jpg" else -1 for p in whole]
+    plan = manifest.plan(tree, units=2)
+    assert plan.folders and plan.files  # some listed by the driver, some left to tasks
+    scan = manifest.StreamedScan(found=plan.found)
+    ranges = [manifest.folder_range(tree, folder) for folder in plan.folders]
+    gaps = (row for gap in manifest.outside(ranges) for row in stored_files(store, root_id, *gap))
+    scan.parts = list(manifest.changed_parts(plan.files, gaps, (), 2, scan))
+    for folder in plan.folders:
+        *parts, folder_scan = manifest.walk_and_diff(tree, folder, plan.seen, str(tmp_path / "store"), root_id, 2, 3)
+        assert all(len(part) >= 2 for part in parts[:-1]) and len(parts) <= 3
+        folder_scan.parts = parts
+        scan.add(folder_scan)
+    todo = pa.concat_tables(scan.parts)
+    assert sorted(todo.column("relpath").to_pylist()) == [rel for rel in whole if rel != "a/b/y.png"]
+    todo_ids = dict(zip(todo.column("relpath").to_pylist(), todo.column("image_id").to_pylist(), strict=True))
+    assert todo_ids["a/x.jpg"] == ids["a/x.jpg"] and todo_ids["top.jpg"] == -1
+    assert (scan.todo, scan.unchanged, scan.found.count) == (len(whole) - 1, 1, len(whole))
+    assert sorted(scan.deleted.tolist()) == sorted(ids[rel] for rel in ["gone.jpg", "c/gone.jpg", "a-b.jpg"])
+    assert scan.found.motions == {"c/d/IMG_1.HEIC": "c/d/IMG_1.MOV"} and list(scan.found.sidecars) == ["c/d/e/f.xmp"]

@@ -1,25 +1,27 @@
-"""A folder's listing as a stream no process holds whole: the tree is cut into folders that tasks walk, each
-walk comes back as one table sorted by relpath, and the driver reads the tables one at a time in relpath order
-through the scan's merge with the store's rows (scan.changes). What the merge finds to do is written out in parts
-as it goes; the driver keeps counts and the ids of deleted rows (8 bytes each).
+"""A folder's listing and its diff against the store, done where no process holds the whole collection: the tree
+is cut into folders, and a task walks each one and merges its sorted files with the store's rows under that folder
+(scan.changes). What the merge finds to do comes back in parts of work, tables kept in Ray's object store; the
+driver holds counts and the ids of deleted rows (8 bytes each).
 
-The cut: the driver lists the top of the tree breadth-first until it has UNITS folders to hand out; the files it
-met on the way are units of their own. Every path under a folder starts with the folder's path and a "/", so
-sorting the units by key (a file's relpath, a folder's relpath + "/") and reading each folder's sorted table in its
-turn gives the whole listing in relpath order.
+The cut: the driver lists the top of the tree breadth-first until it has UNITS folders to hand out, and merges the
+files it met on the way itself. Every path under a folder starts with the folder's path and a "/", so a folder's
+rows are one range of the store's paths in byte order ("F/" up to "F0"), read with an index; the driver merges its
+own files with the rows outside every handed-out range.
 """
 
+import math
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from indexer.scan import FileStat, StoredFile, by_relpath, changes, walk_images
+from indexer.runners.work import stored_files
+from indexer.scan import FileStat, StoredFile, by_relpath, changes, hidden_prefixes, walk_images
+from indexer.store import open_store
 
 UNITS = 256  # folders handed to listing tasks: a few per CPU of a large cluster, one table each for the driver
 MAX_TOP_FOLDERS = 2_000  # folders the driver lists itself at most while looking for them
@@ -46,7 +48,7 @@ class Found:
 class Plan:
     """The tree cut into units: the files the driver found itself, and the folders tasks walk."""
 
-    files: list[FileStat]
+    files: list[FileStat]  # in relpath order
     folders: list[Path]
     seen: frozenset[tuple[int, int]]  # (device, inode) of the folders the driver listed: not walked again
     found: Found
@@ -73,68 +75,71 @@ def plan(root: Path, units: int | None = None) -> Plan:
         queue.extend(sorted(below))
         listed += 1
     found.count = len(files)
-    return Plan(files, list(queue), frozenset(seen), found)
+    return Plan(sorted(files, key=by_relpath), list(queue), frozenset(seen), found)
 
 
-def walk_folder(root: Path, folder: Path, seen: frozenset[tuple[int, int]]) -> tuple[pa.Table, Found]:
-    """A listing task: every file under `folder`, sorted by relpath, as a table; and what else it found."""
-    found = Found()
-    stats = sorted(
-        walk_images(root, found.unreadable, found.sidecars, found.motions, top=folder, seen=set(seen)), key=by_relpath
-    )
-    found.count = len(stats)
-    table = pa.table(
-        {
-            "relpath": pa.array([s.relpath for s in stats], pa.string()),
-            "size": pa.array([s.size for s in stats], pa.int64()),
-            "mtime_ns": pa.array([s.mtime_ns for s in stats], pa.int64()),
-        }
-    )
-    return table, found
+def folder_range(root: Path, folder: Path) -> tuple[str, str]:
+    """[start, end) of the paths under `folder` in byte order: "/" is followed by "0"."""
+    prefix = folder.relative_to(root).as_posix()
+    return prefix + "/", prefix + "0"
 
 
-def in_order(root: Path, plan: Plan, table_of: Callable[[int], pa.Table]) -> Iterator[FileStat]:
-    """Every file of the plan in relpath order; `table_of(n)` fetches the n-th folder's table when it is reached."""
-    units: list[tuple[str, Any]] = [(stat.relpath, stat) for stat in plan.files]
-    units += [(folder.relative_to(root).as_posix() + "/", n) for n, folder in enumerate(plan.folders)]
-    for _, unit in sorted(units, key=lambda u: u[0]):
-        if isinstance(unit, FileStat):
-            yield unit
-            continue
-        table = table_of(unit)
-        for batch in table.to_batches(max_chunksize=50_000):
-            relpaths, sizes, mtimes = (batch.column(c).to_pylist() for c in ("relpath", "size", "mtime_ns"))
-            yield from map(FileStat, relpaths, sizes, mtimes)
-        del table
+def outside(ranges: list[tuple[str, str]]) -> list[tuple[str | None, str | None]]:
+    """The gaps between sorted, disjoint [start, end) ranges, None for no bound."""
+    gaps, start = [], None
+    for first, end in sorted(ranges):
+        gaps.append((start, first))
+        start = end
+    return gaps + [(start, None)]
 
 
 @dataclass
 class StreamedScan:
-    """The merge's outcome with the work in parts (what `put` returned for each table of TODO_COLUMNS)."""
+    """A merge's outcome: the parts of work (tables of TODO_COLUMNS, or refs to them), counts, deleted ids."""
 
     parts: list = field(default_factory=list)
     todo: int = 0
     unchanged: int = 0
     deleted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    found: Found = field(default_factory=Found)
+
+    def add(self, other: "StreamedScan") -> None:
+        self.parts += other.parts
+        self.todo, self.unchanged = self.todo + other.todo, self.unchanged + other.unchanged
+        self.deleted = np.concatenate([self.deleted, other.deleted])
+        self.found.add(other.found)
 
 
-def stream_changes(
-    files: Iterable[FileStat],
-    stored: Iterable[StoredFile],
-    hidden: tuple[str, ...],
-    put: Callable[[pa.Table], Any],
-    part_rows: int,
-) -> StreamedScan:
-    """Merge the listing with the store's rows; new and changed files go out `part_rows` at a time through `put`."""
-    scan, rows, deleted = StreamedScan(), [], array("q")  # 8 bytes an id, not a Python int's 36
+def walk_and_diff(
+    root: Path, folder: Path, seen: frozenset[tuple[int, int]], location: str, root_id: int, min_rows: int, parts: int
+) -> Iterator:
+    """A listing task: walk `folder`, merge its files with the store's rows under it, and yield the work in about
+    `parts` tables (min_rows at least each), then the StreamedScan of counts and what else the walk found."""
+    scan = StreamedScan()
+    stats = sorted(
+        walk_images(root, scan.found.unreadable, scan.found.sidecars, scan.found.motions, top=folder, seen=set(seen)),
+        key=by_relpath,
+    )
+    scan.found.count = len(stats)
+    rows = stored_files(open_store(location), root_id, *folder_range(root, folder))
+    part_rows = max(min_rows, math.ceil(len(stats) / parts))
+    yield from changed_parts(stats, rows, hidden_prefixes(root, scan.found.unreadable), part_rows, scan)
+    yield scan
 
-    def flush() -> None:
-        if rows:
-            columns = list(zip(*rows, strict=True))
-            types = (pa.string(), pa.int64(), pa.int64(), pa.int64())
-            arrays = [pa.array(c, t) for c, t in zip(columns, types, strict=True)]
-            scan.parts.append(put(pa.table(dict(zip(TODO_COLUMNS, arrays, strict=True)))))
-            rows.clear()
+
+def changed_parts(
+    files: Iterable[FileStat], stored: Iterable[StoredFile], hidden: tuple[str, ...], part_rows: int, scan: StreamedScan
+) -> Iterator[pa.Table]:
+    """Merge the files with the store's rows; new and changed files come out `part_rows` at a time as tables of
+    TODO_COLUMNS, and `scan` counts the rest."""
+    rows, deleted = [], array("q")  # 8 bytes an id, not a Python int's 36
+
+    def part() -> pa.Table:
+        columns = list(zip(*rows, strict=True))
+        types = (pa.string(), pa.int64(), pa.int64(), pa.int64())
+        arrays = [pa.array(c, t) for c, t in zip(columns, types, strict=True)]
+        rows.clear()
+        return pa.table(dict(zip(TODO_COLUMNS, arrays, strict=True)))
 
     for kind, stat, image_id in changes(files, stored, hidden):
         if kind == "unchanged":
@@ -145,7 +150,7 @@ def stream_changes(
             rows.append((stat.relpath, stat.size, stat.mtime_ns, -1 if image_id is None else image_id))
             scan.todo += 1
             if len(rows) >= part_rows:
-                flush()
-    flush()
-    scan.deleted = np.frombuffer(deleted, dtype=np.int64)
-    return scan
+                yield part()
+    if rows:
+        yield part()
+    scan.deleted = np.concatenate([scan.deleted, np.frombuffer(deleted, dtype=np.int64)])

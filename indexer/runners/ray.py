@@ -251,24 +251,26 @@ def index_on_ray(
 
 
 def list_and_diff(ray, root: Path, root_id: int, store: "Store") -> tuple[ScanResult, manifest.StreamedScan]:
-    """List the folder in tasks (manifest.py) and merge the listing with the store's rows, one table at a time; the
-    work goes into Ray's object store in parts, a decode task's worth or more."""
+    """List the folder and merge it with the store's rows in tasks, a folder each (manifest.py); the driver merges
+    the files it listed itself with the rows outside those folders. The work stays in Ray's object store, in parts
+    of a decode task's worth or more (MAX_BLOCKS in all at most), as references in the driver."""
     plan = manifest.plan(root)
-    walk = ray.remote(num_cpus=1, num_returns=2)(manifest.walk_folder)
-    tables = [walk.remote(root, folder, plan.seen) for folder in plan.folders]
-    found = plan.found
-    for _, others in tables:
-        found.add(ray.get(others))
-
-    def table_of(n: int):
-        table = ray.get(tables[n][0])
-        tables[n] = None  # read once: its object can go
-        return table
-
-    files = manifest.in_order(root, plan, table_of)
-    part_rows = max(DECODE_BATCH, math.ceil(found.count / MAX_BLOCKS))
-    hidden = hidden_prefixes(root, found.unreadable)
-    streamed = manifest.stream_changes(files, stored_files(store, root_id), hidden, ray.put, part_rows)
+    walk = ray.remote(num_cpus=1, num_returns="streaming")(manifest.walk_and_diff)
+    parts_each = max(1, MAX_BLOCKS // max(1, len(plan.folders)))
+    args = (plan.seen, store_address(store), root_id, DECODE_BATCH, parts_each)
+    walks = [walk.remote(root, folder, *args) for folder in plan.folders]
+    streamed = manifest.StreamedScan(found=plan.found)
+    hidden = hidden_prefixes(root, plan.found.unreadable)
+    ranges = [manifest.folder_range(root, folder) for folder in plan.folders]
+    rows = (row for gap in manifest.outside(ranges) for row in stored_files(store, root_id, *gap))
+    part_rows = max(DECODE_BATCH, math.ceil(len(plan.files) / parts_each))
+    streamed.parts = [ray.put(part) for part in manifest.changed_parts(plan.files, rows, hidden, part_rows, streamed)]
+    for refs in walks:
+        *parts, summary = list(refs)  # references: the parts stay where the task left them
+        folder = ray.get(summary)
+        folder.parts = parts
+        streamed.add(folder)
+    found = streamed.found
     scan = ScanResult(
         unchanged=streamed.unchanged,
         deleted=streamed.deleted.tolist(),
@@ -277,6 +279,12 @@ def list_and_diff(ray, root: Path, root_id: int, store: "Store") -> tuple[ScanRe
         motions=found.motions,
     )
     return scan, streamed
+
+
+def store_address(store: "Store") -> str:
+    """Where a worker opens the store: the embedded store's folder, or the database URL as the engine has it
+    (`store.location` hides the password)."""
+    return str(store.local_dir.resolve()) if store.local_dir else store.engine.url.render_as_string(hide_password=False)
 
 
 def write_on_ray(

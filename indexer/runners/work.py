@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from indexer.decode import HEALABLE_REASONS
 from indexer.scan import FileStat, StoredFile
@@ -51,12 +51,15 @@ def embed_files(embedder: "Embedder", files: list[Pending]) -> None:
         p.vectors, start = vectors[start : start + count], start + count
 
 
-def stored_files(store: Store, root_id: int) -> Iterator[StoredFile]:
-    """The store's rows of a root in relpath byte order, as the scan merges them, streamed (a cursor, not a list)."""
+def stored_files(store: Store, root_id: int, start: str | None = None, end: str | None = None) -> Iterator[StoredFile]:
+    """The store's rows of a root (with paths in [start, end), byte order) in relpath byte order, as the scan merges
+    them, streamed (a cursor, not a list)."""
+    relpath = store.byte_order(Image.relpath)
     query = (
         select(Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.skip_reason)
         .where(Image.root_id == root_id, Image.status != FRAME)  # frames come and go with their video
-        .order_by(store.byte_order(Image.relpath))
+        .where(relpath >= start if start is not None else true(), relpath < end if end is not None else true())
+        .order_by(relpath)
         .execution_options(yield_per=10_000)
     )
     with store.session() as s:
