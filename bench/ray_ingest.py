@@ -17,7 +17,6 @@ stay flat as the listing grows?
 """
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -87,7 +86,7 @@ def synthetic_walk_and_diff(root: Path, folder: Path, seen, location: str, root_
     files = [FileStat(f"{prefix}/IMG_{n:07d}.jpg", 3_000_000, n) for n in range(count)]
     scan = manifest.StreamedScan(found=manifest.Found(count=count))
     rows = stored_files(open_store(location), root_id, *manifest.folder_range(root, folder))
-    yield from manifest.changed_parts(files, rows, (), max(min_rows, math.ceil(count / parts)), scan)
+    yield from manifest.changed_parts(files, rows, (), manifest.part_size(files, min_rows, parts), scan)
     yield scan
 
 

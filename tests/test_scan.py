@@ -138,3 +138,12 @@ def test_a_tree_cut_into_folders_diffs_as_one_walk(tmp_path):
     assert (scan.todo, scan.unchanged, scan.found.count) == (len(whole) - 1, 1, len(whole))
     assert sorted(scan.deleted.tolist()) == sorted(ids[rel] for rel in ["gone.jpg", "c/gone.jpg", "a-b.jpg"])
     assert scan.found.motions == {"c/d/IMG_1.HEIC": "c/d/IMG_1.MOV"} and list(scan.found.sidecars) == ["c/d/e/f.xmp"]
+
+
+def test_a_folder_with_much_work_makes_parts_for_the_object_store():
+    """Ray keeps results under 100 KB in the driver's memory: 10M small parts would fill it."""
+    few = [FileStat("IMG_0001.jpg", 1, 1)] * 30
+    many = [FileStat(f"folder/IMG_{n:07d}.jpg", 1, 1) for n in range(10_000)]
+    assert manifest.part_size(few, 16, 39) == 16  # small work stays in small parts: a decode task each
+    rows = manifest.part_size(many, 16, 39)
+    assert rows * (24 + len(many[0].relpath)) >= manifest.OBJECT_STORE_BYTES > 260 * (24 + len(many[0].relpath))

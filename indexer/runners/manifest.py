@@ -26,6 +26,7 @@ from indexer.store import open_store
 UNITS = 256  # folders handed to listing tasks: a few per CPU of a large cluster, one table each for the driver
 MAX_TOP_FOLDERS = 2_000  # folders the driver lists itself at most while looking for them
 TODO_COLUMNS = ("relpath", "size", "mtime_ns", "image_id")  # a part of the work: -1 for a new file's image_id
+OBJECT_STORE_BYTES = 128 * 1024  # a task's result this large goes to Ray's object store, not its owner's memory
 
 
 @dataclass
@@ -122,9 +123,20 @@ def walk_and_diff(
     )
     scan.found.count = len(stats)
     rows = stored_files(open_store(location), root_id, *folder_range(root, folder))
-    part_rows = max(min_rows, math.ceil(len(stats) / parts))
-    yield from changed_parts(stats, rows, hidden_prefixes(root, scan.found.unreadable), part_rows, scan)
+    hidden = hidden_prefixes(root, scan.found.unreadable)
+    yield from changed_parts(stats, rows, hidden, part_size(stats, min_rows, parts), scan)
     yield scan
+
+
+def part_size(stats: list[FileStat], min_rows: int, parts: int) -> int:
+    """Rows in a part of a folder's work: about `parts` parts, `min_rows` at least. Ray keeps a task's results under
+    100 KB in the memory of the process that owns them, the driver: a folder with more work than that makes parts
+    large enough for the object store."""
+    rows = max(min_rows, math.ceil(len(stats) / parts))
+    row_bytes = 24 + sum(len(s.relpath) for s in stats) / max(1, len(stats))
+    if len(stats) * row_bytes > 2 * OBJECT_STORE_BYTES:
+        rows = max(rows, math.ceil(OBJECT_STORE_BYTES / row_bytes))
+    return rows
 
 
 def changed_parts(
