@@ -6,9 +6,9 @@ Exact copies share a content hash; the same picture (resized, re-encoded, lightl
 >= `similarity` to the keeper's and capture times within `window` of it when both have one. Nothing chains: keepers
 are chosen greedily, the best picture first (most pixels, then the oldest capture, then the file written first: a
 copy is written after its original), and each takes the images still free that are within its kind's threshold of
-it (the same picture's embeddings must agree too: SAME_PICTURE_COSINE). Kinds run strongest first (exact, same picture, similar), so an image is in at most one
-group, of the strongest kind that links it to a keeper: an image whose keeper went to a stronger group waits for
-the next run (after the ones to drop are moved to the trash).
+it (the same picture's embeddings must agree too: SAME_PICTURE_COSINE). Kinds run strongest first (exact, same
+picture, similar), so an image is in at most one group, of the strongest kind that links it to a keeper: an image
+whose keeper went to a stronger group waits for the next run (after the ones to drop are moved to the trash).
 
 Candidates for the last two kinds come from each image's NEIGHBOURS nearest embeddings (a larger set of copies
 becomes several groups): exact up to EXACT_LIMIT vectors, from an IVF index built for the run beyond; the same
