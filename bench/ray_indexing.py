@@ -19,6 +19,7 @@ import time
 from bench.indexing import DATA, QUICK, console, decode_cost, encode_cost, load, make_images, vit_b32
 from bench.smoke import announce, pick
 from indexer.models.cpu import cpu_line
+from indexer.quiet import silenced
 from indexer.settings import Settings, cpu_count
 from indexer.worker import WorkerConfig
 
@@ -60,10 +61,12 @@ def main() -> None:
     console.print(f"local pipeline   {local_rate:7.1f} images/s ({local_line})")
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the local cluster listens on 127.0.0.1 only
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as clipdex's own connect() (ray#57733)
     import ray
 
     started = time.perf_counter()
-    ray.init(num_cpus=cores, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    with silenced(2):
+        ray.init(num_cpus=cores, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     console.print(f"Ray cluster      started in {time.perf_counter() - started:.1f} s (once per cluster, not per run)")
     ray_rate, ray_line = best_rate(folder, settings.model_copy(update={"ray": "default"}), runs)
     ray.shutdown()
