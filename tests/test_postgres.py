@@ -326,3 +326,23 @@ def test_a_selective_filter_is_answered_by_an_iterative_index_scan(pg_url, monke
         found = [i for i, _ in store.search(query, 10, filters=year)]
         assert len(found) == 10 and len(set(found) & set(best)) >= 9
     assert len(graph) == 10 and all(rows is not None for rows in graph)
+
+
+def test_the_scan_reads_a_folder_s_paths_in_byte_order_from_an_index(tmp_path, clip_dir, pg_url):
+    """Whatever the database's collation: a listing task reads its folder's range of paths without a sort or a scan."""
+    from indexer.runners.work import stored_files
+
+    write_photos(tmp_path / "photos" / "a", 3)
+    settings = Settings(store=pg_url, model=str(clip_dir), workers=1, batch_size=4)
+    index_folder(tmp_path / "photos", settings, show_progress=False)
+    store = open_store(pg_url)
+    with store.session() as s:
+        root_id = s.scalar(text("SELECT id FROM roots"))
+    assert [f.relpath for f in stored_files(store, root_id, "a/", "a0")] == [f"a/img{n:03d}.jpg" for n in range(3)]
+    with store.engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))
+        plan = conn.execute(text(
+            'EXPLAIN SELECT id FROM images WHERE root_id = 1 AND relpath COLLATE "C" >= \'a/\' '
+            'AND relpath COLLATE "C" < \'a0\' ORDER BY relpath COLLATE "C"'
+        )).scalars().all()  # fmt: skip
+    assert "images_relpath_bytes" in " ".join(plan) and "Sort" not in " ".join(plan), plan

@@ -525,6 +525,11 @@ def open_postgres(
             if conn.scalar(text("SELECT to_regclass(:name) IS NULL"), {"name": TRIGRAM_INDEXES[-1][0]}):
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
                 create_trigram_indexes(conn)
+            if conn.scalar(text("SELECT to_regclass(:name) IS NULL"), {"name": BYTE_ORDER_INDEX}):
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
+                conn.execute(
+                    text(f'CREATE INDEX IF NOT EXISTS {BYTE_ORDER_INDEX} ON images (root_id, relpath COLLATE "C")')
+                )
     except OperationalError as e:
         raise StoreConnectionError(
             f"cannot connect to the PostgreSQL store {shown}: {driver_message(e)}. Check that the server is running "
@@ -558,6 +563,12 @@ def server_features(conn) -> Features:
 # Substring search (base.substring_pieces) through pg_trgm's GIN indexes: ILIKE '%piece%' reads only the rows that
 # hold the piece's trigrams. Made with a new store, or on the first open of an older one.
 TRIGRAM_INDEXES = (("captions_text_trigram", "captions", "text"), ("images_relpath_trigram", "images", "relpath"))
+
+
+# The scan reads a root's paths in byte order (byte_order), the Ray runner's listing tasks a range of them each: an
+# index in that order serves both whatever the database's collation. Made with a new store, or on the first open of
+# an older one.
+BYTE_ORDER_INDEX = "images_relpath_bytes"
 
 
 def create_trigram_indexes(conn) -> None:
