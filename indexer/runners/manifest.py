@@ -23,7 +23,7 @@ from indexer.runners.work import stored_files
 from indexer.scan import FileStat, StoredFile, by_relpath, changes, hidden_prefixes, walk_images
 from indexer.store import open_store
 
-UNITS = 256  # folders handed to listing tasks: a few per CPU of a large cluster, one table each for the driver
+UNITS = 256  # folders handed to listing tasks: a few per CPU of a large cluster
 MAX_TOP_FOLDERS = 2_000  # folders the driver lists itself at most while looking for them
 TODO_COLUMNS = ("relpath", "size", "mtime_ns", "image_id")  # a part of the work: -1 for a new file's image_id
 OBJECT_STORE_BYTES = 128 * 1024  # a task's result this large goes to Ray's object store, not its owner's memory
