@@ -164,14 +164,14 @@ def update_store(
 
         cluster = ClusterUse()
         scan, counts = index_on_ray(root, root_id, store, model, settings, show_progress, cluster)
-        summary.cluster = cluster.line() if counts.indexed or counts.reused or counts.skipped else ""
     else:
         scan = diff_against_store(root, stored_files(store, root_id))
         counts = index_locally(store, root, root_id, scan, model, settings, show_progress)
+    wrote = bool(counts.indexed or counts.reused or counts.skipped)
+    summary.cluster = cluster.line() if settings.ray and wrote else ""
     summary.unchanged = scan.unchanged
     summary.indexed, summary.reused, summary.skipped = counts.indexed, counts.reused, counts.skipped
     record_unreadable_folders(store, root_id, root, scan.unreadable_dirs, summary)
-    wrote = bool(counts.indexed or counts.reused or counts.skipped)
     # Deleted last, so a file that moved is recognised by its content and reuses the vector of its old row.
     if scan.deleted:
         store.delete_images(scan.deleted)

@@ -13,7 +13,6 @@ loses the shards not yet taken in.
 
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -263,7 +262,7 @@ def list_and_diff(ray, root: Path, root_id: int, store: "Store") -> tuple[ScanRe
     hidden = hidden_prefixes(root, plan.found.unreadable)
     ranges = [manifest.folder_range(root, folder) for folder in plan.folders]
     rows = (row for gap in manifest.outside(ranges) for row in stored_files(store, root_id, *gap))
-    part_rows = max(DECODE_BATCH, math.ceil(len(plan.files) / parts_each))
+    part_rows = manifest.part_size(plan.files, DECODE_BATCH, parts_each)
     streamed.parts = [ray.put(part) for part in manifest.changed_parts(plan.files, rows, hidden, part_rows, streamed)]
     for refs in walks:
         *parts, summary = list(refs)  # references: the parts stay where the task left them
