@@ -33,7 +33,7 @@ from bench.scale import disk_bytes, percentile, planted_collection, status_kb
 from bench.smoke import SMOKE, announce, pick
 from indexer.models.cpu import cpu_line
 from indexer.store import ondisk, open_store
-from indexer.store.ann import ExactTop, recall_at
+from indexer.store.ann import recall_at
 
 BUDGET_PER_IMAGE = 16  # bytes of index memory an image: under the smallest in-memory kind (PQ32x4fsr, 24 B)
 COLD_QUERIES = pick(30, 3)
@@ -146,16 +146,28 @@ def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
     return float(slope), float(math.exp(intercept + slope * math.log(1e9)))
 
 
-def measure(count: int, keep: Path | None, on_ray: bool) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="clipdex-bench-billion-", dir=keep))
+def planted(root: Path, count: int) -> Path:
+    """`root/store-{count}` planted, with its held-out queries and their exact top-10 beside it (queries.npy,
+    queries.truth.npy: text-like then image-like); a store a kept run planted whole is reused (planting 20M takes
+    over an hour)."""
     store_dir = root / f"store-{count}"
+    if (root / "queries.truth.npy").exists():
+        print(f"{count:,} images: the store planted in {root}", flush=True)
+        return store_dir
+    shutil.rmtree(store_dir, ignore_errors=True)  # what a killed run left
+    _, truths = planted_collection(store_dir, count)
+    np.save(root / "queries.npy", np.vstack([truths["text-like"].queries, truths["image-like"].queries]))
+    np.save(root / "queries.truth.tmp.npy", np.vstack([truths["text-like"].ids, truths["image-like"].ids]))
+    os.replace(root / "queries.truth.tmp.npy", root / "queries.truth.npy")  # last: it marks the store whole
+    return store_dir
+
+
+def measure(count: int, keep: Path | None, on_ray: bool) -> dict:
+    root = keep / f"billion-{count}" if keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-billion-"))
+    root.mkdir(parents=True, exist_ok=True)
     try:
-        _, truths = planted_collection(store_dir, count)
+        store_dir = planted(root, count)
         built = child("build", str(store_dir), str(count))
-        every = np.vstack([truths["text-like"].queries, truths["image-like"].queries])
-        truth: list[ExactTop] = [truths["text-like"], truths["image-like"]]
-        np.save(root / "queries.npy", every)
-        np.save(root / "queries.truth.npy", np.vstack([t.ids for t in truth]))
         figures = built | child("search", str(store_dir), str(count), str(root / "queries.npy"))
         figures["bytes_per_image"] = disk_bytes(store_dir) / count
         print(
@@ -190,7 +202,7 @@ def main() -> None:
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     default = pick("200000,1000000" if quick else "1000000,5000000,20000000", "30000")
     parser.add_argument("--sizes", default=default, help="collection sizes")
-    parser.add_argument("--keep", type=Path, help="build the stores here and keep them")
+    parser.add_argument("--keep", type=Path, help="plant the stores here, keep them and reuse them")
     parser.add_argument("--ray", action="store_true", help="also build each size with Ray tasks on a local cluster")
     parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--search", nargs=3, help=argparse.SUPPRESS)

@@ -39,7 +39,8 @@ def test_the_budget_picks_the_most_accurate_kind_that_fits():
     assert choose(2_000_000, 512, 1024 * mb).spec == "IVF2828,SQ4"  # 528 MB of 4-bit scalar codes
     assert choose(10_000_000, 512, 1024 * mb).spec == "IVF4096,PQ128x4fsr"  # 720 MB of 4-bit codes and ids
     assert choose(10_000_000, 512, 500 * mb).spec == "IVF4096,PQ64x4fsr"
-    assert choose(10_000_000, 512, 100 * mb).spec == "IVF4096,PQ64"  # none fits in memory: 8-bit codes on disk
+    # None fits in memory: 8-bit codes on disk, in twice the lists (4 sqrt(count)), past MAX_LISTS
+    assert choose(10_000_000, 512, 100 * mb).spec == "IVF12649,PQ64"
     assert Kind.parse("IVF4096,PQ64", 512).memory(10_000_000) == 4096 * 512 * 4 + 256 * 512 * 4 + 1_250_000
     assert Kind.parse("IVF4096,PQ64x4fsr", 512).memory(10_000_000) == 4096 * 512 * 4 + 40 * 10_000_000
 

@@ -16,7 +16,7 @@ from indexer.store.vectors import VectorFile
 from tests.support.planted import ClipLike, plant_vectors
 from tests.test_ann_index import exact_top, recall
 
-BUDGET = 200_000  # bytes: no in-memory kind fits 30,000 vectors of 64 dimensions; the on-disk one does
+BUDGET = 300_000  # bytes: no in-memory kind fits 30,000 vectors of 64 dimensions; the on-disk one does
 
 
 @pytest.fixture
@@ -50,6 +50,28 @@ def test_past_the_budget_the_codes_live_on_disk_and_keep_recall(planted, tmp_pat
     again = open_store(tmp_path / "s", index_memory=BUDGET)  # reopened: mapped, not rebuilt
     again.build_index = lambda: pytest.fail("rebuilt")
     assert again.search(vectors[41], 5) == hits and again.index.ntotal == 30_000
+
+
+def test_past_max_lists_two_level_centroids_and_graph_assignment_keep_recall(tmp_path, small_limit, monkeypatch):
+    monkeypatch.setattr(ann, "MAX_LISTS", 64)  # 692 lists for 30,000 vectors: two-level k-means, graph assignment
+    model = ClipLike(dim=64, clusters=200)
+    vectors = model.images(30_000)
+    store = plant_vectors(tmp_path / "s", vectors, index_memory=BUDGET)
+    store.save_probes(model.texts(200, seed=3))
+    store.save_index()
+    main = faiss.extract_index_ivf(store.index.main)
+    assert main.nlist == ann.disk_lists(30_000) == 692 and isinstance(faiss.downcast_index(main.quantizer), faiss.IndexFlat)
+    assert recall(store, vectors, model.texts(100, seed=4)) >= 0.95
+    assert recall(store, vectors, model.images(100, seed=5)) >= 0.95
+    # The graph puts vectors in the list of their nearest centroid, as comparing with every centroid does.
+    by_graph = ann.assigner(store.index.main)(vectors[:2000])
+    _, by_scan = main.quantizer.search(vectors[:2000], 1)
+    assert (by_graph == by_scan[:, 0]).mean() >= 0.99
+    fresh = model.images(50, seed=9)
+    new_ids = plant_more(store, fresh, first_id=30_001)
+    store.save_index()
+    assert store.index.delta.ntotal == 50
+    assert [store.search(v, 1)[0][0] for v in fresh] == new_ids  # the delta's lists came from the graph too
 
 
 def test_new_changed_and_deleted_vectors_go_to_the_delta_and_tombstones(planted, tmp_path):

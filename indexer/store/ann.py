@@ -8,9 +8,17 @@ The most accurate kind that fits the budget wins (the order autofaiss and clip-r
 - past all of those, IVF over 8-bit product-quantisation codes in a memory-mapped file (ondisk.py), re-ranked.
 Compressed codes rank approximately; the re-ranking puts the exact order back, so hits carry exact cosines.
 
+The on-disk kind, for the largest collections, has more lists (4 sqrt(count), FAISS's advice for tens of millions
+and up): a probe then scans fewer codes for the same recall. Past MAX_LISTS, k-means over every list would take
+hours on a small machine, so the centroids come from two-level k-means (sqrt(lists) clusters, each split again)
+and vectors are assigned to lists through an HNSW graph of the centroids; searches compare the query with every
+centroid, which at these counts costs less than walking the graph for the hundreds of lists a search probes.
+
 nprobe and the re-rank depth are calibrated against exact search on two kinds of queries: stored vectors
 (image-to-image) and text-like probes (CLIP's modality gap puts text queries away from the images, where
-IVF recall is worse), so both reach RECALL_TARGET.
+IVF recall is worse), so both reach RECALL_TARGET, at the least cost: the codes scanned and the candidates
+re-ranked, each at its measured cost (Kind.scan_ns, RERANK_NS). In dense regions of a large collection product
+codes tell neighbours apart too coarsely, and re-ranking deeper is far cheaper than scanning more lists.
 """
 
 import logging
@@ -20,14 +28,25 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from faiss.contrib.clustering import two_level_clustering
+from faiss.contrib.ivf_tools import add_preassigned
+
+from indexer.quiet import silenced
 
 EXACT_LIMIT = 20_000  # scanning 20,000 vectors takes under 2 ms; at 100,000 it takes 9 ms on 2 cores
 MAX_LISTS = 4096  # k-means and list assignment grow with lists x vectors: 4096 keeps 10M in minutes
+MAX_DISK_LISTS = 262_144  # on disk, past MAX_LISTS: two-level k-means and graph assignment (FAISS's advice at 1B)
+GRAPH_LINKS = 32  # HNSW neighbours a centroid of the assignment graph
 RECALL_TARGET = 0.97  # calibrated recall@10, a margin over the 0.95 promised for unseen queries
-RERANK_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128)  # candidates per wanted hit that calibration tries
+RERANK_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # candidates per wanted hit that calibration tries
 MAX_CANDIDATES = 20_000
+# Single-thread costs, measured with faiss 1.15 on an AMD EPYC (AVX-512), 2026-12-07: scanning one code of a probed
+# list by codec (per byte of code for product quantisation), and re-ranking one candidate from the vector file.
+SCAN_NS = {"Flat": 170.0, "SQ8": 70.0, "SQ4": 65.0, "PQx4fsr": 0.1, "PQ": 0.75}
+RERANK_NS = 565.0
 RETRAIN_GROWTH = 4  # the quantiser is retrained when the collection has grown (or shrunk) this many times
 TRAIN_PER_LIST = 40  # k-means sample per list: faiss's minimum for stable centroids
+CODE_TRAINING = 65_536  # vectors codes are trained on: FAISS samples 256 a PQ centroid
 KMEANS_ITERATIONS = 10
 
 log = logging.getLogger(__name__)
@@ -50,7 +69,7 @@ class Kind:
         if spec == "Flat":
             return cls(spec, 4 * dim + 16, 0)  # vectors, ids and the id map's reverse map
         lists, codes = spec.split(",", 1)
-        centroids = int(lists[3:]) * dim * 4
+        centroids = lists_of(spec) * dim * 4
         if codes == "Flat":
             return cls(spec, 4 * dim + 8, centroids)
         if codes.startswith("SQ"):  # SQ8, SQ4: a byte or half a byte a dimension
@@ -63,6 +82,15 @@ class Kind:
     def compressed(self) -> bool:
         """Codes rank approximately: search re-ranks candidates with the full vectors."""
         return "SQ" in self.spec or "PQ" in self.spec
+
+    @property
+    def scan_ns(self) -> float:
+        """Nanoseconds a search takes to compare one code of a probed list (SCAN_NS)."""
+        codes = self.family
+        if codes.startswith("PQ"):
+            m = int(codes[2:].split("x")[0])
+            return m * SCAN_NS["PQx4fsr" if "x4fs" in codes else "PQ"]
+        return SCAN_NS[codes]
 
     @property
     def family(self) -> str:
@@ -80,8 +108,13 @@ def lists_of(spec: str) -> int:
 
 
 def ivf_lists(count: int) -> int:
-    """IVF list count for `count` vectors: about 2 sqrt(count), at most MAX_LISTS."""
+    """IVF list count for `count` vectors in memory: about 2 sqrt(count), at most MAX_LISTS."""
     return max(1, min(MAX_LISTS, int(2 * math.sqrt(count))))
+
+
+def disk_lists(count: int) -> int:
+    """IVF list count for `count` vectors on disk: about 4 sqrt(count), at most MAX_DISK_LISTS."""
+    return max(1, min(MAX_DISK_LISTS, int(4 * math.sqrt(count))))
 
 
 def kinds(count: int, dim: int) -> list[Kind]:
@@ -91,7 +124,7 @@ def kinds(count: int, dim: int) -> list[Kind]:
     specs += [f"{ivf},Flat", f"{ivf},SQ8", f"{ivf},SQ4"]
     specs += [f"{ivf},PQ{m}x4fsr" for m in (dim // 4, dim // 8, dim // 16) if m >= 2 and dim % m == 0]
     if count > EXACT_LIMIT and dim % 8 == 0:  # past every in-memory kind: codes on disk, a byte per 8 dimensions
-        specs.append(f"{ivf},PQ{dim // 8}")
+        specs.append(f"IVF{disk_lists(count)},PQ{dim // 8}")
     return [Kind.parse(spec, dim) for spec in specs]
 
 
@@ -200,13 +233,56 @@ class ExactTop:
         self.scores, self.ids = np.take_along_axis(scores, order, 1), np.take_along_axis(all_ids, order, 1)
 
 
+def train(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train an IVF index on `sample`; past MAX_LISTS lists, its centroids by two-level k-means (costing sample x
+    2 sqrt(lists) distances where k-means costs sample x lists), its codes on a share of the sample as large as
+    FAISS uses."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.nlist > MAX_LISTS:
+        with silenced(2):  # FAISS warns of sub-clusters with fewer than 39 points a centroid
+            centroids, _ = two_level_clustering(
+                sample, int(math.sqrt(ivf.nlist)), ivf.nlist, clustering_niter=KMEANS_ITERATIONS, spherical=True
+            )
+        ivf.quantizer.add(centroids)
+        sample = sample[:: max(1, len(sample) // CODE_TRAINING)]  # the codes' training assigns it to every list
+    index.train(sample)
+
+
+def assigner(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For an IVF index with more lists than MAX_LISTS: a function giving vectors' lists through an HNSW graph of
+    the centroids (comparing each vector with every centroid would take hours at tens of millions); else None."""
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.nlist <= MAX_LISTS:
+        return None
+    graph = faiss.IndexHNSWFlat(ivf.d, GRAPH_LINKS, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efSearch = 64
+    graph.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+    return lambda vectors: graph.search(vectors, 1)[1][:, 0].copy()
+
+
+def add(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    assign: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> None:
+    """Add vectors under their ids, to the lists `assign` (an `assigner`) gives if any."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if assign is None:
+        index.add_with_ids(vectors, ids)
+    else:
+        add_preassigned(faiss.extract_index_ivf(index), vectors, assign(vectors).astype(np.int64), ids)
+
+
 def build(
     kind: Kind, dim: int, sample: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]], truths: list[ExactTop]
 ) -> faiss.Index:
     """An index of `kind` trained on `sample`, holding every batch of (ids, vectors); `truths` see them too."""
     index = new_index(kind, dim)
     if not index.is_trained:
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        train(index, sample)
     for ids, vectors in batches:
         index.add_with_ids(vectors, ids)
         for truth in truths:
@@ -217,25 +293,35 @@ def build(
 def calibrate(
     index: faiss.Index, kind: Kind, query_sets: list[tuple[ExactTop, np.ndarray | None]], best: Best
 ) -> Tuning:
-    """The smallest nprobe, then re-rank depth, whose recall@10 reaches RECALL_TARGET on every query set.
+    """The cheapest nprobe and re-rank depth whose recall@10 reaches RECALL_TARGET on every query set.
 
     Each set is (queries with their exact top-k, and for stored vectors their own ids, left out of both lists).
-    One search per nprobe serves every depth: the top d x k candidates are a prefix of the deepest list.
+    One search per nprobe serves every depth: the top d x k candidates are a prefix of the deepest list. A
+    search costs the codes its probed lists hold and the candidates it re-ranks; nprobe doubles until scanning
+    alone costs more than the cheapest choice found.
     """
     if not is_ivf(index):
         return Tuning()
     depths = RERANK_DEPTHS if kind.compressed else (1,)
-    nprobe = 1
+    k = max(truth.k for truth, _ in query_sets)
+    chosen, cheapest, nprobe = None, math.inf, 1
     while True:
         nprobe = min(nprobe, index.nlist)
+        scan_ns = nprobe * index.ntotal / index.nlist * kind.scan_ns
         recalls = [recall_by_depth(index, kind, nprobe, depths, truth, own, best) for truth, own in query_sets]
         for j, depth in enumerate(depths):
             if all(by_depth[j] >= RECALL_TARGET for by_depth in recalls):
-                return Tuning(nprobe, depth)
-        if nprobe == index.nlist:
-            log.warning("recall@10 reaches only %.3f at every list probed", min(min(r) for r in recalls))
-            return Tuning(nprobe, depths[-1])
+                cost = scan_ns + (depth * k * RERANK_NS if kind.compressed else 0)
+                if cost < cheapest:
+                    chosen, cheapest = Tuning(nprobe, depth), cost
+                break  # deeper costs more for no recall needed
+        if nprobe == index.nlist or scan_ns >= cheapest:
+            break
         nprobe *= 2
+    if chosen is None:
+        log.warning("recall@10 reaches only %.3f at every list probed", min(min(r) for r in recalls))
+        return Tuning(nprobe, depths[-1])
+    return chosen
 
 
 def recall_by_depth(
@@ -248,20 +334,22 @@ def recall_by_depth(
     exact = truth.ids
     if own is not None:
         exact = [row[row != i][: k - 1] for row, i in zip(exact, own, strict=True)]
-    if kind.compressed:  # exact scores of every candidate, computed once
-        scores = []
-        for query, row in zip(truth.queries, candidates, strict=True):
-            row = row[row != -1]
-            found, ids = best(row, query, len(row))
-            scores.append(dict(zip(ids.tolist(), found.tolist(), strict=True)))
+    rows = [row[row != -1] for row in candidates]
+    if kind.compressed:  # exact scores of every candidate, computed once, in the candidates' order
+        exact_scores = []
+        for query, row in zip(truth.queries, rows, strict=True):
+            found, ids = best(row, query, len(row))  # best first, ids a subset of the (distinct) candidates
+            order = np.argsort(row)
+            scores = np.full(len(row), -np.inf, dtype=np.float32)
+            scores[order[np.searchsorted(row[order], ids)]] = found
+            exact_scores.append(scores)
     out = []
     for depth in depths:
         found = []
-        for n, row in enumerate(candidates):
-            row = row[row != -1][: depth * k]
+        for n, row in enumerate(rows):
+            row = row[: depth * k]
             if kind.compressed:
-                exact_scores = np.asarray([scores[n].get(i, -np.inf) for i in row.tolist()])
-                row = row[np.argsort(-exact_scores, kind="stable")]
+                row = row[np.argsort(-exact_scores[n][: depth * k], kind="stable")]
             row = row[:k] if own is None else row[row != own[n]][: k - 1]
             found.append(row)
         out.append(recall_at(found, exact))

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -76,8 +77,14 @@ class DiskIVF:
         found[inside] = (self.held[kept >> 3] >> (kept & 7)) & 1 == 1
         return found
 
+    @cached_property
+    def assign(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The delta's list assignment (ann.assigner), built at the first add: a reader that adds nothing never pays
+        for the graph."""
+        return ann.assigner(self.delta)
+
     def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        self.delta.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+        ann.add(self.delta, vectors, ids, self.assign)
 
     def remove_ids(self, ids: np.ndarray) -> None:
         """Drop ids from the delta, and tombstone those the generation holds (a rewritten row comes back in the
@@ -156,7 +163,7 @@ def build(
     and encoded shard by shard by `encode` (in this process unless given: see runners/ray_index_build.py), merged
     into its lists file; `truths` see the vectors on the way."""
     trained = ann.new_index(kind, dim)
-    trained.train(np.ascontiguousarray(sample, dtype=np.float32))
+    ann.train(trained, sample)
     index_name, lists_name, held_name = generation_files(build_id)
     ids = np.asarray(ids, dtype=np.int64)
     shards = [ids[start : start + SHARD_VECTORS] for start in range(0, len(ids), SHARD_VECTORS)] or [ids]
@@ -195,9 +202,9 @@ def encode_shard(
 ) -> str:
     """One shard's vectors encoded into a clone of `trained`, written to `path` under a temporary name first (a
     shard file is whole or absent: a retried task never leaves half of one); `truths` see the vectors."""
-    shard = faiss.clone_index(trained)
+    shard, assign = faiss.clone_index(trained), ann.assigner(trained)
     for chunk, rows in vectors.stream(ids[start : start + READ_CHUNK] for start in range(0, len(ids), READ_CHUNK)):
-        shard.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), chunk)
+        ann.add(shard, rows, chunk, assign)
         for truth in truths:
             truth.add(chunk, rows)
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -88,6 +88,8 @@ def plant_vectors(location, vectors, model: str = "synthetic", root: Path = Path
             block = chunk[part : part + 50_000]
             ids = range(start + 1, start + len(block) + 1)
             with store.session() as s:
+                if store.engine.dialect.name == "sqlite":  # the timeline index takes random inserts: cache it whole
+                    s.connection().exec_driver_sql("PRAGMA cache_size=-4000000")
                 rows = [
                     dict(
                         id=i, root_id=root_id, relpath=f"{i // 1000:04d}/IMG_{i:07d}.JPG", size=2_000_000 + i % 999_983,
