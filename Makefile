@@ -71,8 +71,8 @@ bench-smoke: $(BIN)/clipdex ## Every bench on tiny inputs, to keep them working 
 bench-scale: $(BIN)/clipdex ## Ten million synthetic CLIP-like images in one store: index kind, memory, recall, latency, tagging
 	$(BIN)/python -m bench.scale --sizes 10000000 --budgets 1GiB
 
-bench-billion: $(BIN)/clipdex ## The on-disk index at 1M, 5M and 20M synthetic images, its growth and a projection to 1B (~2 h, 40 GB of disk)
-	$(BIN)/python -m bench.billion --sizes 1000000,5000000,20000000
+bench-billion: $(BIN)/clipdex ## The on-disk index at 1M, 5M and 20M synthetic images built on a local Ray cluster, its growth and a projection to 1B (~2 h, 40 GB of disk)
+	$(BIN)/python -m bench.billion --sizes 1000000,5000000,20000000 --ray
 
 bench-models: $(BIN)/clipdex ## Measure every model `clipdex models` lists (random weights, ~40 min) into indexer/models/catalog_measured.json
 	$(BIN)/python -m bench.models --write

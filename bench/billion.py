@@ -8,10 +8,10 @@ peak memory, bytes per image on disk, and from a fresh process searching as the 
 queries, the lists probed and re-rank depth, search p50/p95 warm, and p50 cold (every file of the store dropped
 from the page cache before each query). Then the fitted growth (a power law in the size) and the projection.
 
-With --ray, each size's generation is built a second time with its shards encoded as Ray tasks
-(indexer/runners/ray_index_build.py) on a local cluster of 2 CPUs, RAY_SHARDS shards: the build's time, the peak
-memory of the driver and of the largest task, beside the in-process build's. A smoke run does so at RAY_SMOKE_SIZE
-only, after its sizes (a build is mostly training and calibration: a second one at the smoke size would double it).
+With --ray, each size's generation is built with its shards encoded as Ray tasks (indexer/runners/ray_index_build.py)
+on a local cluster of 2 CPUs, RAY_SHARDS shards, and searched: the build's time, the peak memory of the driver and
+of the largest task. (Built once, not once in process and once on Ray: at 20M a build takes most of an hour.) A
+smoke run builds on Ray at RAY_SMOKE_SIZE, after its sizes.
 
     python -m bench.billion [--sizes 1000000,5000000,20000000] [--ray]     (BENCH_QUICK=1: 200,000 and 1,000,000)
 """
@@ -140,8 +140,6 @@ def child(mode: str, *args: str) -> dict:
 
 def fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
     """(exponent, value at 1B) of a power law through the points (least squares in log-log)."""
-    if len(sizes) < 2:
-        return float("nan"), float("nan")
     slope, intercept = np.polyfit(np.log(sizes), np.log(values), 1)
     return float(slope), float(math.exp(intercept + slope * math.log(1e9)))
 
@@ -167,13 +165,13 @@ def measure(count: int, keep: Path | None, on_ray: bool) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     try:
         store_dir = planted(root, count)
-        built = child("build", str(store_dir), str(count))
+        built = child("build", str(store_dir), str(count), *(["--ray"] if on_ray else []))
         figures = built | child("search", str(store_dir), str(count), str(root / "queries.npy"))
         figures["bytes_per_image"] = disk_bytes(store_dir) / count
         print(
             f"  {figures['index']}{'' if figures['on_disk'] else ' (in memory!)'}: "
-            f"built in {figures['seconds']:.0f} s, "
-            f"peak {figures['peak_mb']:,.0f} MB; {figures['bytes_per_image']:,.0f} bytes/image on disk\n"
+            f"built in {figures['seconds']:.0f} s, peak {figures['peak_mb']:,.0f} MB{ray_build(figures)}; "
+            f"{figures['bytes_per_image']:,.0f} bytes/image on disk\n"
             f"  search: {figures['nprobe']} of {figures['lists']} lists, re-rank x{figures['rerank']}; recall@10 "
             f"text-like {figures['recall_text']:.3f}, image-like {figures['recall_image']:.3f}; p50 "
             f"{figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms warm, p50 {figures['cold_p50_ms']:.0f} ms "
@@ -181,20 +179,20 @@ def measure(count: int, keep: Path | None, on_ray: bool) -> dict:
             f"{figures['file_mb']:,.0f})",
             flush=True,
         )
-        if on_ray:  # last: the search and disk figures above are of the in-process build's generation alone
-            on_ray_figures = child("build", str(store_dir), str(count), "--ray")
-            print(
-                f"  on Ray ({RAY_CPUS} CPUs, local cluster started in {on_ray_figures['cluster_seconds']:.0f} s): "
-                f"{on_ray_figures['index']}: built in {on_ray_figures['seconds']:.0f} s, {on_ray_figures['tasks']} "
-                f"tasks; peak {on_ray_figures['peak_mb']:,.0f} MB driver, {on_ray_figures['task_peak_mb']:,.0f} MB "
-                f"the largest task (in process: {figures['seconds']:.0f} s, peak {figures['peak_mb']:,.0f} MB)",
-                flush=True,
-            )
-            figures["ray"] = on_ray_figures
         return figures
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def ray_build(figures: dict) -> str:
+    """What a build on Ray adds to its line."""
+    if figures.get("tasks") is None:
+        return ""
+    return (
+        f" driver and {figures['task_peak_mb']:,.0f} MB the largest of {figures['tasks']} tasks, on Ray ({RAY_CPUS} "
+        f"CPUs, local cluster started in {figures['cluster_seconds']:.0f} s)"
+    )
 
 
 def main() -> None:
@@ -203,7 +201,7 @@ def main() -> None:
     default = pick("200000,1000000" if quick else "1000000,5000000,20000000", "30000")
     parser.add_argument("--sizes", default=default, help="collection sizes")
     parser.add_argument("--keep", type=Path, help="plant the stores here, keep them and reuse them")
-    parser.add_argument("--ray", action="store_true", help="also build each size with Ray tasks on a local cluster")
+    parser.add_argument("--ray", action="store_true", help="build each size with Ray tasks on a local cluster")
     parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--search", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,6 +220,8 @@ def main() -> None:
     rows = [measure(count, args.keep, args.ray and not SMOKE) for count in sizes]
     if SMOKE:
         measure(RAY_SMOKE_SIZE, args.keep, on_ray=True)
+    if len(sizes) < 2:
+        return
     for name, key, unit in (
         ("search p50 warm", "p50_ms", "ms"),
         ("search p50 cold", "cold_p50_ms", "ms"),
