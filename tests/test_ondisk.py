@@ -60,7 +60,8 @@ def test_past_max_lists_two_level_centroids_and_graph_assignment_keep_recall(tmp
     store.save_probes(model.texts(200, seed=3))
     store.save_index()
     main = faiss.extract_index_ivf(store.index.main)
-    assert main.nlist == ann.disk_lists(30_000) == 692 and isinstance(faiss.downcast_index(main.quantizer), faiss.IndexFlat)
+    assert main.nlist == ann.disk_lists(30_000) == 692
+    assert isinstance(faiss.downcast_index(main.quantizer), faiss.IndexFlat)
     assert recall(store, vectors, model.texts(100, seed=4)) >= 0.95
     assert recall(store, vectors, model.images(100, seed=5)) >= 0.95
     # The graph puts vectors in the list of their nearest centroid, as comparing with every centroid does.
@@ -72,6 +73,28 @@ def test_past_max_lists_two_level_centroids_and_graph_assignment_keep_recall(tmp
     store.save_index()
     assert store.index.delta.ntotal == 50
     assert [store.search(v, 1)[0][0] for v in fresh] == new_ids  # the delta's lists came from the graph too
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the mapping's resident size from /proc")
+def test_searches_unmap_the_lists_pages_they_touched_and_answer_the_same(planted, monkeypatch):
+    model, vectors, store = planted
+    index, queries = store.index, model.images(20, seed=6)
+    every_list = faiss.SearchParametersIVF(nprobe=index.nlist)
+    monkeypatch.setattr(ondisk, "MAPPED_BUDGET", 2**62)
+    kept = index.search(queries, 10, every_list)
+    assert mapped_kb(index) >= 0.9 * index.mapping[1] / 1024  # every list probed: the whole file mapped
+    monkeypatch.setattr(ondisk, "MAPPED_BUDGET", index.mapping[1])  # a query probing every list reaches it
+    assert all(np.array_equal(a, b) for a, b in zip(index.search(queries, 10, every_list), kept, strict=True))
+    assert mapped_kb(index) == 0 and index.touched == 0
+    index.search(queries[:1], 10, faiss.SearchParametersIVF(nprobe=4))  # far under the budget: kept mapped
+    assert 0 < mapped_kb(index) < index.mapping[1] / 1024 and index.touched > 0
+
+
+def mapped_kb(index: DiskIVF) -> int:
+    """Resident kB of the generation's mapped lists file, as the kernel counts it for this process."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    start = next(n for n, line in enumerate(lines) if line.split("-")[0] == f"{index.mapping[0]:x}")
+    return next(int(line.split()[1]) for line in lines[start + 1 :] if line.startswith("Rss:"))
 
 
 def test_new_changed_and_deleted_vectors_go_to_the_delta_and_tombstones(planted, tmp_path):

@@ -15,8 +15,10 @@ and is renamed into place last), and a new generation once they outgrow MERGE_SH
 the old generation until the new one is renamed into place.
 """
 
+import ctypes
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +37,13 @@ from indexer.store.vectors import VectorFile
 SHARD_VECTORS = 1_000_000  # vectors encoded into one shard at a time: ~100 MB of codes and ids with PQ64
 MERGE_SHARE = 0.1  # a new generation once the delta and tombstones reach this share of the current one
 READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is the one beside the index file, mapped
+MAPPED_BUDGET = 256 * 2**20  # bytes of lists searches may have touched before their pages are unmapped
+MADV_DONTNEED = 4
+
+
+if sys.platform == "linux":
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def generation_files(build: str) -> tuple[str, str, str]:
@@ -50,6 +59,26 @@ class DiskIVF:
         self.main, self.delta, self.held = main, delta, held
         self.tombstones = set(int(i) for i in tombstones)
         self._alive: tuple[faiss.IDSelector, ...] | None = None  # selector objects kept alive with their use
+        self.touched = 0  # bytes of lists searched since their pages were last unmapped
+
+    @cached_property
+    def mapping(self) -> tuple[int, int] | None:
+        """(address, length) of the generation's mapped lists file, where unmapping its pages is possible."""
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self.main).invlists)
+        if sys.platform != "linux" or not isinstance(lists, faiss.OnDiskInvertedLists) or not lists.totsize:
+            return None
+        return int(lists.ptr), int(lists.totsize)
+
+    def release_touched(self, nprobe: int, queries: int) -> None:
+        """Unmap the lists file's pages once searches may have touched MAPPED_BUDGET bytes of it. The pages stay in
+        the page cache (a later search takes a minor fault, not a read); the process stops holding them, so its
+        memory is its own, not every list a query ever probed (the whole file, in time: 1.4 GB at 20M)."""
+        if self.mapping is None:
+            return
+        self.touched += queries * nprobe * self.mapping[1] // max(1, self.nlist)
+        if self.touched >= MAPPED_BUDGET:
+            self.touched = 0
+            libc.madvise(*self.mapping, MADV_DONTNEED)  # on a shared file mapping: drops page-table entries only
 
     @property
     def nlist(self) -> int:
@@ -115,6 +144,7 @@ class DiskIVF:
         selector = params.sel if params is not None else None
         main_params = faiss.SearchParametersIVF(sel=self.main_selector(selector), nprobe=nprobe)
         scores, ids = self.main.search(queries, k, params=main_params)
+        self.release_touched(nprobe, len(queries))
         if self.delta.ntotal == 0:
             return scores, ids
         delta_params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
