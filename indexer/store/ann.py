@@ -37,6 +37,8 @@ EXACT_LIMIT = 20_000  # scanning 20,000 vectors takes under 2 ms; at 100,000 it 
 MAX_LISTS = 4096  # k-means and list assignment grow with lists x vectors: 4096 keeps 10M in minutes
 MAX_DISK_LISTS = 262_144  # on disk, past MAX_LISTS: two-level k-means and graph assignment (FAISS's advice at 1B)
 GRAPH_LINKS = 32  # HNSW neighbours a centroid of the assignment graph
+GRAPH_SEARCH = 16  # candidates the graph keeps while assigning: FAISS's default (64 finds the nearest centroid for
+# 94% of vectors against 86%, at twice the time, where the missed nearest scores 0.009 above the one found)
 RECALL_TARGET = 0.97  # calibrated recall@10, a margin over the 0.95 promised for unseen queries
 RERANK_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # candidates per wanted hit that calibration tries
 MAX_CANDIDATES = 20_000
@@ -256,7 +258,7 @@ def assigner(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray] | None:
     if ivf.nlist <= MAX_LISTS:
         return None
     graph = faiss.IndexHNSWFlat(ivf.d, GRAPH_LINKS, faiss.METRIC_INNER_PRODUCT)
-    graph.hnsw.efSearch = 64
+    graph.hnsw.efSearch = GRAPH_SEARCH
     graph.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
     return lambda vectors: graph.search(vectors, 1)[1][:, 0].copy()
 
