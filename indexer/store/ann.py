@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
-from faiss.contrib.clustering import two_level_clustering
 from faiss.contrib.ivf_tools import add_preassigned
 
 from indexer.quiet import silenced
@@ -242,6 +241,9 @@ def train(index: faiss.Index, sample: np.ndarray) -> None:
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     ivf = faiss.extract_index_ivf(index)
     if ivf.nlist > MAX_LISTS:
+        # Imported here: faiss.contrib.clustering imports scipy (0.4 s), which no query should pay for.
+        from faiss.contrib.clustering import two_level_clustering
+
         with silenced(2):  # FAISS warns of sub-clusters with fewer than 39 points a centroid
             centroids, _ = two_level_clustering(
                 sample, int(math.sqrt(ivf.nlist)), ivf.nlist, clustering_niter=KMEANS_ITERATIONS, spherical=True
