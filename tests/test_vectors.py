@@ -4,6 +4,7 @@ import logging
 import sqlite3
 
 import numpy as np
+import pytest
 
 from indexer.store import open_store
 from indexer.store.vectors import VECTOR_FILE, VectorFile
@@ -25,14 +26,18 @@ def test_float16_keeps_cosine_rankings(tmp_path):
             assert a == b or abs(exact[a] - exact[b]) < 1e-3
 
 
-def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path):
+@pytest.mark.parametrize("beyond_memory", [False, True], ids=["mapped", "read row by row"])
+def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path, beyond_memory):
     vectors = ClipLike(dim=8, clusters=3).images(10)
     stored = VectorFile(tmp_path / VECTOR_FILE, 8, writable=True)
     stored.write(np.array([9, 3, 4, 5, 1]), vectors[:5])  # runs 1, 3-5, 9
     stored.sync()
     reader = VectorFile(tmp_path / VECTOR_FILE, 8)
+    reader.beyond_memory = beyond_memory
     np.testing.assert_allclose(reader.read([1, 3, 4, 5, 9]), vectors[[4, 1, 2, 3, 0]], atol=1e-3)
-    assert not reader.read([2, 6, 500]).any()  # a hole, and past the end
+    assert not reader.read([2, 6, 500, -1]).any()  # a hole, past the end, and no id
+    found, ids = reader.best(np.array([500, 3, 9, 1]), vectors[1], 2)
+    assert ids.tolist() == [3, 9 if vectors[0] @ vectors[1] > vectors[4] @ vectors[1] else 1]
     ids, got = next(reader.stream(iter([np.array([3, 9])])))
     assert ids.tolist() == [3, 9] and np.allclose(got, vectors[[1, 0]], atol=1e-3)
 

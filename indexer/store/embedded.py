@@ -361,7 +361,7 @@ class EmbeddedStore(Store):
         with self._lock.exclusive():
             self.index, self.kind, self.tuning, self.meta = index, kind, tuning, dict(meta)
             self.index_version, self.index_max_id = meta["data_version"], meta["max_id"]
-            self.vectors.prefetch = kind.on_disk  # a collection past the budget: its vectors are rarely all cached
+            self.vectors.beyond_memory = kind.on_disk  # a collection past the budget: its vectors are rarely cached
             if ann.is_ivf(index):
                 index.nprobe = tuning.nprobe
 
