@@ -36,6 +36,7 @@ def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path,
     reader.beyond_memory = beyond_memory
     np.testing.assert_allclose(reader.read([1, 3, 4, 5, 9]), vectors[[4, 1, 2, 3, 0]], atol=1e-3)
     assert not reader.read([2, 6, 500, -1]).any()  # a hole, past the end, and no id
+    assert reader.read([]).shape == (0, 8) and reader.read([500]).shape == (1, 8)
     found, ids = reader.best(np.array([500, 3, 9, 1]), vectors[1], 2)
     assert ids.tolist() == [3, 9 if vectors[0] @ vectors[1] > vectors[4] @ vectors[1] else 1]
     ids, got = next(reader.stream(iter([np.array([3, 9])])))

@@ -112,6 +112,8 @@ class VectorFile:
 
     def read_rows(self, ids: np.ndarray) -> np.ndarray:
         """The float16 rows of ids the file holds, a read each."""
+        if not len(ids):
+            return np.empty((0, self.dim), dtype=DTYPE)
         offsets = (ids * self.row_bytes).tolist()
         for offset in offsets:
             os.posix_fadvise(self.fd, offset, self.row_bytes, os.POSIX_FADV_WILLNEED)
