@@ -171,7 +171,8 @@ def test_a_decode_past_the_timeout_is_skipped_and_retried_next_run(tmp_path, set
     write_photos(photos, 2)
     noise = np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8)
     PILImage.fromarray(noise).save(photos / "slow.png", compress_level=1)
-    hurried = settings.model_copy(update={"decode_timeout": 0.01})
+    # slow.png takes ~120 ms to decode; 50 ms leaves the small photos room (at 10 ms one went past it in CI)
+    hurried = settings.model_copy(update={"decode_timeout": 0.05})
     summary = index_folder(photos, hurried, show_progress=False)
     assert (summary.indexed, dict(summary.skipped)) == (2, {"timeout": 1})
     again = index_folder(photos, settings, show_progress=False)  # `timeout` can heal: retried, unchanged
