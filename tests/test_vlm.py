@@ -584,7 +584,7 @@ def test_page_asks_about_selected_hits_and_streams_the_answer(page_server):
         page.goto(url)
         page.fill("#q", "a photo")
         page.keyboard.press("Enter")
-        # The results stream in and are re-laid out: the ids are read once the status says the search is done.
+        # The page opens on a browse grid with picks of its own: the ids are read once the search's results replace it.
         page.wait_for_function("document.querySelector('#status').textContent.includes('for “a photo”')")
         page.wait_for_selector("#grid .hit-wrap .pick input")
         assert page.locator("#ask").is_hidden()
