@@ -90,6 +90,25 @@ def test_searches_unmap_the_lists_pages_they_touched_and_answer_the_same(planted
     assert 0 < mapped_kb(index) < index.mapping[1] / 1024 and index.touched > 0
 
 
+def test_a_query_s_lists_scanned_in_parts_find_what_one_scan_finds(planted, monkeypatch):
+    model, vectors, store = planted
+    store.delete_images([42, 43])
+    store.save_index()
+    index, queries = store.index, model.texts(10, seed=6)
+    params = faiss.SearchParametersIVF(nprobe=9)
+    # Every code of the probed lists (~400 of them) is found: which of equal scores make a top-k is FAISS's choice.
+    whole = [index.search(q[None], 1000, params) for q in queries]
+    monkeypatch.setattr(ondisk, "SPLIT_CODES", 0)
+    monkeypatch.setattr(ondisk, "cpu_count", lambda: 3)  # 9 lists dealt out to 3 parts
+    for q, (scores, ids) in zip(queries, whole, strict=True):
+        got_scores, got_ids = index.search(q[None], 1000, params)
+        np.testing.assert_allclose(got_scores[got_ids != -1], scores[ids != -1], rtol=1e-6)
+        assert sorted(got_ids[0]) == sorted(ids[0]) and not {42, 43} & set(ids[0])
+        assert 300 < (ids != -1).sum() < 1000
+    hits = store.search(vectors[40], 5)
+    assert hits[0][0] == 41 and 42 not in [i for i, _ in hits]
+
+
 def mapped_kb(index: DiskIVF) -> int:
     """Resident kB of the generation's mapped lists file, as the kernel counts it for this process."""
     lines = open("/proc/self/smaps").read().splitlines()

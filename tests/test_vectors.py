@@ -1,6 +1,7 @@
 """The float16 vector file: rankings agree with float32, rows round-trip through disk, and format 1 stores move in."""
 
 import logging
+import os
 import sqlite3
 
 import numpy as np
@@ -41,6 +42,27 @@ def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path,
     assert ids.tolist() == [3, 9 if vectors[0] @ vectors[1] > vectors[4] @ vectors[1] else 1]
     ids, got = next(reader.stream(iter([np.array([3, 9])])))
     assert ids.tolist() == [3, 9] and np.allclose(got, vectors[[1, 0]], atol=1e-3)
+
+
+@pytest.mark.parametrize("how", ["cached", "evicted", "no NOWAIT"])
+def test_rows_read_one_by_one_come_from_the_page_cache_or_the_disk_alike(tmp_path, how):
+    vectors = ClipLike(dim=64, clusters=5).images(3000)
+    stored = VectorFile(tmp_path / VECTOR_FILE, 64, writable=True)
+    stored.write(np.arange(1, 3001), vectors)
+    stored.sync()
+    reader = VectorFile(tmp_path / VECTOR_FILE, 64)
+    reader.beyond_memory = True
+    if how == "evicted":
+        os.posix_fadvise(reader.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    if how == "no NOWAIT":
+        reader._nowait = 0  # a file system that cannot
+    ids = np.random.default_rng(0).permutation(np.arange(1, 3001))[:2000]
+    np.testing.assert_allclose(reader.read(ids), vectors[ids - 1], atol=1e-3)
+    query = vectors[99]
+    for count in (2000, 50, 2000):  # the kept scorer's rows grow, then serve fewer, then more again
+        scores, found = reader.best(np.append(ids[:count], 100), query, 5)
+        exact = vectors[np.append(ids[:count], 100) - 1] @ query
+        assert found[0] == 100 and np.allclose(scores, np.sort(exact)[::-1][:5], atol=2e-3)
 
 
 def test_a_format_1_store_moves_its_vectors_out_of_sqlite_on_open(tmp_path, caplog):
