@@ -3,6 +3,7 @@ tombstones for what left, kept across saves and reopenings, merged into a new ge
 shards encoded as Ray tasks as they are in one process."""
 
 import os
+import signal
 
 import faiss
 import numpy as np
@@ -107,6 +108,13 @@ def test_a_query_s_lists_scanned_in_parts_find_what_one_scan_finds(planted, monk
         assert 300 < (ids != -1).sum() < 1000
     hits = store.search(vectors[40], 5)
     assert hits[0][0] == 41 and 42 not in [i for i, _ in hits]
+    # A process forked after a split scan scans with threads of its own (its parent's are not in it).
+    child = os.fork()
+    if child == 0:  # the child tells by its exit status
+        signal.alarm(30)  # a scan waiting on the parent's threads would wait for ever
+        got_ids = index.search(queries[:1], 1000, params)[1]
+        os._exit(0 if sorted(got_ids[0]) == sorted(whole[0][1][0]) else 1)
+    assert os.waitpid(child, 0)[1] == 0
 
 
 def mapped_kb(index: DiskIVF) -> int:

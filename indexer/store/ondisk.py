@@ -194,6 +194,10 @@ def scan_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="clipdex-scan")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's threads: it starts its own pool
+    os.register_at_fork(after_in_child=scan_threads.cache_clear)
+
+
 def search_lists(ivf: faiss.IndexIVF, queries, k: int, lists: np.ndarray, centroid_scores: np.ndarray, selector):
     """(scores, ids) of the k best by the codes of the given lists of each query (IndexIVF.search_preassigned, with
     its parameters: the Python wrapper takes none, and would search ivf.nprobe lists)."""
