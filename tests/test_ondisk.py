@@ -99,7 +99,7 @@ def test_a_query_s_lists_scanned_in_parts_find_what_one_scan_finds(planted, monk
     params = faiss.SearchParametersIVF(nprobe=9)
     # Every code of the probed lists (~400 of them) is found: which of equal scores make a top-k is FAISS's choice.
     whole = [index.search(q[None], 1000, params) for q in queries]
-    monkeypatch.setattr(ondisk, "SPLIT_CODES", 0)
+    monkeypatch.setattr(ondisk, "SPLIT_CODES", 1)
     monkeypatch.setattr(ondisk, "cpu_count", lambda: 3)  # 9 lists dealt out to 3 parts
     for q, (scores, ids) in zip(queries, whole, strict=True):
         got_scores, got_ids = index.search(q[None], 1000, params)

@@ -41,7 +41,7 @@ MERGE_SHARE = 0.1  # a new generation once the delta and tombstones reach this s
 READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is the one beside the index file, mapped
 MAPPED_BUDGET = 256 * 2**20  # bytes of lists searches may have touched before their pages are unmapped
 MADV_DONTNEED = 4
-# A query whose probed lists hold more codes than this has them scanned in parts, one a core (~10 ms of PQ64).
+# Codes each part of a query's split scan has at least: ~10 ms of PQ64, far more than a part costs to merge.
 SPLIT_CODES = 200_000
 
 
@@ -160,14 +160,14 @@ class DiskIVF:
     def scan(self, queries: np.ndarray, k: int, nprobe: int, selector: faiss.IDSelector | None):
         """(scores, ids) of the k best by the codes of the generation's `nprobe` nearest lists.
 
-        One query's lists are split among the cores when they hold more than SPLIT_CODES codes: the service gives a
+        One query's lists are split among the cores, in parts of at least SPLIT_CODES codes: the service gives a
         search one thread, and at 20M a query scans 1.1M codes (70-110 ms in one thread, 48-55 ms in two). FAISS
         releases the GIL while it scans, and its threads here are plain threads, not OpenMP's, whose barriers
         spin on a busy machine. A batch of queries is left to FAISS, which spreads the queries over its threads.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        parts = min(cpu_count(), nprobe)
-        if len(queries) != 1 or parts < 2 or nprobe * self.main.ntotal / max(1, self.nlist) < SPLIT_CODES:
+        parts = min(cpu_count(), nprobe, int(nprobe * self.main.ntotal / max(1, self.nlist) // SPLIT_CODES))
+        if len(queries) != 1 or parts < 2:
             return self.main.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
         ivf = faiss.extract_index_ivf(self.main)
         centroid_scores, lists = ivf.quantizer.search(queries, nprobe)
@@ -177,7 +177,9 @@ class DiskIVF:
 
         found = list(scan_threads().map(part, range(parts)))
         scores, ids = np.hstack([f[0] for f in found]), np.hstack([f[1] for f in found])
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the parts' k best each, then the k best of all
+        scores, ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+        best = np.argsort(-scores, axis=1, kind="stable")
         return np.take_along_axis(scores, best, 1), np.take_along_axis(ids, best, 1)
 
     def ids(self) -> np.ndarray:
