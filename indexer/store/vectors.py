@@ -141,36 +141,44 @@ class VectorFile:
         """The float16 rows of ids the file holds, a read each, into `out` if given.
 
         Rows in the page cache are read at once (NOWAIT); the others are asked of the kernel together
-        (POSIX_FADV_WILLNEED starts reading them in parallel), then read. 20,480 rows of 20M: 44-49 ms all
-        cached, against 71 ms hinting every row first; ~250 ms with none cached.
+        (POSIX_FADV_WILLNEED starts reading them in parallel), then read. 20,480 rows of 20M all cached: ~44 ms
+        (52-57 ms with a method call a row, 71 ms hinting every row first); ~250 ms with none cached.
         """
         out = np.empty((len(ids), self.dim), dtype=DTYPE) if out is None else out
         if not len(ids):
             return out
         offsets, size = (ids * self.row_bytes).tolist(), self.row_bytes
         buffer = memoryview(out).cast("B")
-        rows = [buffer[n * size : (n + 1) * size] for n in range(len(ids))]
-        missed = [n for n, offset in enumerate(offsets) if not self.read_cached(rows[n], offset)]
+        missed = self.read_cached(buffer, offsets)
         for n in missed:
             os.posix_fadvise(self.fd, offsets[n], size, os.POSIX_FADV_WILLNEED)
         for n in missed:
-            if os.preadv(self.fd, [rows[n]], offsets[n]) != size:
+            if os.preadv(self.fd, [buffer[n * size : (n + 1) * size]], offsets[n]) != size:
                 raise OSError(f"{self.path} ends inside row {offsets[n] // size}")
         return out
 
-    def read_cached(self, row: memoryview, offset: int) -> bool:
-        """Whether the row at `offset` was read into `row` from the page cache, never waiting for the disk."""
-        if not self._nowait:
-            return False
-        try:
-            return os.preadv(self.fd, [row], offset, self._nowait) == len(row)
-        except BlockingIOError:  # not cached
-            return False
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            self._nowait = 0  # a file system that cannot: every row is hinted, then read
-            return False
+    def read_cached(self, buffer: memoryview, offsets: list[int]) -> list[int]:
+        """Read the rows at `offsets` that the page cache holds into `buffer` (the n-th row's bytes at n times the
+        row size), never waiting for the disk: the positions of the others.
+
+        One loop with no call but the read's: at ~1 us a read, a method call a row costs a fifth more.
+        """
+        missed, size, fd, flags, preadv = [], self.row_bytes, self.fd, self._nowait, os.preadv
+        if not flags:
+            return list(range(len(offsets)))
+        for n, offset in enumerate(offsets):
+            try:
+                if preadv(fd, [buffer[n * size : (n + 1) * size]], offset, flags) == size:
+                    continue
+            except BlockingIOError:  # not cached
+                pass
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait = 0  # a file system that cannot: every row is hinted, then read
+                return missed + list(range(n, len(offsets)))
+            missed.append(n)
+        return missed
 
     def release(self) -> None:
         """Unmap the pages just gathered from this process (they stay in the page cache).
