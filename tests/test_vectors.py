@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from indexer.store import open_store
+from indexer.store import vectors as vectors_module
 from indexer.store.vectors import NOWAIT, VECTOR_FILE, VectorFile
 from tests.support.planted import ClipLike, plant_vectors
 
@@ -38,6 +39,12 @@ def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path,
     reader.beyond_memory = beyond_memory
     np.testing.assert_allclose(reader.read([1, 3, 4, 5, 9]), vectors[[4, 1, 2, 3, 0]], atol=1e-3)
     assert not reader.read([2, 6, 500, -1]).any()  # a hole, past the end, and no id
+    with pytest.MonkeyPatch.context() as patch:  # gathered in parts of two rows, with missing rows in some parts
+        patch.setattr(vectors_module, "GATHER_ROWS", 2)
+        got = reader.read([500, 9, 3, -1, 2, 4, 1])
+        np.testing.assert_allclose(
+            got, np.vstack([np.zeros((1, 8)), vectors[[0, 1]], np.zeros((2, 8)), vectors[[2, 4]]]), atol=1e-3
+        )
     assert reader.read([]).shape == (0, 8) and reader.read([500]).shape == (1, 8)
     found, ids = reader.best(np.array([500, 3, 9, 1]), vectors[1], 2)
     assert ids.tolist() == [3, 9 if vectors[0] @ vectors[1] > vectors[4] @ vectors[1] else 1]

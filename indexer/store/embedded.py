@@ -427,6 +427,7 @@ class EmbeddedStore(Store):
         else:
             batches = self.vectors.stream(in_chunks(ids))
             index = ann.build(kind, self.dim, sample, batches, [truth for truth, _ in truths])
+        del sample  # trained on: the calibration need not hold it too (1.5 GB at 20M)
         if nlist:
             tuning = ann.calibrate(index, kind, truths, self.vectors.best)
         log.info(

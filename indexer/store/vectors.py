@@ -29,6 +29,7 @@ DTYPE = np.dtype("<f2")
 # A read that takes only what the page cache holds, and fails at once for the rest (Linux 4.14+, where the file
 # system allows it): a cached row costs one system call, not a read-ahead hint and a read.
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+GATHER_ROWS = 10_000  # rows a large read gathers at a time (10 MB at 512 dimensions)
 
 
 class VectorFile:
@@ -76,11 +77,16 @@ class VectorFile:
         os.fsync(self.fd)
 
     def read(self, ids) -> np.ndarray:
-        """float32 vectors of the given ids, in their order (zeros for rows never written)."""
+        """float32 vectors of the given ids, in their order (zeros for rows never written).
+
+        Gathered GATHER_ROWS at a time: a build's k-means sample gathered at once (357,760 rows of 5M) held 1.3 GB
+        of the file's mapped pages and a float16 copy beside the float32 one, a 1.7 GB peak against 0.84 GB.
+        """
         ids = np.asarray(ids, dtype=np.int64)
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        present, rows = self.gather(ids)
-        out[present] = rows
+        for start in range(0, len(ids), GATHER_ROWS):
+            present, rows = self.gather(ids[start : start + GATHER_ROWS])
+            out[start : start + GATHER_ROWS][present] = rows
         return out
 
     def best(self, ids, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
