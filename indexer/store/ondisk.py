@@ -21,9 +21,8 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -34,6 +33,7 @@ from indexer.quiet import silenced
 from indexer.settings import cpu_count
 from indexer.store import ann
 from indexer.store.base import READ_CHUNK
+from indexer.store.core_threads import core_threads
 from indexer.store.vectors import VectorFile
 
 SHARD_VECTORS = 1_000_000  # vectors encoded into one shard at a time: ~100 MB of codes and ids with PQ64
@@ -161,9 +161,8 @@ class DiskIVF:
         """(scores, ids) of the k best by the codes of the generation's `nprobe` nearest lists.
 
         One query's lists are split among the cores, in parts of at least SPLIT_CODES codes: the service gives a
-        search one thread, and at 20M a query scans 1.1M codes (70-110 ms in one thread, 48-55 ms in two). FAISS
-        releases the GIL while it scans, and its threads here are plain threads, not OpenMP's, whose barriers
-        spin on a busy machine. A batch of queries is left to FAISS, which spreads the queries over its threads.
+        search one thread, and at 20M a query scans 1.1M codes (70-110 ms in one thread, 48-55 ms in two, on the
+        core_threads). A batch of queries is left to FAISS, which spreads the queries over its threads.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         parts = min(cpu_count(), nprobe, int(nprobe * self.main.ntotal / max(1, self.nlist) // SPLIT_CODES))
@@ -175,7 +174,7 @@ class DiskIVF:
         def part(n: int) -> tuple[np.ndarray, np.ndarray]:  # lists dealt out in turn: each part has near and far ones
             return search_lists(ivf, queries, k, lists[:, n::parts], centroid_scores[:, n::parts], selector)
 
-        found = list(scan_threads().map(part, range(parts)))
+        found = list(core_threads().map(part, range(parts)))
         scores, ids = np.hstack([f[0] for f in found]), np.hstack([f[1] for f in found])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the parts' k best each, then the k best of all
         scores, ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
@@ -188,16 +187,6 @@ class DiskIVF:
         if self.tombstones:
             held = np.setdiff1d(held, np.fromiter(self.tombstones, dtype=np.int64))
         return np.union1d(held, ann.index_ids(self.delta))
-
-
-@cache
-def scan_threads() -> ThreadPoolExecutor:
-    """The threads that scan parts of a query's lists, one a core, shared by every search of the process."""
-    return ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="clipdex-scan")
-
-
-if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's threads: it starts its own pool
-    os.register_at_fork(after_in_child=scan_threads.cache_clear)
 
 
 def search_lists(ivf: faiss.IndexIVF, queries, k: int, lists: np.ndarray, centroid_scores: np.ndarray, selector):
