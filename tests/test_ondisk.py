@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import indexer.store.ann as ann
+import indexer.store.embedded as embedded
 from indexer.runners.ray_index_build import RayShards
 from indexer.store import INDEXED, Image, ondisk, open_store, utcnow
 from indexer.store.ondisk import MERGE_SHARE, DiskIVF
@@ -74,6 +75,18 @@ def test_past_max_lists_two_level_centroids_and_graph_assignment_keep_recall(tmp
     store.save_index()
     assert store.index.delta.ntotal == 50
     assert [store.search(v, 1)[0][0] for v in fresh] == new_ids  # the delta's lists came from the graph too
+
+
+def test_a_build_over_a_large_vector_file_reads_its_rows_without_mapping_the_file(tmp_path, small_limit, monkeypatch):
+    monkeypatch.setattr(embedded, "ROW_READS_PAST", 100_000)  # bytes: 3,000 vectors of 64 dimensions are past it
+    model = ClipLike(dim=64, clusters=50)
+    vectors = model.images(3000)
+    store = plant_vectors(tmp_path / "s", vectors, index_memory=BUDGET // 10)
+    store.save_probes(model.texts(200, seed=3))
+    monkeypatch.setattr(VectorFile, "mapped", lambda *_: pytest.fail("the build gathered rows from the map"))
+    store.save_index()
+    assert store.kind.on_disk and store.vectors.beyond_memory
+    assert recall(store, vectors, model.texts(100, seed=4)) >= 0.95  # calibrated on the rows it read
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the mapping's resident size from /proc")

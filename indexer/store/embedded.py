@@ -51,7 +51,7 @@ from indexer.store.schema import (
     migrate_schema,
     utcnow,
 )
-from indexer.store.vectors import VECTOR_FILE, VectorFile
+from indexer.store.vectors import ROW_READS_PAST, VECTOR_FILE, VectorFile
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +403,8 @@ class EmbeddedStore(Store):
                 "%d vectors need %.0f MB in the smallest index, over the %.0f MB index memory budget",
                 len(ids), kind.memory(len(ids)) / 1e6, self.index_memory / 1e6,
             )  # fmt: skip
+        if kind.on_disk and self.vectors.rows() * self.vectors.row_bytes > ROW_READS_PAST:
+            self.vectors.beyond_memory = True  # as installing the index will: its build reads rows one by one too
         nlist = ann.lists_of(kind.spec)
         tuning, truths = ann.Tuning(), []
         sample = np.empty((0, self.dim), np.float32)

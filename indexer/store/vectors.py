@@ -32,6 +32,11 @@ DTYPE = np.dtype("<f2")
 # system allows it): a cached row costs one system call, not a read-ahead hint and a read.
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 GATHER_ROWS = 10_000  # rows a large read gathers at a time (10 MB at 512 dimensions)
+# A file past this size is read row by row by an on-disk index's build too (vectors.beyond_memory), not only by its
+# searches: a calibration gathers ~22,000 candidates a query, each its own page fault in a larger file (~5 us, and
+# held mapped until the gather ends: a 2.8 GB peak at 5M), where a compiled read costs ~0.6 us; in a smaller file
+# they share the pages the kernel maps around each fault, and the map is faster.
+ROW_READS_PAST = 256 << 20
 SPLIT_ROWS = 4_096  # rows a core reads at least: ~3 ms, against the ~0.1 ms of handing them to another thread
 
 
