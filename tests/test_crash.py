@@ -15,7 +15,7 @@ from indexer.settings import Settings
 from indexer.store import is_database_url
 from tests.support.photos import write_photos
 from tests.support.processes import INDEXER, alive
-from tests.support.stores import faiss_ids, indexed_rows, stored
+from tests.support.stores import faiss_ids, indexed_counter, indexed_rows, stored
 
 
 def child_pids(pid: int) -> list[int]:
@@ -32,8 +32,9 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, clip_dir, store_lo
     cmd = [sys.executable, "-c", INDEXER, "index", str(photos), "--store", str(killed.store), "--model", str(clip_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while indexed_rows(killed.store) < 16 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    with indexed_counter(killed.store) as indexed:
+        while indexed() < 16 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert proc.poll() is None, "the indexer finished before it could be killed: " + proc.stderr.read().decode()
     children = child_pids(proc.pid)
     assert children, "the indexer runs its decode workers as child processes"

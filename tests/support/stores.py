@@ -1,5 +1,8 @@
 """Looking inside a store the way tests need: its rows and vectors, its index's ids; planting rows."""
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
@@ -25,6 +28,29 @@ def faiss_ids(settings: Settings) -> list[int]:
         with store.engine.connect() as conn:
             return sorted(conn.scalars(text("SELECT id FROM image_vectors")))
     return sorted(index_ids(store.sync_index()).tolist())
+
+
+@contextmanager
+def indexed_counter(location) -> Iterator[Callable[[], int]]:
+    """Counts of a store's indexed rows, for polling a running indexer: the store is opened once it exists and kept
+    open, so a poll is one query. Opened at each poll, a PostgreSQL store took ~0.1 s, longer on a busy machine:
+    long enough, once, for an indexer to finish 224 images between two polls."""
+    store = None
+
+    def count() -> int:
+        nonlocal store
+        if store is None:
+            try:
+                store = open_store(location)
+            except (StoreNotFoundError, StoreFormatError, OperationalError):  # not created yet, or being created
+                return 0
+        return store.counts().get(INDEXED, 0)
+
+    try:
+        yield count
+    finally:
+        if store is not None:
+            store.engine.dispose()
 
 
 def indexed_rows(location) -> int:
