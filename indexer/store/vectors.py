@@ -32,7 +32,7 @@ DTYPE = np.dtype("<f2")
 # system allows it): a cached row costs one system call, not a read-ahead hint and a read.
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 GATHER_ROWS = 10_000  # rows a large read gathers at a time (10 MB at 512 dimensions)
-# A file past this size is read row by row by an on-disk index's build too (vectors.beyond_memory), not only by its
+# A file past this size is read row by row by an on-disk index's build too (VectorFile.beyond_memory), not only by its
 # searches: a calibration gathers ~22,000 candidates a query, each its own page fault in a larger file (~5 us, and
 # held mapped until the gather ends: a 2.8 GB peak at 5M), where a compiled read costs ~0.6 us; in a smaller file
 # they share the pages the kernel maps around each fault, and the map is faster.
@@ -155,8 +155,8 @@ class VectorFile:
         """The float16 rows of ids the file holds, a read each, into `out` if given.
 
         Rows in the page cache are read at once (NOWAIT); the others are asked of the kernel together
-        (POSIX_FADV_WILLNEED starts reading them in parallel), then read. 20,480 rows of 20M all cached: ~15 ms
-        (~30 ms in a Python loop, 71 ms hinting every row first); ~250 ms with none cached.
+        (POSIX_FADV_WILLNEED starts reading them in parallel), then read. 20,480 rows of 20M all cached: 12 ms
+        (32-35 ms in a Python loop, 71 ms hinting every row first); ~250 ms with none cached.
         """
         out = np.empty((len(ids), self.dim), dtype=DTYPE) if out is None else out
         if not len(ids):
