@@ -3,6 +3,7 @@ tombstones for what left, kept across saves and reopenings, merged into a new ge
 shards encoded as Ray tasks as they are in one process."""
 
 import os
+import shutil
 import signal
 
 import faiss
@@ -26,13 +27,32 @@ def small_limit(monkeypatch):
     monkeypatch.setattr(ann, "EXACT_LIMIT", 1000)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """30,000 planted vectors and their on-disk index, built once for the module (the build takes ~35 s)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ann, "EXACT_LIMIT", 1000)
+        model = ClipLike(dim=64, clusters=200)
+        vectors = model.images(30_000)
+        location = tmp_path_factory.mktemp("ondisk") / "s"
+        store = plant_vectors(location, vectors, index_memory=BUDGET)
+        store.save_probes(model.texts(200, seed=3))
+        store.save_index()
+        with store.engine.connect() as conn:  # the database whole in its file, to be copied
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.engine.dispose()
+    return model, vectors, location
+
+
 @pytest.fixture
-def planted(tmp_path, small_limit):
-    model = ClipLike(dim=64, clusters=200)
-    vectors = model.images(30_000)
-    store = plant_vectors(tmp_path / "s", vectors, index_memory=BUDGET)
-    store.save_probes(model.texts(200, seed=3))
-    store.save_index()
+def planted(built, tmp_path, small_limit):
+    """A copy of the built store of its own, opened: tests change it."""
+    model, vectors, location = built
+    shutil.copytree(location, tmp_path / "s")
+    store = open_store(tmp_path / "s", index_memory=BUDGET)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store, "build_index", lambda *_: pytest.fail("the copied store was rebuilt"))
+        assert store.sync_index().ntotal == 30_000
     return model, vectors, store
 
 
@@ -161,6 +181,7 @@ def test_new_changed_and_deleted_vectors_go_to_the_delta_and_tombstones(planted,
 
 def test_a_grown_delta_is_merged_into_a_new_generation_and_the_old_files_go(planted, tmp_path):
     model, vectors, store = planted
+    store.save_index()  # saved by this process: once replaced, the generation's files stay a save longer
     before = generation_files(store)
     extra = model.images(int(MERGE_SHARE * 30_000) + 100, seed=11)
     plant_more(store, extra, first_id=30_001)
