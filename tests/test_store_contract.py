@@ -182,12 +182,12 @@ def test_caption_text_search_matches_word_forms_with_filters(filled):
     shop = store.match_captions("dog", 10, Filters(folder="/photos/shop"))
     assert {i for i, _, _ in shop} == {int(ids[1]), int(ids[3])}
     assert store.match_captions("   ", 10) == [] and store.match_captions("zebra", 10) == []
-    assert store.has_captions()
+    assert store.text_sources() == {"caption"}
 
 
 def test_text_read_in_images_is_searched_apart_from_captions(filled):
     store, ids, _ = filled
-    assert not store.has_captions("text")
+    assert "text" not in store.text_sources()
     with store.session() as s:
         s.add(Caption(image_id=int(ids[0]), model="blip", text="a receipt on a table", created_at=utcnow()))
         s.add(Caption(image_id=int(ids[1]), model=f"{READ_TEXT}reader", text="TOTAL 42.50\nTHANK YOU",
@@ -195,7 +195,8 @@ def test_text_read_in_images_is_searched_apart_from_captions(filled):
         s.commit()
     assert [i for i, _, _ in store.match_captions("42.50 receipt", 10, source="text")] == [int(ids[1])]
     assert [i for i, _, _ in store.match_captions("42.50 receipt", 10)] == [int(ids[0])]  # captions only
-    assert store.has_captions("text") and store.hit_rows([int(ids[1])])[int(ids[1])][1] is None  # not a caption
+    assert store.text_sources() == {"caption", "text"}
+    assert store.hit_rows([int(ids[1])])[int(ids[1])][1] is None  # not a caption
     with store.session() as s:  # a changed image loses its read text with its captions
         store.delete_captions(s, [int(ids[1])])
         s.commit()
@@ -246,7 +247,7 @@ def test_metadata_keywords_filter_and_are_searched_apart_from_captions(filled):
     assert found == exact(vectors, ids, vectors[3], allowed)
     assert [i for i, _, _ in store.match_captions("tower", 10, source="keyword")] == [int(ids[8])]
     assert [i for i, _, _ in store.match_captions("tower", 10)] == [int(ids[9])]  # captions alone
-    assert store.has_captions("keyword") and store.hit_rows([int(ids[8])])[int(ids[8])][1] is None
+    assert "keyword" in store.text_sources() and store.hit_rows([int(ids[8])])[int(ids[8])][1] is None
 
 
 def test_a_random_sample_of_stored_vectors(filled):

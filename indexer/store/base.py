@@ -334,10 +334,14 @@ class Store(ABC):
         with self.session() as s:
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
-    def has_captions(self, source: str = "caption") -> bool:
-        """Whether any image has text of this source (caption_source)."""
-        with self.session() as s:
-            return s.scalar(select(Caption.id).where(caption_source(source)).limit(1)) is not None
+    def text_sources(self) -> set[str]:
+        """The sources of text (caption_source: "caption", "text", "keyword") that some image has: one query, asked
+        by every hybrid search (three queries took ~1 ms a search)."""
+        sources = ("caption", *TEXT_SOURCES)
+        checks = [select(Caption.id).where(caption_source(source)).exists() for source in sources]
+        with self.engine.connect() as conn:
+            present = conn.execute(select(*checks)).one()
+        return {source for source, has in zip(sources, present, strict=True) if has}
 
 
 def newest_caption():
