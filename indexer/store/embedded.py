@@ -111,7 +111,6 @@ class EmbeddedStore(Store):
         self.kind: ann.Kind | None = None
         self.tuning = ann.Tuning()
         self.meta: dict = {}  # the index.json of the file the index was loaded from or saved as
-        self.saved_before: dict = {}  # the index.json this process saved before the last: its files stay a save longer
         self.index_version = -1  # the data version the index in memory reflects
         self.index_max_id = 0  # the highest id the index may hold: rows above are new to it
         self.added_since_save = 0
@@ -227,6 +226,9 @@ class EmbeddedStore(Store):
             "rerank": self.tuning.rerank,
         }
         tmp, meta_tmp = self.path / (INDEX_FILE + ".tmp"), self.path / (INDEX_META_FILE + ".tmp")
+        # The saved index this save replaces keeps its files a save longer: a reader may be loading it now. Read from
+        # disk, not remembered: a new process (each `clipdex index` run) deleted it at once when it was remembered.
+        replaced = self.saved_meta()
         try:
             with self._lock.shared():
                 if isinstance(self.index, ondisk.DiskIVF):  # its generation's files are written: what changed since
@@ -240,8 +242,8 @@ class EmbeddedStore(Store):
         finally:  # a half-written temp file must not fill what little room a full disk has left
             tmp.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
-        ondisk.remove_stale(self.path, (meta, self.saved_before))
-        self.meta, self.saved_before, self.added_since_save = meta, meta, 0
+        ondisk.remove_stale(self.path, (meta, replaced))
+        self.meta, self.added_since_save = meta, 0
 
     def index_description(self) -> str:
         """The index kind and how it is searched, for summaries: "IVF2000,SQ8 (nprobe 16, re-rank x4)"."""
