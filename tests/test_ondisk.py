@@ -132,8 +132,8 @@ def test_a_query_s_lists_scanned_in_parts_find_what_one_scan_finds(planted, monk
     params = faiss.SearchParametersIVF(nprobe=9)
     # Every code of the probed lists (~400 of them) is found: which of equal scores make a top-k is FAISS's choice.
     whole = [index.search(q[None], 1000, params) for q in queries]
-    monkeypatch.setattr(ondisk, "SPLIT_CODES", 1)
-    monkeypatch.setattr(ondisk, "cpu_count", lambda: 3)  # 9 lists dealt out to 3 parts
+    monkeypatch.setattr(ann, "SPLIT_BYTES", 1)
+    monkeypatch.setattr(ann, "cpu_count", lambda: 3)  # 9 lists dealt out to 3 parts
     for q, (scores, ids) in zip(queries, whole, strict=True):
         got_scores, got_ids = index.search(q[None], 1000, params)
         np.testing.assert_allclose(got_scores[got_ids != -1], scores[ids != -1], rtol=1e-6)

@@ -1,4 +1,4 @@
-"""The threads that split one search's work among the cores: a probed list's scan (ondisk.DiskIVF.scan) and a
+"""The threads that split one search's work among the cores: a query's probed lists (ann.scan_lists) and a
 re-rank's reads (vectors.VectorFile.read_cached).
 
 The service gives each request one thread; past the memory budget a single query is worth splitting (at 20M:

@@ -30,10 +30,8 @@ import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from indexer.quiet import silenced
-from indexer.settings import cpu_count
 from indexer.store import ann
 from indexer.store.base import READ_CHUNK
-from indexer.store.core_threads import core_threads
 from indexer.store.vectors import VectorFile
 
 SHARD_VECTORS = 1_000_000  # vectors encoded into one shard at a time: ~100 MB of codes and ids with PQ64
@@ -41,8 +39,6 @@ MERGE_SHARE = 0.1  # a new generation once the delta and tombstones reach this s
 READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists file is the one beside the index file, mapped
 MAPPED_BUDGET = 256 * 2**20  # bytes of lists searches may have touched before their pages are unmapped
 MADV_DONTNEED = 4
-# Codes each part of a query's split scan has at least: ~10 ms of PQ64, far more than a part costs to merge.
-SPLIT_CODES = 200_000
 
 
 if sys.platform == "linux":
@@ -158,28 +154,9 @@ class DiskIVF:
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     def scan(self, queries: np.ndarray, k: int, nprobe: int, selector: faiss.IDSelector | None):
-        """(scores, ids) of the k best by the codes of the generation's `nprobe` nearest lists.
-
-        One query's lists are split among the cores, in parts of at least SPLIT_CODES codes: the service gives a
-        search one thread, and at 20M a query scans 1.1M codes (70-110 ms in one thread, 48-55 ms in two, on the
-        core_threads). A batch of queries is left to FAISS, which spreads the queries over its threads.
-        """
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        parts = min(cpu_count(), nprobe, int(nprobe * self.main.ntotal / max(1, self.nlist) // SPLIT_CODES))
-        if len(queries) != 1 or parts < 2:
-            return self.main.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
-        ivf = faiss.extract_index_ivf(self.main)
-        centroid_scores, lists = ivf.quantizer.search(queries, nprobe)
-
-        def part(n: int) -> tuple[np.ndarray, np.ndarray]:  # lists dealt out in turn: each part has near and far ones
-            return search_lists(ivf, queries, k, lists[:, n::parts], centroid_scores[:, n::parts], selector)
-
-        found = list(core_threads().map(part, range(parts)))
-        scores, ids = np.hstack([f[0] for f in found]), np.hstack([f[1] for f in found])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the parts' k best each, then the k best of all
-        scores, ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
-        best = np.argsort(-scores, axis=1, kind="stable")
-        return np.take_along_axis(scores, best, 1), np.take_along_axis(ids, best, 1)
+        """(scores, ids) of the k best by the codes of the generation's `nprobe` nearest lists (split among the
+        cores for one query: ann.scan_lists)."""
+        return ann.scan_lists(self.main, queries, k, nprobe, selector)
 
     def ids(self) -> np.ndarray:
         """Every id searched: the generation's but its tombstones, and the delta's."""
@@ -187,20 +164,6 @@ class DiskIVF:
         if self.tombstones:
             held = np.setdiff1d(held, np.fromiter(self.tombstones, dtype=np.int64))
         return np.union1d(held, ann.index_ids(self.delta))
-
-
-def search_lists(ivf: faiss.IndexIVF, queries, k: int, lists: np.ndarray, centroid_scores: np.ndarray, selector):
-    """(scores, ids) of the k best by the codes of the given lists of each query (IndexIVF.search_preassigned, with
-    its parameters: the Python wrapper takes none, and would search ivf.nprobe lists)."""
-    lists, centroid_scores = np.ascontiguousarray(lists), np.ascontiguousarray(centroid_scores)
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    ids = np.empty((len(queries), k), dtype=np.int64)
-    params = faiss.SearchParametersIVF(sel=selector, nprobe=lists.shape[1])
-    ivf.search_preassigned_c(
-        len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(lists), faiss.swig_ptr(centroid_scores),
-        faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, params,
-    )  # fmt: skip
-    return scores, ids
 
 
 @dataclass
