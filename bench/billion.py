@@ -102,7 +102,7 @@ def search(store_dir: Path, count: int, queries_file: Path) -> dict:
     queries = np.load(queries_file)
     truth = np.load(queries_file.with_suffix(".truth.npy"))
     store = open_store(store_dir, index_memory=BUDGET_PER_IMAGE * count)
-    store.check_in_background = True
+    store.serving = True
     store.search(queries[0], 10)
     found, seconds = [], []
     for query in queries:

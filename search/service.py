@@ -195,7 +195,7 @@ class Service:
         self.store: Store = open_store(
             settings.store, model=model, index_memory=settings.index_memory, lock_timeout=settings.lock_timeout
         )
-        self.store.check_in_background = serving  # answer at once; the index proves itself meanwhile
+        self.store.serving = serving  # answer at once; the index proves itself meanwhile
         self._embedder: Embedder | None = None
         self._text_tower = None
         self._decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import indexer.store.ann as ann
+import indexer.store.embedded as embedded
 from indexer.settings import Settings
 from indexer.store import Tag, open_store
 from indexer.store.ann import Kind, choose, outgrown
+from indexer.store.vectors import VectorFile
 from search.service import Filters, Service
 from tests.support.planted import ClipLike, plant_vectors
 
@@ -87,6 +89,21 @@ def test_a_compressed_index_keeps_recall_on_text_like_and_image_like_queries(tmp
         np.testing.assert_allclose(got_scores[got_ids != -1], scores[ids != -1], atol=1e-3)
         assert 300 < (ids != -1).sum() < 30_000
     assert [store.search(q, 10) for q in queries] == found
+
+
+def test_a_service_re_ranks_from_a_large_vector_file_by_reading_rows_and_a_command_from_the_map(
+    tmp_path, small_limit, monkeypatch
+):
+    monkeypatch.setattr(embedded, "ROW_READS_PAST", 100_000)  # bytes: 3,000 vectors of 64 dimensions are past it
+    vectors = ClipLike(dim=64, clusters=50).images(3000)
+    command = plant_vectors(tmp_path / "s", vectors, index_memory=3000 * 24)  # compressed codes, in memory
+    command.save_index()
+    assert command.kind.compressed and not command.kind.on_disk and not command.vectors.reads_rows
+    hits = command.search(vectors[41], 5)
+    service = open_store(tmp_path / "s", index_memory=3000 * 24)
+    service.serving = True  # as search.service.Service sets it
+    monkeypatch.setattr(VectorFile, "gather", lambda *_: pytest.fail("a service's re-rank gathered from the map"))
+    assert service.search(vectors[41], 5) == hits and service.vectors.reads_rows
 
 
 def test_filters_keep_recall_through_a_compressed_index(tmp_path, small_limit):

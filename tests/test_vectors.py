@@ -28,14 +28,14 @@ def test_float16_keeps_cosine_rankings(tmp_path):
             assert a == b or abs(exact[a] - exact[b]) < 1e-3
 
 
-@pytest.mark.parametrize("beyond_memory", [False, True], ids=["mapped", "read row by row"])
-def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path, beyond_memory):
+@pytest.mark.parametrize("reads_rows", [False, True], ids=["mapped", "read row by row"])
+def test_rows_round_trip_in_any_order_and_unwritten_rows_read_as_zeros(tmp_path, reads_rows):
     vectors = ClipLike(dim=8, clusters=3).images(10)
     stored = VectorFile(tmp_path / VECTOR_FILE, 8, writable=True)
     stored.write(np.array([9, 3, 4, 5, 1]), vectors[:5])  # runs 1, 3-5, 9
     stored.sync()
     reader = VectorFile(tmp_path / VECTOR_FILE, 8)
-    reader.beyond_memory = beyond_memory
+    reader.reads_rows = reads_rows
     np.testing.assert_allclose(reader.read([1, 3, 4, 5, 9]), vectors[[4, 1, 2, 3, 0]], atol=1e-3)
     assert not reader.read([2, 6, 500, -1]).any()  # a hole, past the end, and no id
     with pytest.MonkeyPatch.context() as patch:  # gathered in parts of two rows, with missing rows in some parts
@@ -59,7 +59,7 @@ def test_rows_read_one_by_one_come_from_the_page_cache_or_the_disk_alike(tmp_pat
     stored.write(np.arange(1, 3001), vectors)
     stored.sync()
     reader = VectorFile(tmp_path / VECTOR_FILE, 64)
-    reader.beyond_memory = True
+    reader.reads_rows = True
     if how == "evicted":
         os.posix_fadvise(reader.fd, 0, 0, os.POSIX_FADV_DONTNEED)
     if how == "no NOWAIT":

@@ -58,7 +58,7 @@ class Store(ABC):
     """An open store: its rows through SQLAlchemy, its vectors and their search through the backend."""
 
     local_dir: Path | None = None  # a directory of the store's own (thumbnails are cached there), if it has one
-    check_in_background = False  # a service sets it: a derived index may prove itself after the first answers
+    serving = False  # a service sets it: a derived index may prove itself after the first answers; re-ranks read rows
 
     # Whether several processes may commit chunks of one run at once (each in its own transaction): the Ray
     # runner then has its workers write; otherwise the driver takes their shards in, one at a time.

@@ -32,10 +32,10 @@ DTYPE = np.dtype("<f2")
 # system allows it): a cached row costs one system call, not a read-ahead hint and a read.
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 GATHER_ROWS = 10_000  # rows a large read gathers at a time (10 MB at 512 dimensions)
-# A file past this size is read row by row by an on-disk index's build too (VectorFile.beyond_memory), not only by its
-# searches: a calibration gathers ~22,000 candidates a query, each its own page fault in a larger file (~5 us, and
-# held mapped until the gather ends: a 2.8 GB peak at 5M), where a compiled read costs ~0.6 us; in a smaller file
-# they share the pages the kernel maps around each fault, and the map is faster.
+# A file past this size is read row by row by an on-disk index's build too (VectorFile.reads_rows), not only by its
+# searches, and by a service's searches whatever the index: a calibration gathers ~22,000 candidates a query, each its
+# own page fault in a larger file (~5 us, and held mapped until the gather ends: a 2.8 GB peak at 5M), where a compiled
+# read costs ~0.6 us; in a smaller file they share the pages the kernel maps around each fault, and the map is faster.
 ROW_READS_PAST = 256 << 20
 SPLIT_ROWS = 4_096  # rows a core reads at least: ~3 ms, against the ~0.1 ms of handing them to another thread
 
@@ -51,7 +51,7 @@ class VectorFile:
         self._table = np.empty((0, dim), dtype=DTYPE)
         self._map: mmap.mmap | None = None
         self._remapping = threading.Lock()
-        self.beyond_memory = False  # see gather
+        self.reads_rows = False  # see gather
         self._nowait = NOWAIT
         self._scorer = new_scorer(dim)  # past the memory budget, the rows a re-rank reads, in its codes
         self._reranking = threading.Lock()
@@ -61,6 +61,10 @@ class VectorFile:
             self._table = np.empty((0, self.dim), dtype=DTYPE)
             os.close(self.fd)
             self.fd = -1
+
+    def size(self) -> int:
+        """Bytes of the rows the file holds."""
+        return self.rows() * self.row_bytes
 
     def rows(self) -> int:
         """How many rows the file holds (ids 0..rows-1); rows never written read as zeros."""
@@ -109,7 +113,7 @@ class VectorFile:
         spares each query allocating 20 MB, faulting it in and copying it into a scorer (10-25 ms at 20,480 rows).
         """
         ids = np.asarray(ids, dtype=np.int64)
-        if self.beyond_memory:
+        if self.reads_rows:
             # In file order: the kernel finds rows' pages faster so (20,480 rows of 20M: 28-31 ms, against 32-38).
             ids = np.sort(ids[self.on_file(ids)])
             with self._reranking:
@@ -134,11 +138,11 @@ class VectorFile:
         """(which ids the file holds, their float16 rows).
 
         Rows are copied out of the map, whose pages are then released. For a file larger than memory (the vectors
-        of a collection past the memory budget, `beyond_memory`) each row would be a page fault of its own (6 us
+        of a collection past the memory budget, `reads_rows`) each row would be a page fault of its own (6 us
         here, half of it again to release it: 220 ms for 20,480 rows of 20M, page cache warm); instead they are
         read one by one (read_rows).
         """
-        if self.beyond_memory:
+        if self.reads_rows:
             present = self.on_file(ids)
             return present, self.read_rows(ids[present])
         table = self.mapped(int(ids.max()) + 1) if len(ids) else self._table
